@@ -1,0 +1,32 @@
+# Two commands a new user needs: `make run` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+WORKDIR ?= runs/quickstart
+
+.PHONY: run test test-fast venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+# The main job: a small model trained with WSD-S on the bundled corpus; prints the table of
+# decayed checkpoints at the end. Resumes if WORKDIR already holds the run.
+run: $(STAMP)
+	$(PY) -m wsdjax.train --config configs/default.py --workdir $(WORKDIR)
+
+# The whole test suite (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs
