@@ -1,0 +1,41 @@
+"""Test-wide setup: 8 fake CPU devices (set before jax is imported anywhere) and helpers."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))
+
+
+def one_device_mesh():
+  from wsdjax import sharding
+  return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                           ("data", "fsdp", "tensor"))
+
+
+@pytest.fixture
+def tiny_config():
+  """configs/tiny.py, a little smaller still: fast enough for many tests."""
+  import tiny
+  c = tiny.get_config()
+  c.model.seq_len = 32
+  c.train.global_batch_size = 8
+  c.train.log_every = 5
+  c.checkpoint.async_save = False
+  return c
+
+
+def subprocess_env(devices: int = 1) -> dict:
+  """Environment for a `python -m wsdjax...` subprocess on `devices` fake CPU devices."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONUNBUFFERED"] = "1"
+  return env

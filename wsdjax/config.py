@@ -1,0 +1,425 @@
+"""The config schema, its validation, and the run config stored in a workdir.
+
+`base_config()` lists every field with its default and meaning; configs/*.py start from it.
+`validate(config, device_count)` checks the whole config before any compilation or write
+and raises `ConfigError`, whose text is one line: `<field>: <what is wrong>; <how to fix>`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+RUN_CONFIG = "config.json"
+
+
+class ConfigError(ValueError):
+  """A bad config field. str() is `<field>: <what is wrong>; <how to fix>`."""
+
+  def __init__(self, field: str, problem: str, fix: str):
+    self.field, self.problem, self.fix = field, problem, fix
+    super().__init__(f"{field}: {problem}; {fix}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every config field with its default and meaning; configs/*.py override fields."""
+  c = ml_collections.ConfigDict()
+  # Seed for parameter init and data order (the bigram chain has its own seed below).
+  c.seed = 0
+  # Name shown in logs and reports.
+  c.name = "default"
+
+  # ---- model: decoder-only transformer (wsdjax/model.py) ----
+  c.model = ml_collections.ConfigDict()
+  # Transformer blocks.
+  c.model.n_layers = 2
+  # Residual stream width.
+  c.model.d_model = 128
+  # Query heads; head dim = d_model // n_heads.
+  c.model.n_heads = 4
+  # Key/value heads (grouped-query attention); must divide n_heads. Equal = plain MHA.
+  c.model.n_kv_heads = 4
+  # Hidden width of the SwiGLU MLP.
+  c.model.d_ff = 512
+  # Vocabulary size; must equal the tokenizer's (bytes: 256).
+  c.model.vocab_size = 256
+  # Tokens per training sequence (context length).
+  c.model.seq_len = 128
+  # Share the token embedding with the LM head.
+  c.model.tie_embeddings = True
+  # Base of the rotary position embedding frequencies.
+  c.model.rope_theta = 10000.0
+  # Compute dtype for activations: float32 on CPU (bf16 is slower there), bfloat16 on TPU/GPU.
+  c.model.dtype = "float32"
+  # Scan over layers (fast compile, 'layers' axis on params) instead of unrolling them.
+  c.model.scan_layers = True
+  # Rematerialise each block in the backward pass: 'none' | 'full' (saves memory at scale).
+  c.model.remat = "none"
+  # Std of the normal initialiser of weight matrices.
+  c.model.init_std = 0.02
+
+  # ---- data (wsdjax/data/) ----
+  c.data = ml_collections.ConfigDict()
+  # Where text comes from: 'bundled' | 'text' | 'tfds' | 'bigram'.
+  c.data.source = "bundled"
+  # 'text' source: a file path or glob of .txt / .txt.gz files.
+  c.data.path = ""
+  # 'tfds' source: dataset name (e.g. 'lm1b'), prepared in array_record format.
+  c.data.tfds_name = ""
+  # 'tfds' source: data_dir holding the prepared dataset (local path or gs://...).
+  c.data.tfds_data_dir = ""
+  # 'tfds' source: split names for training and validation.
+  c.data.tfds_train_split = "train"
+  c.data.tfds_eval_split = "test"
+  # 'tfds' source: name of the text feature.
+  c.data.text_feature = "text"
+  # 'text'/'bundled': fraction of documents held out for validation (deterministic split).
+  c.data.val_fraction = 0.02
+  # Tokenizer: 'bytes' | 'sentencepiece' (trained on the train split, cached in workdir)
+  # | 'huggingface' (a local tokenizer.json given by tokenizer_path).
+  c.data.tokenizer = "bytes"
+  # 'huggingface': path to tokenizer.json.
+  c.data.tokenizer_path = ""
+  # 'sentencepiece': model type, 'bpe' or 'unigram'.
+  c.data.sp_model_type = "bpe"
+  # 'bigram' source: seed of the transition matrix (fixed across runs to compare them).
+  c.data.bigram_seed = 1234
+  # 'bigram' source: Dirichlet concentration of each row (small = peaked, low entropy).
+  c.data.bigram_alpha = 0.1
+  # Batches prefetched on a background thread.
+  c.data.prefetch = 2
+
+  # ---- training loop (wsdjax/trainer.py) ----
+  c.train = ml_collections.ConfigDict()
+  # Sequences per optimizer step, over all devices and processes.
+  c.train.global_batch_size = 16
+  # Gradient accumulation: each step is split into this many micro-batches.
+  c.train.micro_batches = 1
+  # Console / TensorBoard / JSONL logging period, in steps.
+  c.train.log_every = 10
+  # Eval of the main branch every this many steps (0: only at decayed checkpoints).
+  c.train.eval_every = 100
+  # Validation batches per eval (the same fixed batches for every branch and strategy).
+  c.train.eval_batches = 4
+
+  # ---- optimizer: clip by global norm, then AdamW ----
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  # Decoupled weight decay, masked off norms and biases.
+  c.optimizer.weight_decay = 0.1
+  # Global-norm gradient clip (0 disables).
+  c.optimizer.grad_clip = 1.0
+
+  # ---- LR schedule and branch strategy (wsdjax/schedules.py, wsdjax/plan.py) ----
+  c.schedule = ml_collections.ConfigDict()
+  # 'wsd' | 'wsd_s' | 'cyclic_cosine' | 'cosine' | 'linear' | 'constant'.
+  c.schedule.name = "wsd_s"
+  # Peak learning rate.
+  c.schedule.peak_lr = 3e-3
+  # Warmup steps from init_lr to peak_lr.
+  c.schedule.warmup_steps = 30
+  # Budgets B_1 < ... < B_k in steps: one decayed checkpoint per budget.
+  c.schedule.budgets = (150, 300, 600)
+  # Decay length as a fraction of each budget (d_i = round(fraction * B_i)).
+  c.schedule.decay_fraction = 0.1
+  # Fixed decay length in steps instead of decay_fraction ('wsd' with one budget); 0 = unset.
+  c.schedule.decay_steps = 0
+  # LR at step 0.
+  c.schedule.init_lr = 0.0
+  # End LR of every decay, as a fraction of peak_lr.
+  c.schedule.min_lr_ratio = 0.1
+  # Warmup shape: 'linear' | 'constant' | 'exponential' | 'cosine'.
+  c.schedule.warmup_shape = "linear"
+  # Decay shape: 'linear' | 'cosine' | '1-sqrt' | 'exponential'.
+  c.schedule.decay_shape = "linear"
+  # WSD-S / cyclic cosine: steps of linear re-warmup after each decay (0 = jump to peak).
+  c.schedule.rewarmup_steps = 0
+
+  # ---- checkpoints (wsdjax/checkpoint.py) ----
+  c.checkpoint = ml_collections.ConfigDict()
+  # Save the main branch every this many steps (fork points and decayed states always).
+  c.checkpoint.every = 100
+  # Main-branch checkpoints kept besides fork points and decayed checkpoints.
+  c.checkpoint.keep = 3
+  # Write checkpoints in the background while training goes on.
+  c.checkpoint.async_save = True
+
+  # ---- device mesh (wsdjax/sharding.py) ----
+  c.mesh = ml_collections.ConfigDict()
+  # Mesh axis sizes; one may be -1 (filled with the remaining devices).
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  # Logical axis -> mesh axes. Params: embed/mlp/heads/kv_heads/vocab/layers/head_dim;
+  # activations: act_batch/act_length/act_embed/act_heads/act_mlp/act_vocab.
+  c.mesh.rules = (
+      ("act_batch", ("data", "fsdp")),
+      ("act_length", None),
+      ("act_embed", None),
+      ("act_heads", "tensor"),
+      ("act_kv_heads", "tensor"),
+      ("act_mlp", "tensor"),
+      ("act_vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv_heads", "tensor"),
+      ("vocab", "tensor"),
+      ("head_dim", None),
+      ("layers", None),
+      ("norm", None),
+  )
+  return c
+
+
+SCHEDULE_NAMES = ("wsd", "wsd_s", "cyclic_cosine", "cosine", "linear", "constant")
+WARMUP_SHAPES = ("linear", "constant", "exponential", "cosine")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
+SOURCES = ("bundled", "text", "tfds", "bigram")
+TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
+DTYPES = ("float32", "bfloat16")
+
+
+def _flat(cfg, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(_flat(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _require(cond: bool, field: str, problem: str, fix: str) -> None:
+  if not cond:
+    raise ConfigError(field, problem, fix)
+
+
+def _positive_int(cfg_flat, field: str, allow_zero: bool = False) -> None:
+  value = cfg_flat[field]
+  ok = isinstance(value, int) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  _require(ok, field, f"must be a {'non-negative' if allow_zero else 'positive'} integer, "
+           f"got {value!r}", f"set --config.{field}=<int>")
+
+
+def _choice(cfg_flat, field: str, choices) -> None:
+  value = cfg_flat[field]
+  _require(value in choices, field, f"unknown value {value!r}",
+           f"use one of {', '.join(map(str, choices))}")
+
+
+def validate(cfg, device_count: int | None = None) -> None:
+  """Check every field and cross-field rule; raise ConfigError on the first problem."""
+  flat = _flat(cfg)
+  known = _flat(base_config())
+  for field in flat:
+    if field not in known:
+      close = [k for k in known if k.rsplit(".", 1)[-1] == field.rsplit(".", 1)[-1]]
+      _require(False, field, "unknown config key",
+               f"remove it{' (did you mean ' + close[0] + '?)' if close else ''}")
+  for field in known:
+    _require(field in flat, field, "missing from the config",
+             "start configs from wsdjax.config.base_config()")
+
+  m = cfg.model
+  for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"):
+    _positive_int(flat, f"model.{f}")
+  _require(m.d_model % m.n_heads == 0, "model.d_model",
+           f"{m.d_model} is not divisible by model.n_heads={m.n_heads}",
+           "pick d_model a multiple of n_heads")
+  _require(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads",
+           f"{m.n_kv_heads} does not divide model.n_heads={m.n_heads}",
+           "use a divisor of n_heads (equal for plain multi-head attention)")
+  _require((m.d_model // m.n_heads) % 2 == 0, "model.d_model",
+           f"head dim {m.d_model // m.n_heads} is odd; rotary embeddings need an even head dim",
+           "change d_model or n_heads")
+  _choice(flat, "model.dtype", DTYPES)
+  _choice(flat, "model.remat", ("none", "full"))
+
+  d = cfg.data
+  _choice(flat, "data.source", SOURCES)
+  _choice(flat, "data.tokenizer", TOKENIZERS)
+  if d.source == "text":
+    _require(bool(d.path), "data.path", "empty but data.source='text'",
+             "set --config.data.path=/path/to/*.txt")
+  if d.source == "tfds":
+    _require(bool(d.tfds_name), "data.tfds_name", "empty but data.source='tfds'",
+             "set --config.data.tfds_name=<dataset>")
+  if d.tokenizer == "huggingface":
+    _require(bool(d.tokenizer_path), "data.tokenizer_path", "empty but tokenizer='huggingface'",
+             "set --config.data.tokenizer_path=/path/to/tokenizer.json")
+  _require(0.0 < d.val_fraction < 1.0, "data.val_fraction",
+           f"must be in (0, 1), got {d.val_fraction}", "e.g. 0.02")
+  _require(d.bigram_alpha > 0, "data.bigram_alpha", f"must be > 0, got {d.bigram_alpha}",
+           "e.g. 0.1")
+  _positive_int(flat, "data.prefetch", allow_zero=True)
+
+  t = cfg.train
+  for f in ("global_batch_size", "micro_batches", "log_every", "eval_batches"):
+    _positive_int(flat, f"train.{f}")
+  _positive_int(flat, "train.eval_every", allow_zero=True)
+  _require(t.global_batch_size % t.micro_batches == 0, "train.micro_batches",
+           f"{t.micro_batches} does not divide train.global_batch_size={t.global_batch_size}",
+           "pick a divisor of the global batch")
+
+  o = cfg.optimizer
+  _require(0 <= o.b1 < 1, "optimizer.b1", f"must be in [0, 1), got {o.b1}", "e.g. 0.9")
+  _require(0 <= o.b2 < 1, "optimizer.b2", f"must be in [0, 1), got {o.b2}", "e.g. 0.95")
+  _require(o.eps > 0, "optimizer.eps", f"must be > 0, got {o.eps}", "e.g. 1e-8")
+  _require(o.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {o.weight_decay}",
+           "e.g. 0.1")
+  _require(o.grad_clip >= 0, "optimizer.grad_clip", f"must be >= 0, got {o.grad_clip}",
+           "0 disables clipping")
+
+  _validate_schedule(cfg.schedule)
+
+  c = cfg.checkpoint
+  _positive_int(flat, "checkpoint.every")
+  _positive_int(flat, "checkpoint.keep", allow_zero=True)
+
+  _validate_mesh(cfg, device_count)
+
+
+def _validate_schedule(s) -> None:
+  from wsdjax import plan  # local: plan imports schedules, which is heavier than this module
+  _choice(_flat(s, "schedule."), "schedule.name", SCHEDULE_NAMES)
+  _choice(_flat(s, "schedule."), "schedule.warmup_shape", WARMUP_SHAPES)
+  _choice(_flat(s, "schedule."), "schedule.decay_shape", DECAY_SHAPES)
+  budgets = s.budgets
+  _require(isinstance(budgets, (tuple, list)) and len(budgets) > 0
+           and all(isinstance(b, int) and b > 0 for b in budgets), "schedule.budgets",
+           f"must be a non-empty tuple of positive step counts, got {budgets!r}",
+           "e.g. --config.schedule.budgets='(150,300)'")
+  _require(all(a < b for a, b in zip(budgets, budgets[1:])), "schedule.budgets",
+           f"must be strictly increasing, got {tuple(budgets)}", "sort them and drop repeats")
+  _require(s.peak_lr > 0, "schedule.peak_lr", f"must be > 0, got {s.peak_lr}", "e.g. 3e-3")
+  _require(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio",
+           f"must be in [0, 1], got {s.min_lr_ratio}", "e.g. 0.1")
+  _require(0 < s.decay_fraction <= 1, "schedule.decay_fraction",
+           f"must be in (0, 1], got {s.decay_fraction}", "e.g. 0.1")
+  for f in ("warmup_steps", "decay_steps", "rewarmup_steps"):
+    _positive_int(_flat(s, "schedule."), f"schedule.{f}", allow_zero=True)
+  _require(s.init_lr >= 0, "schedule.init_lr", f"must be >= 0, got {s.init_lr}", "e.g. 0")
+  if s.decay_steps and s.name != "wsd":
+    raise ConfigError("schedule.decay_steps", f"only 'wsd' takes a fixed decay length, not "
+                      f"{s.name!r}", "set decay_fraction instead, or decay_steps=0")
+  try:
+    plan.make_plan(s)
+  except ValueError as e:
+    msg = str(e)
+    field, _, rest = msg.partition(": ")
+    if not field.startswith("schedule."):
+      field, rest = "schedule", msg
+    problem, _, fix = rest.partition("; ")
+    raise ConfigError(field, problem, fix or "see python -m wsdjax.schedules --config ...")
+
+
+def mesh_shape(mesh_cfg, device_count: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) with a -1 axis filled by the remaining devices."""
+  sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
+  names = ("mesh.data", "mesh.fsdp", "mesh.tensor")
+  fills = [i for i, v in enumerate(sizes) if v == -1]
+  _require(len(fills) <= 1, names[fills[-1]] if fills else "mesh", "more than one axis is -1",
+           "set at most one mesh axis to -1")
+  for name, v in zip(names, sizes):
+    _require(isinstance(v, int) and (v == -1 or v > 0), name, f"must be -1 or >= 1, got {v!r}",
+             "e.g. -1 for all remaining devices")
+  fixed = 1
+  for v in sizes:
+    fixed *= v if v != -1 else 1
+  if fills:
+    _require(device_count % fixed == 0, names[fills[0]],
+             f"cannot fill: {device_count} devices are not divisible by the other axes ({fixed})",
+             "change the fixed mesh axes")
+    sizes[fills[0]] = device_count // fixed
+  product = sizes[0] * sizes[1] * sizes[2]
+  _require(product == device_count, "mesh",
+           f"data*fsdp*tensor = {product} but there are {device_count} devices",
+           "make the product equal the device count, or set one axis to -1")
+  return tuple(sizes)
+
+
+def _validate_mesh(cfg, device_count: int | None) -> None:
+  if device_count is None:
+    return
+  data, fsdp, tensor = mesh_shape(cfg.mesh, device_count)
+  t = cfg.train
+  shards = data * fsdp
+  _require(t.global_batch_size % shards == 0, "train.global_batch_size",
+           f"{t.global_batch_size} is not divisible by data*fsdp = {shards} devices",
+           f"use a multiple of {shards}")
+  micro = t.global_batch_size // t.micro_batches
+  _require(micro % shards == 0, "train.micro_batches",
+           f"micro-batch of {micro} sequences is not divisible by data*fsdp = {shards}",
+           "use fewer micro-batches or a larger global batch")
+  m = cfg.model
+  _require(m.n_heads % tensor == 0, "model.n_heads",
+           f"{m.n_heads} is not divisible by mesh.tensor={tensor}", "change heads or the mesh")
+  _require(m.n_kv_heads % tensor == 0, "model.n_kv_heads",
+           f"{m.n_kv_heads} is not divisible by mesh.tensor={tensor}",
+           "change kv heads or the mesh")
+
+
+# ---- the run config stored in a workdir ----
+def to_json(cfg) -> str:
+  return json.dumps(cfg.to_dict(), indent=1, sort_keys=True, default=list)
+
+
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with."""
+  path = epath.Path(workdir) / RUN_CONFIG
+  if not path.exists():
+    raise ConfigError("workdir", f"{workdir} holds no run ({RUN_CONFIG} missing)",
+                      "pass the --workdir of a run started with python -m wsdjax.train")
+  raw = json.loads(path.read_text())
+  return _from_json_dict(raw)
+
+
+def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
+  cfg = base_config()
+  flat = _flat(ml_collections.ConfigDict(raw))
+  for field, value in flat.items():
+    node = cfg
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    if isinstance(value, list):
+      value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    with node.ignore_type():
+      node[leaf] = value
+  return cfg
+
+
+# Fields a resumed run may change without rewriting history.
+MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
+                  "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
+                  "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
+                  "model.remat")
+
+
+def resume_conflicts(old, new) -> list[str]:
+  """Fields whose change would rewrite the history of the run in the workdir.
+
+  Allowed: the MUTABLE_FIELDS, and `schedule.budgets` growing by new, later budgets.
+  """
+  old_flat, new_flat = _flat(old), _flat(new)
+  bad = []
+  for field in sorted(set(old_flat) | set(new_flat)):
+    a, b = old_flat.get(field), new_flat.get(field)
+    if isinstance(a, list):
+      a = tuple(a)
+    if isinstance(b, list):
+      b = tuple(b)
+    if field in MUTABLE_FIELDS or a == b:
+      continue
+    if field == "schedule.budgets" and tuple(b[:len(a)]) == tuple(a):
+      continue
+    bad.append(f"{field} ({a!r} -> {b!r})")
+  return bad

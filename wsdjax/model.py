@@ -1,0 +1,360 @@
+"""Decoder-only transformer (Flax linen) with logical axis names on every array.
+
+Architecture (pre-norm, LLaMA-style, no biases):
+
+  h_0 = Embed(tokens)                                    [B, T, D]
+  for each of L blocks:
+    h = h + Attn(RMSNorm(h))       causal, RoPE, grouped-query (K kv heads)
+    h = h + SwiGLU(RMSNorm(h))     W_down (silu(h W_gate) * (h W_up))
+  logits = RMSNorm(h) @ W_head     W_head = Embed^T when tied   [B, T, V], float32
+
+Parameters are float32; activations are computed in `ModelConfig.dtype`. Each parameter is
+created through `nn.with_logical_partitioning` and each large activation passes through
+`nn.with_logical_constraint`, so `wsdjax.sharding` maps both onto a device mesh with the
+logical -> mesh rules of `config.mesh.rules`. Norm parameters are all named `scale` (the
+only parameters that weight decay skips).
+
+Parameter tree (scan_layers=True puts a leading 'layers' axis of size L on every block
+parameter and stores them under `layers`; unrolled blocks are `block_0` ... `block_{L-1}`):
+
+  embed/embedding     [V, D]        ('vocab', 'embed')
+  layers/attn_norm/scale   [D]      ('norm',)
+  layers/attn/query   [D, H, Dh]    ('embed', 'heads', 'head_dim')
+  layers/attn/key     [D, K, Dh]    ('embed', 'kv_heads', 'head_dim')
+  layers/attn/value   [D, K, Dh]    ('embed', 'kv_heads', 'head_dim')
+  layers/attn/out     [H, Dh, D]    ('heads', 'head_dim', 'embed')
+  layers/mlp_norm/scale    [D]      ('norm',)
+  layers/mlp/gate     [D, F]        ('embed', 'mlp')
+  layers/mlp/up       [D, F]        ('embed', 'mlp')
+  layers/mlp/down     [F, D]        ('mlp', 'embed')
+  final_norm/scale    [D]           ('norm',)
+  lm_head             [D, V]        ('embed', 'vocab')      (only when not tied)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_REMAT = ("none", "full")
+_RMS_EPS = 1e-6
+
+# Logical names of activations (mapped to mesh axes by config.mesh.rules).
+RESIDUAL = ("act_batch", "act_length", "act_embed")
+HEADS = ("act_batch", "act_length", "act_heads", None)
+KV_HEADS = ("act_batch", "act_length", "act_kv_heads", None)
+MLP_HIDDEN = ("act_batch", "act_length", "act_mlp")
+LOGITS = ("act_batch", "act_length", "act_vocab")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Model sizes and numerics; the fields of `config.model` (configs/default.py).
+
+  `attention_impl` is passed to `jax.nn.dot_product_attention(implementation=...)`:
+  None lets jax choose (XLA on jax 0.10-0.12), 'cudnn' asks for cuDNN flash attention
+  on NVIDIA GPUs (needs dtype bfloat16), 'xla' forces the reference path.
+  """
+
+  n_layers: int = 2
+  d_model: int = 128
+  n_heads: int = 4
+  n_kv_heads: int = 4
+  d_ff: int = 512
+  vocab_size: int = 256
+  seq_len: int = 128
+  tie_embeddings: bool = True
+  rope_theta: float = 10000.0
+  dtype: str = "float32"
+  scan_layers: bool = True
+  remat: str = "none"
+  init_std: float = 0.02
+  attention_impl: str | None = None
+
+  def __post_init__(self):
+    def check(ok: bool, msg: str):
+      if not ok:
+        raise ValueError(f"model: {msg}")
+
+    for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
+                 "seq_len"):
+      value = getattr(self, name)
+      check(isinstance(value, int) and value > 0,
+            f"{name} must be a positive int, got {value!r}")
+    check(self.d_model % self.n_heads == 0,
+          f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+    check(self.head_dim % 2 == 0, f"head_dim = d_model/n_heads = {self.head_dim} must be even (RoPE)")
+    check(self.n_heads % self.n_kv_heads == 0,
+          f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+    check(self.dtype in _DTYPES, f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    check(self.remat in _REMAT, f"remat must be one of {_REMAT}, got {self.remat!r}")
+    check(self.attention_impl in (None, "xla", "cudnn"),
+          f"attention_impl must be None, 'xla' or 'cudnn', got {self.attention_impl!r}")
+    check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+    check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> ModelConfig:
+    """Builds from `config.model` (a ConfigDict or mapping); unknown fields are an error."""
+    if isinstance(cfg, ModelConfig):
+      return cfg
+    values = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"model: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(_DTYPES[self.dtype])
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], names: tuple[str, ...],
+           init: Any) -> jax.Array:
+  """A float32 parameter carrying logical axis `names`."""
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+
+
+# ---- layers ----------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+  """y = x / sqrt(mean(x^2, -1) + eps) * scale, computed in float32, returned in `dtype`."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + _RMS_EPS)
+    return (y * scale).astype(self.dtype)
+
+
+def rope(x: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of x: [B, T, N, Dh] (positions 0..T-1), "rotate half" form.
+
+  With f_i = theta^(-2i/Dh), i < Dh/2, and (x1, x2) the two halves of the last axis:
+  rope(x)_t = (x1 cos(t f) - x2 sin(t f), x2 cos(t f) + x1 sin(t f)).
+  Angles are computed in float32; the result has x's dtype.
+  """
+  t, dh = x.shape[1], x.shape[-1]
+  freqs = theta ** (-jnp.arange(0, dh // 2, dtype=jnp.float32) * 2.0 / dh)
+  angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]  # [T, Dh/2]
+  cos = jnp.cos(angles)[None, :, None, :]
+  sin = jnp.sin(angles)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     implementation: str | None = None) -> jax.Array:
+  """softmax(q k^T / sqrt(Dh) + causal mask) v; q: [B, T, H, Dh], k, v: [B, T, K, Dh].
+
+  Grouped-query attention: query head h reads kv head h // (H/K). jax.nn.
+  dot_product_attention handles K < H natively (checked on jax 0.10.2).
+  """
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                      implementation=implementation)
+
+
+class Attention(nn.Module):
+  """Causal multi-head / grouped-query self-attention with RoPE, no biases."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    init = nn.initializers.normal(cfg.init_std)
+    wq = _param(self, "query", (d, h, dh), ("embed", "heads", "head_dim"), init)
+    wk = _param(self, "key", (d, kv, dh), ("embed", "kv_heads", "head_dim"), init)
+    wv = _param(self, "value", (d, kv, dh), ("embed", "kv_heads", "head_dim"), init)
+    wo = _param(self, "out", (h, dh, d), ("heads", "head_dim", "embed"), init)
+    dt = cfg.compute_dtype
+
+    q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dt))
+    q = nn.with_logical_constraint(rope(q, cfg.rope_theta), HEADS)
+    k = nn.with_logical_constraint(rope(k, cfg.rope_theta), KV_HEADS)
+    v = nn.with_logical_constraint(v, KV_HEADS)
+    o = causal_attention(q, k, v, cfg.attention_impl)
+    o = nn.with_logical_constraint(o, HEADS)
+    return jnp.einsum("bthk,hkd->btd", o, wo.astype(dt))
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(x W_gate) * (x W_up)), hidden width d_ff, no biases."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    d, f, dt = cfg.d_model, cfg.d_ff, cfg.compute_dtype
+    init = nn.initializers.normal(cfg.init_std)
+    w_gate = _param(self, "gate", (d, f), ("embed", "mlp"), init)
+    w_up = _param(self, "up", (d, f), ("embed", "mlp"), init)
+    w_down = _param(self, "down", (f, d), ("mlp", "embed"), init)
+    gate = nn.with_logical_constraint(x @ w_gate.astype(dt), MLP_HIDDEN)
+    up = nn.with_logical_constraint(x @ w_up.astype(dt), MLP_HIDDEN)
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, MLP_HIDDEN)
+    return hidden @ w_down.astype(dt)
+
+
+class Embed(nn.Module):
+  """Token embedding table E: [V, D]; lookup E[tokens] and tied LM head x E^T."""
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model),
+                            ("vocab", "embed"), nn.initializers.normal(cfg.init_std))
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    # Gather the table over 'embed' (fsdp) before the lookup, as FSDP does for any weight;
+    # otherwise the lookup's output is sharded on D and must be resharded to the batch.
+    table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+    return jnp.take(table, tokens, axis=0).astype(self.config.compute_dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return x @ self.embedding.astype(self.config.compute_dtype).T
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: h += Attn(norm(h)); h += MLP(norm(h)).
+
+  Signature `(h, _) -> (h, None)` so that the same module can be nn.scan'ned.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
+    cfg = self.config
+    dt = cfg.compute_dtype
+    x = x + Attention(cfg, name="attn")(RMSNorm(dt, name="attn_norm")(x))
+    x = nn.with_logical_constraint(x, RESIDUAL)
+    x = x + MLP(cfg, name="mlp")(RMSNorm(dt, name="mlp_norm")(x))
+    x = nn.with_logical_constraint(x, RESIDUAL)
+    return x, None
+
+
+def _block_class(cfg: ModelConfig) -> type[nn.Module]:
+  """Block, wrapped in nn.remat when cfg.remat == 'full' (recompute all in backward)."""
+  if cfg.remat == "full":
+    # prevent_cse is only needed outside scan (scan already stops CSE across steps).
+    return nn.remat(Block, prevent_cse=not cfg.scan_layers)
+  return Block
+
+
+class Transformer(nn.Module):
+  """Decoder-only LM: tokens int32[B, T] -> logits float32[B, T, V] (T any length)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    cfg = self.config
+    dt = cfg.compute_dtype
+    embed = Embed(cfg, name="embed")
+    x = nn.with_logical_constraint(embed(tokens), RESIDUAL)
+
+    block = _block_class(cfg)
+    if cfg.scan_layers:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(cfg, name="layers")(x, None)
+    else:
+      for i in range(cfg.n_layers):
+        x, _ = block(cfg, name=f"block_{i}")(x, None)
+
+    x = RMSNorm(dt, name="final_norm")(x)
+    if cfg.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      w = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                 nn.initializers.normal(cfg.init_std))
+      logits = x @ w.astype(dt)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), LOGITS)
+
+
+# ---- public helpers --------------------------------------------------------------------
+
+
+def build_model(model_cfg: ModelConfig | Any) -> Transformer:
+  """The Transformer for `model_cfg` (a ModelConfig or `config.model`)."""
+  return Transformer(ModelConfig.from_config(model_cfg))
+
+
+def param_count(model_cfg: ModelConfig | Any, include_embedding: bool = True) -> int:
+  """Number of parameters, from the config alone (equals the size of the real tree).
+
+  Per block: attention D·Dh·(2H + 2K) + SwiGLU 3·D·F + two norms 2·D; plus the final
+  norm D. With include_embedding, add the token embedding V·D and, when untied, the LM
+  head D·V. Without it, neither is counted ("non-embedding" parameters).
+  """
+  c = ModelConfig.from_config(model_cfg)
+  d, dh = c.d_model, c.head_dim
+  attn = d * dh * (2 * c.n_heads + 2 * c.n_kv_heads)
+  block = attn + 3 * d * c.d_ff + 2 * d
+  n = c.n_layers * block + d
+  if include_embedding:
+    n += c.vocab_size * d * (1 if c.tie_embeddings else 2)
+  return n
+
+
+def flops_per_token(model_cfg: ModelConfig | Any) -> float:
+  """Training FLOPs per token (forward + backward): 6·N + 6·L·T·D.
+
+  N = non-embedding params + LM head params V·D (the head is a matmul even when tied to
+  the embedding; the embedding lookup itself is free). 6·L·T·D counts the attention
+  score and value matmuls (q·k^T and p·v, 2·2·T·D per token per layer forward, times 3
+  for backward) halved for causal masking: half of PaLM's 12·L·T·D. T = seq_len.
+  The one formula for MFU in metrics and benchmarks.
+  """
+  c = ModelConfig.from_config(model_cfg)
+  n = param_count(c, include_embedding=False) + c.vocab_size * c.d_model
+  return float(6 * n + 6 * c.n_layers * c.seq_len * c.d_model)
+
+
+def _si(x: float) -> str:
+  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    if abs(x) >= scale:
+      return f"{x / scale:.2f}{unit}"
+  return f"{x:.0f}"
+
+
+def describe(model_cfg: ModelConfig | Any) -> str:
+  """One line: shape of the model, params, non-embedding params, training FLOPs/token."""
+  c = ModelConfig.from_config(model_cfg)
+  kv = "" if c.n_kv_heads == c.n_heads else f" ({c.n_kv_heads} kv)"
+  return (f"Transformer L={c.n_layers} D={c.d_model} H={c.n_heads}{kv} F={c.d_ff} "
+          f"V={c.vocab_size} T={c.seq_len} {c.dtype}"
+          f"{' tied' if c.tie_embeddings else ' untied'}: "
+          f"{_si(param_count(c))} params, {_si(param_count(c, include_embedding=False))} "
+          f"non-embedding, {_si(flops_per_token(c))}FLOPs/token")
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean next-token loss in nats: mean over positions of logsumexp(z) - z[target].
+
+  logits: [..., V] (any float dtype; computed in float32), targets: int [...].
+  """
+  logits = logits.astype(jnp.float32)
+  target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
+  return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target_logit[..., 0])

@@ -1,0 +1,134 @@
+"""Device mesh from `config.mesh`, logical -> mesh axis rules, and NamedShardings.
+
+The mesh has three axes, all `AxisType.Auto` (the compiler propagates shardings; jax's
+default Explicit axes reject matmuls over a sharded contracting dimension):
+  data    pure data parallelism (params replicated),
+  fsdp    data parallelism with params / optimizer state sharded over it (ZeRO-3),
+  tensor  Megatron-style tensor parallelism (heads, mlp hidden, vocab).
+The model names its array dimensions logically ('embed', 'heads', 'act_batch', ...);
+`config.mesh.rules` maps those names to mesh axes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from wsdjax import config as config_lib
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+UNCONSTRAINED = P.UNCONSTRAINED
+
+Rules = tuple[tuple[str, "str | tuple[str, ...] | None"], ...]
+
+
+def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A Mesh with axes ('data', 'fsdp', 'tensor'), every axis AxisType.Auto.
+
+  mesh_cfg: `config.mesh` (fields data, fsdp, tensor; one may be -1). devices: defaults
+  to all of jax.devices(). Raises ValueError when the sizes don't multiply to the device
+  count.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = config_lib.mesh_shape(mesh_cfg, len(devices))
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  try:  # Topology-aware device order (ICI rings on TPU) where jax can compute one.
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+  except (TypeError, ValueError, NotImplementedError):
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def _as_axes(x: Any) -> str | tuple[str, ...] | None:
+  if x is None or isinstance(x, str):
+    return x
+  return tuple(x)
+
+
+def rules_from_config(mesh_cfg: Any) -> Rules:
+  """`config.mesh.rules` as a tuple of (logical name, mesh axis | tuple of axes | None)."""
+  return tuple((str(name), _as_axes(axes)) for name, axes in mesh_cfg.rules)
+
+
+def _axes_size(mesh: Mesh, axes: str | tuple[str, ...] | None) -> int:
+  if axes is None:
+    return 1
+  if isinstance(axes, str):
+    axes = (axes,)
+  missing = [a for a in axes if a not in mesh.shape]
+  if missing:
+    raise ValueError(f"mesh.rules map to mesh axes {missing}, but the mesh has only "
+                     f"{tuple(mesh.shape)}")
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """spec with every dimension whose size the mapped mesh axes don't divide replicated.
+
+  E.g. vocab 50257 over tensor=2 -> that dimension becomes None (replicated).
+  """
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  fitted = [None if axes is UNCONSTRAINED else axes for axes in entries]
+  fitted = [axes if size % _axes_size(mesh, axes) == 0 else None
+            for axes, size in zip(fitted, shape)]
+  return P(*fitted)
+
+
+def _is_box(x: Any) -> bool:
+  return isinstance(x, nn.Partitioned)
+
+
+def _leaf_sharding(leaf: Any, mesh: Mesh, rules: Rules) -> NamedSharding:
+  """NamedSharding of one leaf: rules applied to a box's names; P() for a plain leaf."""
+  if not _is_box(leaf):
+    return NamedSharding(mesh, P())
+  names = leaf.names
+  if isinstance(leaf, nn.LogicallyPartitioned):
+    spec = nn.logical_to_mesh_axes(names, rules)
+  else:  # nn.Partitioned: the names are already mesh axes.
+    spec = P(*names)
+  return NamedSharding(mesh, fit_spec(spec, np.shape(leaf.value), mesh))
+
+
+def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+  """NamedShardings for a tree of (possibly) LogicallyPartitioned leaves.
+
+  boxed_tree: e.g. `jax.eval_shape(model.init, rng, tokens)` or the eval_shape of an
+  optimizer state built from boxed params. Returns a tree with the *unboxed* structure
+  (what `nn.unbox(boxed_tree)` gives) whose leaves are NamedShardings: boxed leaves use
+  `rules` (dimensions not divisible by their mesh axes are replicated), plain leaves
+  (step counters, ...) are replicated, P().
+  """
+  return jax.tree.map(lambda x: _leaf_sharding(x, mesh, rules), boxed_tree, is_leaf=_is_box)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a [batch, length] token batch: batch over ('data', 'fsdp')."""
+  return NamedSharding(mesh, P(BATCH_AXES, None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """A fully replicated sharding (scalars, small state)."""
+  return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def with_rules(mesh: Mesh, rules: Rules) -> Iterator[Mesh]:
+  """Context with `rules` as flax's logical axis rules and `mesh` as the current mesh.
+
+  Inside it `nn.with_logical_constraint` resolves to mesh shardings during jit tracing.
+  Uses `jax.set_mesh` (jax >= 0.7; flax reads the abstract mesh it sets), else the
+  legacy `with mesh:`.
+  """
+  set_mesh = getattr(jax, "set_mesh", None)
+  mesh_ctx = set_mesh(mesh) if set_mesh is not None else mesh
+  with nn.logical_axis_rules(rules), mesh_ctx:
+    yield mesh
