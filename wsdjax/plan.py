@@ -1,0 +1,239 @@
+"""The branch plan: which segments a run executes, from which states, under which LR.
+
+Pure Python, no JAX. A *segment* trains one branch from a saved state for a range of
+steps under one LR schedule (evaluated at the absolute step). A *state* is addressed by
+(branch, step): the state after `step` updates on that branch's lineage.
+
+Strategies, with budgets B_1 < ... < B_k and decay lengths d_i:
+  wsd            main runs at constant peak LR; at F_i = B_i - d_i it forks `decay-B_i`, which
+                 decays for d_i steps to B_i; main goes on from its own state at F_i.
+                 Steps run: F_k + sum_i d_i = B_k + sum_{i<k} d_i.
+  wsd_s          one lineage: main runs to S_i = C_i - d_i, `decay-C_i` decays in place to C_i
+                 (C_i from `schedules.wsd_s_checkpoints`), main resumes from that decayed
+                 state at peak LR. Same steps as wsd for the same budgets.
+  cyclic_cosine  a chain of cosine cycles `decay-B_i` over [B_{i-1}, B_i).
+  cosine/linear  one budget B: one segment `decay-B` over [0, B).
+  constant       main only, to B_k (decay later with `python -m wsdjax.branch`).
+Execution order is the list order; every state a later segment starts from is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from wsdjax import schedules
+
+MAIN = "main"
+STRATEGIES = ("wsd", "wsd_s", "cyclic_cosine", "cosine", "linear", "constant")
+
+# Fields of the schedule section that shape the LR curve (everything but `budgets`, which
+# the planner turns into segments).
+_SHAPE_FIELDS = ("peak_lr", "warmup_steps", "init_lr", "min_lr_ratio", "warmup_shape",
+                 "decay_shape", "rewarmup_steps", "decay_fraction")
+
+
+def decay_branch_name(end_step: int) -> str:
+  """Name of the decay branch whose decayed checkpoint is the state at `end_step`."""
+  return f"decay-{int(end_step)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StateRef:
+  """A saved state: `branch` after `step` updates."""
+  branch: str
+  step: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """Train `branch` over steps [start, end) starting from `init_from` (None: fresh init).
+
+  `schedule` is a flat mapping accepted by `schedules.from_config` (with `name`), evaluated
+  at the absolute step. `decayed`: the end state is a decayed checkpoint (saved, evaluated,
+  kept forever). `parent`/`fork_step`: lineage of the branch for the manifest.
+  """
+  branch: str
+  start: int
+  end: int
+  init_from: StateRef | None
+  schedule: tuple[tuple[str, Any], ...]
+  decayed: bool
+  parent: str | None
+  fork_step: int | None
+
+  @property
+  def steps(self) -> int:
+    return self.end - self.start
+
+  @property
+  def end_ref(self) -> StateRef:
+    return StateRef(self.branch, self.end)
+
+  def schedule_dict(self) -> dict[str, Any]:
+    return dict(self.schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  strategy: str
+  segments: tuple[Segment, ...]
+
+  @property
+  def total_steps(self) -> int:
+    """Optimizer updates the whole plan runs (its compute, in steps)."""
+    return sum(s.steps for s in self.segments)
+
+  @property
+  def decayed(self) -> tuple[Segment, ...]:
+    return tuple(s for s in self.segments if s.decayed)
+
+  def steps_before(self, index: int) -> int:
+    """Updates run by the segments before segment `index`, in execution order."""
+    return sum(s.steps for s in self.segments[:index])
+
+  def required_states(self) -> set[StateRef]:
+    """States some segment starts from: they must be saved and kept."""
+    return {s.init_from for s in self.segments if s.init_from is not None}
+
+  def input_reused(self, index: int) -> bool:
+    """Whether segment `index`'s start state is also the start of a later segment.
+
+    Then its first step must not donate its input buffers (forking shares arrays).
+    """
+    ref = self.segments[index].init_from
+    return ref is not None and any(s.init_from == ref for s in self.segments[index + 1:])
+
+
+def _frozen(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in mapping.items()))
+
+
+def _shape_kwargs(cfg) -> dict[str, Any]:
+  return {k: cfg[k] for k in _SHAPE_FIELDS if k in cfg}
+
+
+def decay_lengths(cfg) -> list[int]:
+  """d_i for each budget: `decay_steps` when set (> 0), else round(decay_fraction * B_i)."""
+  budgets = list(cfg.budgets)
+  if cfg.get("decay_steps", 0):
+    return [int(cfg.decay_steps)] * len(budgets)
+  return schedules.decay_lengths(budgets, cfg.decay_fraction)
+
+
+def wsd_decay_schedule(cfg, budget: int, decay_steps: int, **overrides) -> dict[str, Any]:
+  """The LR of a WSD decay branch ending at `budget`: warmup, peak, decay over the last d."""
+  sched = dict(_shape_kwargs(cfg), name="wsd", total_steps=int(budget),
+               decay_steps=int(decay_steps))
+  sched.pop("rewarmup_steps", None)
+  sched.update(overrides)
+  return sched
+
+
+def make_plan(cfg) -> Plan:
+  """Turn a `config.schedule` section into the ordered segments of the run."""
+  name = cfg.name
+  budgets = [int(b) for b in cfg.budgets]
+  if name not in STRATEGIES:
+    raise ValueError(f"schedule.name: unknown strategy {name!r}; use one of {STRATEGIES}")
+  if not budgets:
+    raise ValueError("schedule.budgets: empty; give at least one budget in steps")
+  whole_run = dict(_shape_kwargs(cfg), name=name, budgets=tuple(budgets))
+  if cfg.get("decay_steps", 0):
+    whole_run["decay_steps"] = int(cfg.decay_steps)
+  # Validate the whole-run schedule once: it raises ValueError naming the bad argument.
+  schedules.from_config(_as_config(whole_run))
+  build = {"wsd": _plan_wsd, "wsd_s": _plan_wsd_s, "cyclic_cosine": _plan_cyclic,
+           "cosine": _plan_single, "linear": _plan_single, "constant": _plan_constant}[name]
+  return Plan(name, tuple(build(cfg, budgets, whole_run)))
+
+
+def _plan_wsd(cfg, budgets, whole_run):
+  main_sched = _frozen(dict(_shape_kwargs(cfg), name="constant"))
+  segments, main_at = [], None
+  for budget, d in zip(budgets, decay_lengths(cfg)):
+    fork = budget - d
+    start = 0 if main_at is None else main_at.step
+    if fork > start or main_at is None:
+      segments.append(Segment(MAIN, start, fork, main_at, main_sched, False, None, None))
+      main_at = StateRef(MAIN, fork)
+    segments.append(Segment(decay_branch_name(budget), fork, budget, main_at,
+                            _frozen(wsd_decay_schedule(cfg, budget, d)), True, MAIN, fork))
+  return segments
+
+
+def _plan_wsd_s(cfg, budgets, whole_run):
+  sched = _frozen(whole_run)
+  ends = schedules.wsd_s_checkpoints(budgets, cfg.decay_fraction)
+  lengths = schedules.decay_lengths(budgets, cfg.decay_fraction)
+  segments, at = [], None
+  for end, d in zip(ends, lengths):
+    fork = end - d
+    start = 0 if at is None else at.step
+    if fork > start or at is None:
+      segments.append(Segment(MAIN, start, fork, at, sched, False,
+                              None if at is None else at.branch,
+                              None if at is None else start))
+      at = StateRef(MAIN, fork)
+    segments.append(Segment(decay_branch_name(end), fork, end, at, sched, True, at.branch, fork))
+    at = StateRef(decay_branch_name(end), end)
+  return segments
+
+
+def _plan_cyclic(cfg, budgets, whole_run):
+  sched = _frozen(whole_run)
+  segments, at = [], None
+  for budget in budgets:
+    start = 0 if at is None else at.step
+    segments.append(Segment(decay_branch_name(budget), start, budget, at, sched, True,
+                            None if at is None else at.branch, None if at is None else start))
+    at = StateRef(decay_branch_name(budget), budget)
+  return segments
+
+
+def _plan_single(cfg, budgets, whole_run):
+  if len(budgets) != 1:
+    raise ValueError(
+        f"schedule.budgets: {cfg.name} runs one budget but got {len(budgets)}; give one "
+        f"value (e.g. --config.schedule.budgets='({budgets[-1]},)') or use wsd/wsd_s")
+  return [Segment(decay_branch_name(budgets[0]), 0, budgets[0], None, _frozen(whole_run),
+                  True, None, None)]
+
+
+def _plan_constant(cfg, budgets, whole_run):
+  return [Segment(MAIN, 0, budgets[-1], None, _frozen(whole_run), False, None, None)]
+
+
+def after_the_fact(cfg, from_step: int, decay_steps: int, decay_shape: str | None = None,
+                   min_lr_ratio: float | None = None) -> Segment:
+  """A decay branch forked from main at `from_step` (saved), decaying for `decay_steps`."""
+  overrides = {}
+  if decay_shape is not None:
+    overrides["decay_shape"] = decay_shape
+  if min_lr_ratio is not None:
+    overrides["min_lr_ratio"] = float(min_lr_ratio)
+  end = int(from_step) + int(decay_steps)
+  sched = wsd_decay_schedule(cfg, end, decay_steps, **overrides)
+  schedules.from_config(_as_config(sched))  # raises ValueError naming a bad argument
+  return Segment(decay_branch_name(end), int(from_step), end, StateRef(MAIN, int(from_step)),
+                 _frozen(sched), True, MAIN, int(from_step))
+
+
+def _as_config(mapping: Mapping[str, Any]):
+  import ml_collections  # local: keeps this module importable without it in pure tools
+  return ml_collections.ConfigDict(dict(mapping))
+
+
+def schedule_of(segment: Segment):
+  """The Optax schedule (step -> lr) a segment trains under."""
+  return schedules.from_config(_as_config(segment.schedule_dict()))
+
+
+def describe(plan: Plan) -> str:
+  """A human-readable table of the plan, one segment a line."""
+  lines = [f"plan: {plan.strategy}, {len(plan.segments)} segments, {plan.total_steps} steps"]
+  for s in plan.segments:
+    src = "init" if s.init_from is None else f"{s.init_from.branch}@{s.init_from.step}"
+    tag = "  -> decayed checkpoint" if s.decayed else ""
+    lines.append(f"  {s.branch:>14} steps [{s.start}, {s.end}) from {src}{tag}")
+  return "\n".join(lines)
