@@ -1,0 +1,236 @@
+"""Tokenizers: raw bytes, SentencePiece trained on the run's own text, or a HF tokenizer.json.
+
+Every tokenizer offers `encode(str) -> list[int]`, `decode(list[int]) -> str`,
+`vocab_size`, `eos_id` (the id packed between documents), `encode_batch(list[str])`
+(a fast path for whole corpora), and `describe()` (what identifies it, for the data
+fingerprint). `build_tokenizer` makes the one a config asks for and checks that the
+model's vocabulary has the tokenizer's size.
+"""
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from etils import epath
+
+from wsdjax.data.errors import DataConfigError
+
+# SentencePiece trains on at most this much text (a few seconds; more barely helps).
+SP_TRAIN_MAX_CHARS = 4_000_000
+# Lines are cut to this many characters for SentencePiece (it skips overlong lines).
+_SP_MAX_LINE_CHARS = 4096
+# Token strings taken as end-of-sequence in a HF tokenizer.json, in order of preference.
+HF_EOS_TOKENS = ("</s>", "<|endoftext|>", "<eos>", "<|eos|>", "[EOS]")
+
+
+class BytesTokenizer:
+  """UTF-8 bytes as tokens: vocab 256, nothing to train.
+
+  Byte 0 (NUL) is the end-of-sequence id placed between documents, so NUL bytes are
+  dropped from input text (they do not occur in ordinary text); `decode` drops id 0 too
+  and replaces invalid UTF-8 sequences with U+FFFD.
+  """
+
+  vocab_size = 256
+  eos_id = 0
+  kind = "bytes"
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._bytes(text))
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    return [np.frombuffer(self._bytes(t), np.uint8) for t in texts]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return bytes(i for i in ids if i != self.eos_id).decode("utf-8", errors="replace")
+
+  def describe(self) -> dict:
+    return {"kind": self.kind}
+
+  @staticmethod
+  def _bytes(text: str) -> bytes:
+    return text.encode("utf-8").replace(b"\x00", b"")
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model (serialized proto); EOS is the model's `</s>`."""
+
+  kind = "sentencepiece"
+
+  def __init__(self, model_proto: bytes):
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self._sha256 = hashlib.sha256(model_proto).hexdigest()
+    self.vocab_size = self._sp.get_piece_size()
+    self.eos_id = self._sp.eos_id()
+    if self.eos_id < 0:
+      raise DataConfigError("data.tokenizer: the sentencepiece model has no </s> (eos) id")
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def describe(self) -> dict:
+    return {"kind": self.kind, "sha256": self._sha256}
+
+
+class HuggingFaceTokenizer:
+  """A `tokenizers` tokenizer.json; EOS is its `eos_token` or the first of HF_EOS_TOKENS.
+
+  The eos token is read from a `tokenizer_config.json` beside the file when there is one,
+  else the first of HF_EOS_TOKENS in the vocabulary; no eos token is an error.
+  """
+
+  kind = "huggingface"
+
+  def __init__(self, path: str):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    if not path or not os.path.isfile(path):
+      raise DataConfigError(f"data.tokenizer_path: {path!r} is not a tokenizer.json file")
+    with open(path, "rb") as f:
+      self._sha256 = hashlib.sha256(f.read()).hexdigest()
+    self._tok = tokenizers.Tokenizer.from_file(path)
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    eos = _hf_eos_token(path, self._tok)
+    if eos is None:
+      raise DataConfigError(
+          f"data.tokenizer_path: {path} has none of the eos tokens {list(HF_EOS_TOKENS)}")
+    self.eos_id = self._tok.token_to_id(eos)
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def describe(self) -> dict:
+    return {"kind": self.kind, "sha256": self._sha256}
+
+
+def _hf_eos_token(path: str, tok) -> str | None:
+  """The eos token string: tokenizer_config.json's `eos_token`, else a known name."""
+  config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+  candidates = list(HF_EOS_TOKENS)
+  if os.path.isfile(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      eos = json.load(f).get("eos_token")
+    if isinstance(eos, dict):
+      eos = eos.get("content")
+    if isinstance(eos, str):
+      candidates.insert(0, eos)
+  return next((t for t in candidates if tok.token_to_id(t) is not None), None)
+
+
+def training_sample(docs: list[str], max_chars: int = SP_TRAIN_MAX_CHARS) -> list[str]:
+  """Every k-th document, k chosen so the sample has about `max_chars` characters."""
+  total = sum(len(d) for d in docs)
+  stride = max(1, -(-total // max_chars))
+  return list(docs[::stride])
+
+
+def _sentences(texts: Iterable[str], max_chars: int) -> Iterable[str]:
+  """Non-empty lines of `texts`, cut to _SP_MAX_LINE_CHARS, until `max_chars` in all."""
+  used = 0
+  for text in texts:
+    for line in text.split("\n"):
+      for start in range(0, len(line), _SP_MAX_LINE_CHARS):
+        piece = line[start:start + _SP_MAX_LINE_CHARS].strip()
+        if not piece:
+          continue
+        yield piece
+        used += len(piece)
+        if used >= max_chars:
+          return
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str) -> bytes:
+  """Trains a SentencePiece model in memory; returns its serialized proto.
+
+  Ids: 0 = <unk>, 1 = </s> (eos), no bos or pad, so every one of the `vocab_size` ids is
+  a piece the model can emit. Training is deterministic given the text (no sampling).
+  """
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  if model_type not in ("bpe", "unigram"):
+    raise DataConfigError(f"data.sp_model_type: is {model_type!r}; must be 'bpe' or 'unigram'")
+  out = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_sentences(texts, SP_TRAIN_MAX_CHARS)), model_writer=out,
+        vocab_size=vocab_size, model_type=model_type, unk_id=0, eos_id=1, bos_id=-1,
+        pad_id=-1, character_coverage=0.9995, max_sentence_length=4 * _SP_MAX_LINE_CHARS,
+        input_sentence_size=0, shuffle_input_sentence=False, num_threads=2, minloglevel=2)
+  except RuntimeError as e:
+    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    raise DataConfigError(
+        f"model.vocab_size: sentencepiece could not train {vocab_size} pieces on the "
+        f"training text ({msg}); use a smaller vocabulary or more text") from None
+  return out.getvalue()
+
+
+def load_or_train_sentencepiece(workdir: str | None, vocab_size: int, model_type: str,
+                                texts: Callable[[], Iterable[str]]) -> SentencePieceTokenizer:
+  """The model cached in `workdir/tokenizer/`, else one trained now (and cached).
+
+  The file name holds the model type and vocabulary size. Training is deterministic, so
+  processes that share a workdir may each train and write the same bytes; the write goes
+  through a per-process temporary file and a rename. `workdir` may be local or any path
+  `etils.epath` reads (gs://...). With no workdir nothing is cached.
+  """
+  name = f"sentencepiece_{model_type}_{vocab_size}.model"
+  path = epath.Path(workdir) / "tokenizer" / name if workdir else None
+  if path and path.exists():
+    return SentencePieceTokenizer(path.read_bytes())
+  proto = train_sentencepiece(texts(), vocab_size, model_type)
+  if path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{name}.tmp-{os.getpid()}")
+    tmp.write_bytes(proto)
+    tmp.replace(path)
+  return SentencePieceTokenizer(proto)
+
+
+def build_tokenizer(config, workdir: str | None, train_texts: Callable[[], Iterable[str]]):
+  """The tokenizer `config.data.tokenizer` names, checked against `config.model.vocab_size`.
+
+  Args:
+    config: the whole run config.
+    workdir: the run's directory (SentencePiece cache), or None.
+    train_texts: called only if a SentencePiece model must be trained; returns the
+      training documents (callers keep them to a few MB, see `training_sample`).
+
+  Raises:
+    DataConfigError: unknown kind, or the model's vocab size differs from the tokenizer's.
+  """
+  kind = config.data.tokenizer
+  vocab_size = config.model.vocab_size
+  if kind == "bytes":
+    tok = BytesTokenizer()
+  elif kind == "sentencepiece":
+    tok = load_or_train_sentencepiece(workdir, vocab_size, config.data.sp_model_type,
+                                      train_texts)
+  elif kind == "huggingface":
+    tok = HuggingFaceTokenizer(config.data.tokenizer_path)
+  else:
+    raise DataConfigError(
+        f"data.tokenizer: is {kind!r}; must be 'bytes', 'sentencepiece' or 'huggingface'")
+  check_vocab_size(vocab_size, tok)
+  return tok
+
+
+def check_vocab_size(model_vocab_size: int, tok) -> None:
+  """Raises DataConfigError unless the model's vocabulary is the tokenizer's."""
+  if model_vocab_size != tok.vocab_size:
+    raise DataConfigError(
+        f"model.vocab_size: is {model_vocab_size} but the {tok.kind} tokenizer has "
+        f"{tok.vocab_size} tokens; set --config.model.vocab_size={tok.vocab_size}")
