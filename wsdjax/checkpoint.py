@@ -1,0 +1,281 @@
+"""The Orbax checkpoint tree: main and decay branches side by side under one workdir.
+
+Layout:
+  WORKDIR/checkpoints/<branch>/<step>/{state,meta}   one Orbax CheckpointManager per branch
+  WORKDIR/checkpoints/manifest.json                  index of every finished save
+
+Each save has two items: `state` (the train-state pytree) and `meta` (JSON: the manifest
+entry of that state, plus the data position). The manifest is an index derived from the
+metas of finished saves, written atomically; if a crash loses a manifest update, it is
+rebuilt from the metas on the next open. A save is reported (and enters the manifest) only
+once Orbax has finalised it on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from wsdjax.plan import MAIN, StateRef
+
+MANIFEST = "manifest.json"
+_BRANCH_RE = re.compile(r"^(main|decay-\d+)$")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, incomplete or unreadable."""
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+  return epath.Path(workdir) / "checkpoints"
+
+
+def atomic_write_text(path: epath.Path, text: str) -> None:
+  """Write `text` so a reader sees the old or the new file, never half of one."""
+  path = epath.Path(path)
+  if str(path).startswith("gs://"):
+    path.write_text(text)  # GCS object writes are atomic.
+    return
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _json_default(x):
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.floating,)):
+    return float(x)
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  raise TypeError(f"not JSON-able: {type(x)}")
+
+
+def _entry_key(entry: dict) -> tuple[str, int]:
+  return entry["branch"], int(entry["step"])
+
+
+class CheckpointTree:
+  """Saves, lists, restores and prunes the states of every branch of one run."""
+
+  def __init__(self, workdir, async_save: bool = True, read_only: bool = False):
+    self.root = checkpoint_dir(workdir)
+    self.async_save = async_save
+    self.read_only = read_only
+    self.is_primary = jax.process_index() == 0
+    if not read_only:
+      self.root.mkdir(parents=True, exist_ok=True)
+    self._managers: dict[str, ocp.CheckpointManager] = {}
+    self._pending: list[tuple[str, int, dict]] = []
+    self._entries: dict[tuple[str, int], dict] = {}
+    self._rebuild_index()
+
+  # ---- managers ----
+  def branches(self) -> list[str]:
+    if not self.root.exists():
+      return []
+    return sorted((p.name for p in self.root.iterdir()
+                   if p.is_dir() and _BRANCH_RE.match(p.name)), key=_branch_order)
+
+  def _manager(self, branch: str) -> ocp.CheckpointManager:
+    if branch not in self._managers:
+      if not _BRANCH_RE.match(branch):
+        raise ValueError(f"branch: {branch!r} is not 'main' or 'decay-<step>'")
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=None, create=not self.read_only, read_only=self.read_only,
+          enable_async_checkpointing=self.async_save)
+      self._managers[branch] = ocp.CheckpointManager(
+          self.root / branch, options=options, item_names=("state", "meta"))
+    return self._managers[branch]
+
+  def steps(self, branch: str) -> list[int]:
+    """Finished saves of `branch`, ascending."""
+    if not (self.root / branch).exists():
+      return []
+    return sorted(self._manager(branch).all_steps())
+
+  def has(self, ref: StateRef) -> bool:
+    return ref.step in self.steps(ref.branch)
+
+  # ---- manifest ----
+  def _rebuild_index(self) -> None:
+    """Index = metas of every finished save on disk (the manifest file is only a cache)."""
+    cached = {}
+    path = self.root / MANIFEST
+    if path.exists():
+      try:
+        cached = {_entry_key(e): e for e in json.loads(path.read_text())}
+      except (ValueError, KeyError, TypeError):
+        cached = {}
+    self._entries = {}
+    for branch in self.branches():
+      for step in self.steps(branch):
+        entry = cached.get((branch, step))
+        if entry is None:
+          entry = self.read_meta(StateRef(branch, step)).get("entry")
+        if entry is not None:
+          self._entries[(branch, step)] = entry
+    if not self.read_only and self.is_primary and (
+        set(cached) != set(self._entries) or not path.exists()):
+      self._write_manifest()
+
+  def _write_manifest(self) -> None:
+    if self.is_primary and not self.read_only:
+      atomic_write_text(self.root / MANIFEST,
+                        json.dumps(self.manifest(), indent=1, default=_json_default))
+
+  def manifest(self) -> list[dict]:
+    """One entry per finished save, ordered by branch then step."""
+    return [self._entries[k] for k in sorted(self._entries,
+                                             key=lambda k: (_branch_order(k[0]), k[1]))]
+
+  def entry(self, ref: StateRef) -> dict | None:
+    return self._entries.get((ref.branch, ref.step))
+
+  def update_entry(self, ref: StateRef, **fields) -> None:
+    """Add fields to a finished save's manifest entry (e.g. an eval loss computed later)."""
+    self._entries[(ref.branch, ref.step)].update(fields)
+    self._write_manifest()
+
+  # ---- save / restore ----
+  def save(self, ref: StateRef, state, entry: dict, extra_meta: dict | None = None) -> None:
+    """Start saving `state` as `ref` (async). `entry` joins the manifest once it is on disk."""
+    if self.read_only:
+      raise CheckpointError("checkpoint tree opened read-only")
+    meta = dict(extra_meta or {}, entry=entry)
+    meta = json.loads(json.dumps(meta, default=_json_default))
+    mgr = self._manager(ref.branch)
+    flags = {k: True for k in ("fork_point", "decayed") if entry.get(k)}
+    for branch, step, queued in self._pending:
+      if (branch, step) == (ref.branch, ref.step):  # Same state, save under way: tag it.
+        queued.update(flags)
+        return
+    if ref.step in mgr.all_steps():  # Already on disk (e.g. a rerun): keep it, tag it.
+      if flags and (ref.branch, ref.step) in self._entries:
+        self.update_entry(ref, **flags)
+      return
+    mgr.save(ref.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
+    self._pending.append((ref.branch, ref.step, meta["entry"]))
+    if not self.async_save:
+      self.poll()
+
+  def poll(self) -> list[dict]:
+    """Entries of saves that finished since the last call (now in the manifest)."""
+    done, still = [], []
+    for branch, step, entry in self._pending:
+      mgr = self._managers[branch]
+      mgr.check_for_errors()
+      if mgr.is_saving_in_progress():
+        still.append((branch, step, entry))
+      else:
+        done.append(entry)
+        self._entries[(branch, step)] = entry
+    self._pending = still
+    if done:
+      self._write_manifest()
+    return done
+
+  def wait(self) -> list[dict]:
+    """Block until every save is on disk; return the entries that finished."""
+    for mgr in self._managers.values():
+      mgr.wait_until_finished()
+    return self.poll()
+
+  def read_meta(self, ref: StateRef) -> dict:
+    mgr = self._manager(ref.branch)
+    try:
+      return mgr.restore(ref.step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - any read failure means a broken save
+      raise CheckpointError(f"{ref.branch}@{ref.step}: cannot read its meta: {e}") from e
+
+  def restore(self, ref: StateRef, target) -> tuple[Any, dict]:
+    """Restore `ref` into the structure/shardings of `target` (abstract or concrete)."""
+    if not self.has(ref):
+      raise CheckpointError(f"{ref.branch}@{ref.step}: no such checkpoint "
+                            f"(saved steps of {ref.branch}: {self.steps(ref.branch)})")
+    mgr = self._manager(ref.branch)
+    try:
+      out = mgr.restore(ref.step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"{ref.branch}@{ref.step}: cannot restore: {e}") from e
+    return out["state"], out["meta"]
+
+  def delete(self, ref: StateRef) -> None:
+    self._manager(ref.branch).delete(ref.step)
+    self._entries.pop((ref.branch, ref.step), None)
+    self._write_manifest()
+
+  def prune(self, keep_main: int, protected: Iterable[StateRef]) -> list[StateRef]:
+    """Retention: keep decayed checkpoints, `protected` states and the last `keep_main`
+    main saves; delete other main saves. Intermediate saves of a decay branch are dropped
+    once its decayed checkpoint (entry with `decayed`) is on disk. Returns what it deleted."""
+    protected = set(protected)
+    deleted = []
+    for branch in self.branches():
+      steps = self.steps(branch)
+      if branch == MAIN:
+        candidates = steps[:-keep_main] if keep_main > 0 else steps
+      else:
+        done = any((self._entries.get((branch, s)) or {}).get("decayed") for s in steps)
+        candidates = steps if done else []
+      for step in candidates:
+        ref = StateRef(branch, step)
+        entry = self._entries.get((branch, step)) or {}
+        if ref in protected or entry.get("decayed") or entry.get("fork_point"):
+          continue
+        if any(p[0] == branch and p[1] == step for p in self._pending):
+          continue
+        self.delete(ref)
+        deleted.append(ref)
+    return deleted
+
+  def close(self) -> None:
+    self.wait()
+    for mgr in self._managers.values():
+      mgr.close()
+    self._managers.clear()
+
+
+def _branch_order(branch: str) -> tuple[int, int]:
+  return (0, 0) if branch == MAIN else (1, int(branch.split("-", 1)[1]))
+
+
+def latest_step(tree: CheckpointTree, branch: str, before: int | None = None) -> int | None:
+  """Newest finished save of `branch` (at or before `before`, if given)."""
+  steps = [s for s in tree.steps(branch) if before is None or s <= before]
+  return steps[-1] if steps else None
+
+
+def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
+  """Load a train state of a run: `branch` ('main' or 'decay-<N>') at `step` (default: its
+  latest save). Onto `mesh` with the run's shardings, or as host numpy arrays without one.
+  """
+  from wsdjax import config as config_lib  # local: the trainer composes us, not the reverse
+  from wsdjax import trainer
+  cfg = config_lib.load_run_config(workdir)
+  tree = CheckpointTree(workdir, read_only=True)
+  steps = tree.steps(branch)
+  if not steps:
+    raise CheckpointError(
+        f"branch: no saved states of {branch!r} in {workdir}; saved branches: {tree.branches()}")
+  step = steps[-1] if step is None else int(step)
+  if mesh is None:
+    abstract = trainer.abstract_state(cfg)
+    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
+  else:
+    target = trainer.abstract_state(cfg, mesh)
+  state, _ = tree.restore(StateRef(branch, step), target)
+  return state
+

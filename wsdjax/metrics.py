@@ -1,0 +1,125 @@
+"""What a user watches: console lines, TensorBoard events, a JSONL log; tokens/s and MFU.
+
+MFU = (model FLOPs per token x tokens per second) / peak FLOP/s of the devices, with the
+model FLOPs from `wsdjax.model.flops_per_token` (the one formula used everywhere). Peaks:
+a table of dense bf16 peaks for TPUs/GPUs by device kind; on CPU, a float32 matmul peak
+measured on the spot (CPU runs float32).
+Only process 0 writes; other processes get a writer that drops everything.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+
+# Dense bf16 peak FLOP/s per device (one chip / one GPU), by substring of device_kind.
+_PEAK_BF16 = (
+    ("v6", 918e12), ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v4", 275e12),
+    ("v3", 123e12), ("v2", 45e12), ("h200", 989e12), ("h100", 989e12), ("a100", 312e12),
+    ("l4", 121e12), ("a10", 125e12), ("t4", 65e12), ("v100", 125e12),
+)
+
+
+def measure_cpu_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """Best-of-`repeats` FLOP/s of a jitted float32 n x n x n matmul on the default device."""
+  a = jnp.ones((n, n), jnp.float32)
+  b = jnp.ones((n, n), jnp.float32)
+  mm = jax.jit(jnp.matmul)
+  mm(a, b).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    mm(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n**3 / best
+
+
+@functools.lru_cache(maxsize=None)
+def device_peak_flops() -> tuple[float, str]:
+  """(peak FLOP/s of all local devices of this process, how it was obtained)."""
+  dev = jax.local_devices()[0]
+  if dev.platform == "cpu":
+    # Forced host devices share the same cores: the process's peak is one matmul's.
+    return measure_cpu_matmul_peak(), "measured f32 matmul (CPU)"
+  kind = dev.device_kind.lower()
+  for key, peak in _PEAK_BF16:
+    if key in kind:
+      return peak * jax.local_device_count(), f"bf16 table ({dev.device_kind})"
+  return math.nan, f"unknown device kind {dev.device_kind!r}"
+
+
+def mfu(flops_per_token: float, tokens_per_s_process: float) -> float:
+  """Model FLOPs utilisation of this process's devices (0..1; NaN if peak unknown)."""
+  peak, _ = device_peak_flops()
+  return flops_per_token * tokens_per_s_process / peak
+
+
+class MetricWriter:
+  """Console + TensorBoard (`DIR/tb`) + JSONL (`DIR/metrics.jsonl`), process 0 only."""
+
+  def __init__(self, workdir, enabled: bool | None = None, stream=None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.stream = stream or sys.stdout
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      workdir = epath.Path(workdir)
+      workdir.mkdir(parents=True, exist_ok=True)
+      from tensorboardX import SummaryWriter  # no TensorFlow needed
+      self._tb = SummaryWriter(str(workdir / "tb"), flush_secs=10)
+      self._jsonl = (workdir / "metrics.jsonl").open("a")
+
+  def print(self, line: str) -> None:
+    if self.enabled:
+      print(line, file=self.stream, flush=True)
+
+  def write(self, step: int, metrics: Mapping[str, float], branch: str = "main") -> None:
+    """Log scalars at `step`: TensorBoard tag `<branch>/<name>`, one JSONL row."""
+    if not self.enabled:
+      return
+    row = {"step": int(step), "branch": branch}
+    for name, value in metrics.items():
+      value = float(np.asarray(value))
+      row[name] = value
+      if math.isfinite(value):
+        self._tb.add_scalar(f"{branch}/{name}", value, int(step))
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(branch: str, step: int, metrics: Mapping[str, float], eta_s: float) -> str:
+  """One console line: step, loss, lr, grad norm, tokens/s, MFU, ETA."""
+  m = {k: float(v) for k, v in metrics.items()}
+  parts = [f"{branch:>11} step {step:>6}", f"loss {m['train_loss']:.4f}",
+           f"lr {m['lr']:.3e}", f"gnorm {m['grad_norm']:.3f}"]
+  if "tokens_per_s" in m:
+    parts.append(f"{m['tokens_per_s']:,.0f} tok/s")
+  if "mfu" in m and math.isfinite(m["mfu"]):
+    parts.append(f"MFU {100 * m['mfu']:.1f}%")
+  if "input_share" in m:
+    parts.append(f"input {100 * m['input_share']:.1f}%")
+  parts.append(f"ETA {format_duration(eta_s)}")
+  return " | ".join(parts)
