@@ -452,16 +452,37 @@ class Trainer:
       self._check_finite(pending)
       end = Live(state, it.position())
       lr = float(schedule(seg.end - 1))
+      loss = self.eval_loss(state.params)
+      self.writer.write(seg.end, {"eval_loss": loss}, branch=seg.branch)
       if seg.decayed:
-        loss = self.eval_loss(state.params)
-        self.writer.write(seg.end, {"eval_loss": loss}, branch=seg.branch)
+        start_loss = self._start_eval_loss(seg)
+        gap = None if start_loss is None else start_loss - loss
         self._save(seg, seg.end, run_steps(seg.end), end, lr, decayed=True, eval_loss=loss,
-                   **tags)
+                   start_eval_loss=start_loss, gap=gap, **tags)
       else:
-        self._save(seg, seg.end, run_steps(seg.end), end, lr, fork_point=True, **tags)
+        self._save(seg, seg.end, run_steps(seg.end), end, lr, fork_point=True, eval_loss=loss,
+                   **tags)
       return end
     finally:
       it.close()
+
+  def _start_eval_loss(self, seg: Segment) -> float | None:
+    """Eval loss of the state a decay branch started from (main at the fork), if known.
+
+    The decay's `gap` = this minus the decayed loss: the "hill" component of the loss that
+    the high LR kept and the decay removed (river-valley picture of Wen et al. 2024).
+    """
+    if seg.init_from is None:
+      return None
+    self._report_saves()
+    entry = self.tree.entry(seg.init_from) or self._pending_entry(seg.init_from)
+    return None if entry is None else entry.get("eval_loss")
+
+  def _pending_entry(self, ref: StateRef) -> dict | None:
+    for branch, step, entry in self.tree._pending:
+      if (branch, step) == (ref.branch, ref.step):
+        return entry
+    return None
 
   def _serve_live_requests(self, seg: Segment, done: int, run_steps: int, current: Live,
                            pending) -> None:
@@ -474,7 +495,7 @@ class Trainer:
                                      self.cfg.schedule.decay_fraction)
       self.writer.print(f"live request: forking {request.branch} from main@{done}")
       self._save(seg, done, run_steps, current, float(plan_lib.schedule_of(seg)(done - 1)),
-                 fork_point=True)
+                 fork_point=True, eval_loss=self.eval_loss(current.state.params))
       self._report_saves(wait=True)
       self.run_extra(request.segment(self.cfg.schedule), held=current)
       live_branch.finish(self.workdir, request)
