@@ -92,7 +92,7 @@ class CheckpointTree:
       if not _BRANCH_RE.match(branch):
         raise ValueError(f"branch: {branch!r} is not 'main' or 'decay-<step>'")
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=None, create=not self.read_only, read_only=self.read_only,
+          max_to_keep=None, create=not self.read_only,
           enable_async_checkpointing=self.async_save)
       self._managers[branch] = ocp.CheckpointManager(
           self.root / branch, options=options, item_names=("state", "meta"))

@@ -307,6 +307,13 @@ class Trainer:
   # -- start states --
   def _restore(self, ref: StateRef) -> Live:
     state, meta = self.tree.restore(ref, self.steps.abstract)
+    saved, now = meta.get("fingerprint") or {}, self.data.fingerprint()
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+      raise config_lib.ConfigError(
+          "data", f"the data stream differs from the one {ref.branch}@{ref.step} was trained "
+          f"on ({', '.join(changed)} changed)", "restore the original data/tokenizer, or "
+          "start a new --workdir")
     return Live(state, distributed.my_position(meta.get("data_positions")))
 
   def _start_of(self, index: int, seg: Segment, live: dict[StateRef, Live]) -> tuple[int, Live, bool]:
@@ -491,6 +498,15 @@ class Trainer:
                             log_every=self.cfg.train.log_every)
     for request in new:
       self._check_finite(pending)
+      request = dataclasses.replace(request, fork_step=done, decay_steps=(
+          request.decay_steps or live_branch.default_decay_steps(
+              done, self.cfg.schedule.decay_fraction)))
+      try:
+        request.segment(self.cfg.schedule)
+      except ValueError as e:  # e.g. a fork inside warmup: refuse it, keep training main
+        self.writer.print(f"live request {request.id} refused: {e}")
+        live_branch.refuse(self.workdir, request, str(e))
+        continue
       request = live_branch.accept(self.workdir, request, done,
                                      self.cfg.schedule.decay_fraction)
       self.writer.print(f"live request: forking {request.branch} from main@{done}")
@@ -522,7 +538,8 @@ class Trainer:
                                                 remaining * row["step_time_s"]))
 
   def summary(self) -> list[dict]:
-    """Manifest entries of the decayed checkpoints, in plan order, with their budget."""
+    """Manifest entries of the decayed checkpoints with their budget, by step: the plan's,
+    then those forked outside it (live or after the fact; their budget is their end step)."""
     budgets = list(self.cfg.schedule.budgets)
     rows = []
     for i, seg in enumerate(self.plan.decayed):
@@ -530,7 +547,10 @@ class Trainer:
       if entry is None:
         continue
       rows.append(dict(entry, budget=budgets[i] if i < len(budgets) else seg.end))
-    return rows
+    planned = {(r["branch"], r["step"]) for r in rows}
+    rows += [dict(e, budget=e["step"]) for e in self.tree.manifest()
+             if e.get("decayed") and e.get("extra") and (e["branch"], e["step"]) not in planned]
+    return sorted(rows, key=lambda r: r["step"])
 
 
 def results_table(rows: list[dict], entropy_rate: float | None = None) -> str:

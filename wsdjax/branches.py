@@ -1,0 +1,74 @@
+"""`python -m wsdjax.branches --workdir W [--json]`: the checkpoint tree of a run.
+
+Prints each branch with its saved states (step, tokens, FLOPs, LR, eval loss), decay
+branches indented under the branch they forked from; `--json` prints a list with one
+object per saved state (keys: branch, step, parent, fork_step, tokens, flops, run_flops,
+lr, eval_loss, decayed, fork_point, gap).
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags
+from etils import epath
+
+from wsdjax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m wsdjax.train.")
+_JSON = flags.DEFINE_bool("json", False, "Print JSON: one object per saved state.")
+
+
+def load_entries(workdir) -> list[dict]:
+  """Manifest entries of every finished save in `workdir` (rebuilt from disk if needed)."""
+  from wsdjax import checkpoint as ckpt
+  root = ckpt.checkpoint_dir(workdir)
+  if not root.exists():
+    raise ckpt.CheckpointError(f"--workdir: {workdir} has no checkpoints/ folder; pass the "
+                               f"workdir of a run started with python -m wsdjax.train")
+  return ckpt.CheckpointTree(workdir, read_only=True).manifest()
+
+
+def format_tree(entries: list[dict]) -> str:
+  """Branches as a tree: main first, each decay branch under its parent's fork step."""
+  by_branch: dict[str, list[dict]] = {}
+  for e in entries:
+    by_branch.setdefault(e["branch"], []).append(e)
+  lines = []
+
+  def fmt(e: dict) -> str:
+    loss = "" if e.get("eval_loss") is None else f"  eval {e['eval_loss']:.4f}"
+    tags = [t for t in ("decayed", "fork_point") if e.get(t)]
+    return (f"@{e['step']:<7} tokens {e['tokens']:>12,}  run FLOPs {e['run_flops']:.3g}  "
+            f"lr {e['lr']:.2e}{loss}{'  [' + ', '.join(tags) + ']' if tags else ''}")
+
+  def branch_line(name: str, depth: int) -> None:
+    states = by_branch.get(name, [])
+    first = states[0] if states else {}
+    origin = ("" if first.get("parent") is None
+              else f"  (from {first['parent']}@{first['fork_step']})")
+    lines.append("  " * depth + f"{name}{origin}")
+    for e in states:
+      lines.append("  " * depth + "  " + fmt(e))
+
+  names = sorted(by_branch, key=lambda b: (b != "main", int(b.split("-")[1]) if "-" in b else 0))
+  for name in names:
+    branch_line(name, 0 if name == "main" else 1)
+  return "\n".join(lines) if lines else "(no saved states yet)"
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; usage: --workdir W [--json]")
+  if not _WORKDIR.value:
+    cli.fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
+  entries = load_entries(_WORKDIR.value)
+  if _JSON.value:
+    print(json.dumps(entries, indent=1))
+  else:
+    print(format_tree(entries))
+
+
+if __name__ == "__main__":
+  from wsdjax import checkpoint
+  cli.run(main, {checkpoint.CheckpointError: cli.EXIT_BAD_INPUT})
