@@ -155,3 +155,20 @@ def test_cli_tiny_runs_as_written_and_leaves_logs(tmp_path):
   assert any(p.name.startswith("events.out.tfevents") for p in tb)
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["schedule"]["budgets"] == [40, 80]
+
+
+def test_rewritten_file_keeps_earlier_rows_and_writes_on_schedule(tmp_path):
+  """The gs:// JSONL writer (object stores cannot append), exercised on a local path."""
+  from wsdjax.metrics import RewrittenFile
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1}\n')
+  f = RewrittenFile(path, every_s=3600)
+  f.write('{"step": 2}\n')
+  f.flush()
+  assert path.read_text() == '{"step": 1}\n'  # not yet due
+  f.close()
+  assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+  g = RewrittenFile(path, every_s=0)
+  g.write('{"step": 3}\n')
+  g.flush()
+  assert path.read_text().splitlines()[-1] == '{"step": 3}'

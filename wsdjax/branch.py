@@ -128,5 +128,6 @@ if __name__ == "__main__":
   cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
                  schedules.ScheduleError: cli.EXIT_BAD_INPUT,
                  data.DataConfigError: cli.EXIT_BAD_INPUT,
+                 checkpoint.SaveError: cli.EXIT_FAULT,
                  checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
                  trainer.NonFiniteLoss: cli.EXIT_FAULT})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Any, Iterable
 
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from wsdjax import faults
 from wsdjax.plan import MAIN, StateRef
 
 MANIFEST = "manifest.json"
@@ -33,7 +35,26 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, incomplete or unreadable."""
 
 
+class BrokenCheckpoint(CheckpointError):
+  """A finished save whose files are missing or truncated (see `CheckpointTree.damage`)."""
+
+  def __init__(self, ref: StateRef, reason: str):
+    self.ref, self.reason = ref, reason
+    super().__init__(f"checkpoint: {ref.branch}@{ref.step} is broken: {reason}")
+
+
+class SaveError(CheckpointError):
+  """A save failed (e.g. a full disk); the checkpoints saved before it are intact."""
+
+
+BROKEN = "broken"  # WORKDIR/checkpoints/broken/<branch>-<step>-<n>: unreadable saves, kept
+INTEGRITY = "integrity"  # WORKDIR/checkpoints/integrity/<branch>-<step>.json: file sizes
+
+
 def checkpoint_dir(workdir) -> epath.Path:
+  """WORKDIR/checkpoints; a local path made absolute (Orbax refuses relative paths)."""
+  if "://" not in str(workdir):
+    workdir = os.path.abspath(os.fspath(workdir))
   return epath.Path(workdir) / "checkpoints"
 
 
@@ -78,6 +99,7 @@ class CheckpointTree:
     self._managers: dict[str, ocp.CheckpointManager] = {}
     self._pending: list[tuple[str, int, dict]] = []
     self._entries: dict[tuple[str, int], dict] = {}
+    self._failed = False  # a save failed (reported once as SaveError)
     self._rebuild_index()
 
   # ---- managers ----
@@ -93,6 +115,7 @@ class CheckpointTree:
         raise ValueError(f"branch: {branch!r} is not 'main' or 'decay-<step>'")
       options = ocp.CheckpointManagerOptions(
           max_to_keep=None, create=not self.read_only,
+          cleanup_tmp_directories=not self.read_only and self.is_primary,
           enable_async_checkpointing=self.async_save)
       self._managers[branch] = ocp.CheckpointManager(
           self.root / branch, options=options, item_names=("state", "meta"))
@@ -164,9 +187,11 @@ class CheckpointTree:
       if flags and (ref.branch, ref.step) in self._entries:
         self.update_entry(ref, **flags)
       return
-    mgr.save(ref.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(meta)), force=True)
+    with _save_errors(self, ref):
+      mgr.save(ref.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
     self._pending.append((ref.branch, ref.step, meta["entry"]))
+    faults.in_save(ref.branch, ref.step)
     if not self.async_save:
       self.poll()
 
@@ -175,12 +200,19 @@ class CheckpointTree:
     done, still = [], []
     for branch, step, entry in self._pending:
       mgr = self._managers[branch]
-      mgr.check_for_errors()
+      with _save_errors(self, StateRef(branch, step)):
+        mgr.check_for_errors()
       if mgr.is_saving_in_progress():
         still.append((branch, step, entry))
-      else:
+      elif step in mgr.all_steps():
         done.append(entry)
         self._entries[(branch, step)] = entry
+        self._record_files(StateRef(branch, step))
+      else:  # Orbax gave up on it without an error we saw: not on disk, never reported
+        self._failed = True
+        raise SaveError(f"checkpoint: saving {branch}@{step} did not finish; free disk space "
+                        "(or fix the storage) and rerun the same command: the checkpoints "
+                        "saved before are intact")
     self._pending = still
     if done:
       self._write_manifest()
@@ -188,9 +220,65 @@ class CheckpointTree:
 
   def wait(self) -> list[dict]:
     """Block until every save is on disk; return the entries that finished."""
-    for mgr in self._managers.values():
-      mgr.wait_until_finished()
+    for branch, mgr in self._managers.items():
+      pending = [step for b, step, _ in self._pending if b == branch]
+      with _save_errors(self, StateRef(branch, pending[0] if pending else -1)):
+        mgr.wait_until_finished()
     return self.poll()
+
+  # ---- integrity ----
+  def _files(self, ref: StateRef) -> dict[str, int]:
+    """Relative path -> size of every file of a finished save."""
+    top = self.root / ref.branch / str(ref.step)
+    out, folders = {}, [top]
+    while folders:  # a walk by listing: epath has no recursive glob on GCS
+      for path in folders.pop().iterdir():
+        if path.is_dir():
+          folders.append(path)
+        else:
+          out[str(path.relative_to(top))] = path.stat().length
+    return out
+
+  def _record_files(self, ref: StateRef) -> None:
+    if self.is_primary and not self.read_only:
+      (self.root / INTEGRITY).mkdir(exist_ok=True)
+      atomic_write_text(self.root / INTEGRITY / f"{ref.branch}-{ref.step}.json",
+                        json.dumps(self._files(ref)))
+
+  def damage(self, ref: StateRef) -> str | None:
+    """What is wrong with the files of a finished save (missing, truncated, grown), judged
+    against the sizes recorded when it finished; None if intact or never recorded."""
+    record = self.root / INTEGRITY / f"{ref.branch}-{ref.step}.json"
+    if not record.exists():
+      return None
+    expected, found = json.loads(record.read_text()), self._files(ref)
+    missing = sorted(set(expected) - set(found))
+    if missing:
+      return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+    changed = sorted(k for k in expected if found[k] != expected[k])
+    if changed:
+      k = changed[0]
+      return f"{len(changed)} file(s) changed size, e.g. {k} ({found[k]} bytes, not {expected[k]})"
+    return None
+
+  def quarantine(self, ref: StateRef, reason: str) -> epath.Path:
+    """Move an unreadable save out of its branch (kept under checkpoints/broken/ for a look,
+    never deleted) so that resume uses the previous complete one."""
+    if self.is_primary:
+      n = 0
+      while (dest := self.root / BROKEN / f"{ref.branch}-{ref.step}-{n}").exists():
+        n += 1
+      dest.parent.mkdir(parents=True, exist_ok=True)
+      (self.root / ref.branch / str(ref.step)).rename(dest)
+      atomic_write_text(dest / "REASON.txt", reason + "\n")
+    _barrier(f"quarantine-{ref.branch}-{ref.step}")
+    manager = self._managers.pop(ref.branch, None)
+    if manager is not None:
+      manager.close()
+    (self.root / INTEGRITY / f"{ref.branch}-{ref.step}.json").unlink(missing_ok=True)
+    self._entries.pop((ref.branch, ref.step), None)
+    self._write_manifest()
+    return dest
 
   def read_meta(self, ref: StateRef) -> dict:
     mgr = self._manager(ref.branch)
@@ -204,12 +292,22 @@ class CheckpointTree:
     if not self.has(ref):
       raise CheckpointError(f"{ref.branch}@{ref.step}: no such checkpoint "
                             f"(saved steps of {ref.branch}: {self.steps(ref.branch)})")
+    damage = self.damage(ref)
+    if damage:
+      raise BrokenCheckpoint(ref, damage)
     mgr = self._manager(ref.branch)
     try:
       out = mgr.restore(ref.step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{ref.branch}@{ref.step}: cannot restore: {e}") from e
+      damage = self.damage(ref)
+      if damage:
+        raise BrokenCheckpoint(ref, damage) from e
+      text = " ".join(str(e).split())[:400]
+      raise CheckpointError(
+          f"checkpoint: cannot restore {ref.branch}@{ref.step} ({text}); if its files are "
+          f"damaged, move {self.root / ref.branch / str(ref.step)} away and rerun to resume "
+          "from the previous save") from e
     return out["state"], out["meta"]
 
   def delete(self, ref: StateRef) -> None:
@@ -242,10 +340,44 @@ class CheckpointTree:
     return deleted
 
   def close(self) -> None:
-    self.wait()
+    if not self._failed:
+      self.wait()
     for mgr in self._managers.values():
-      mgr.close()
+      try:
+        mgr.close()
+      except Exception:  # noqa: BLE001 - a failed save was already reported as SaveError
+        if not self._failed:
+          raise
     self._managers.clear()
+
+
+class _save_errors:
+  """Turn a failed write (full disk, quota, I/O error) into a one-line SaveError."""
+
+  def __init__(self, tree: "CheckpointTree", ref: StateRef):
+    self.tree, self.ref = tree, ref
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, _tb):
+    if error is None or isinstance(error, CheckpointError) or not isinstance(error, Exception):
+      return False
+    tree, branch = self.tree, self.ref.branch
+    failed = [step for b, step, _ in tree._pending if b == branch] or [self.ref.step]
+    where = f"{branch}@{failed[0]}" if failed[0] >= 0 else branch
+    tree._pending = [p for p in tree._pending if p[0] != branch]  # none of those is on disk
+    tree._failed = True
+    text = " ".join(str(error).split())[:300]
+    raise SaveError(f"checkpoint: saving {where} failed ({type(error).__name__}: {text}); "
+                    "free disk space (or fix the storage) and rerun the same command: the "
+                    "checkpoints saved before are intact") from error
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def _branch_order(branch: str) -> tuple[int, int]:
@@ -270,12 +402,19 @@ def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
   if not steps:
     raise CheckpointError(
         f"branch: no saved states of {branch!r} in {workdir}; saved branches: {tree.branches()}")
-  step = steps[-1] if step is None else int(step)
   if mesh is None:
     abstract = trainer.abstract_state(cfg)
     target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
   else:
     target = trainer.abstract_state(cfg, mesh)
-  state, _ = tree.restore(StateRef(branch, step), target)
-  return state
+  if step is not None:
+    return tree.restore(StateRef(branch, int(step)), target)[0]
+  for newest in reversed(steps):  # the latest complete save of the branch
+    try:
+      return tree.restore(StateRef(branch, newest), target)[0]
+    except BrokenCheckpoint as broken:
+      if newest == steps[0]:
+        raise
+      print(f"wsdjax: {broken}; using the previous save", file=sys.stderr, flush=True)
+  raise AssertionError("unreachable")
 

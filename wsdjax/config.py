@@ -7,6 +7,7 @@ and raises `ConfigError`, whose text is one line: `<field>: <what is wrong>; <ho
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
@@ -60,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"
   # Std of the normal initialiser of weight matrices.
   c.model.init_std = 0.02
+  # Dense matmuls: 'auto' (fast weight-gradient path on CPU, plain elsewhere) | 'xla' | 'cpu_dw'.
+  c.model.dense_impl = "auto"
 
   # ---- data (wsdjax/data/) ----
   c.data = ml_collections.ConfigDict()
@@ -221,7 +224,8 @@ def validate(cfg, device_count: int | None = None) -> None:
   known = _flat(base_config())
   for field in flat:
     if field not in known:
-      close = [k for k in known if k.rsplit(".", 1)[-1] == field.rsplit(".", 1)[-1]]
+      close = difflib.get_close_matches(field, list(known), n=1, cutoff=0.8) or [
+          k for k in known if k.rsplit(".", 1)[-1] == field.rsplit(".", 1)[-1]]
       _require(False, field, "unknown config key",
                f"remove it{' (did you mean ' + close[0] + '?)' if close else ''}")
   for field in known:
@@ -242,6 +246,7 @@ def validate(cfg, device_count: int | None = None) -> None:
            "change d_model or n_heads")
   _choice(flat, "model.dtype", DTYPES)
   _choice(flat, "model.remat", ("none", "full"))
+  _choice(flat, "model.dense_impl", ("auto", "xla", "cpu_dw"))
 
   d = cfg.data
   _choice(flat, "data.source", SOURCES)
@@ -401,7 +406,7 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
 MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
                   "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
-                  "model.remat")
+                  "model.remat", "model.dense_impl")
 
 
 def resume_conflicts(old, new) -> list[str]:

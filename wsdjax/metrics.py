@@ -63,6 +63,29 @@ def mfu(flops_per_token: float, tokens_per_s_process: float) -> float:
   return flops_per_token * tokens_per_s_process / peak
 
 
+class RewrittenFile:
+  """An append-only text file on an object store (gs://), which cannot append: the text is
+  kept in memory and the whole object rewritten at most every `every_s` seconds and at
+  close(), so a resumed run keeps the rows of earlier runs."""
+
+  def __init__(self, path, every_s: float = 30.0):
+    self.path, self.every_s = epath.Path(path), every_s
+    self.text = self.path.read_text() if self.path.exists() else ""
+    self._written_at, self._dirty = time.monotonic(), False
+
+  def write(self, text: str) -> None:
+    self.text += text
+    self._dirty = True
+
+  def flush(self, force: bool = False) -> None:
+    if self._dirty and (force or time.monotonic() - self._written_at >= self.every_s):
+      self.path.write_text(self.text)
+      self._written_at, self._dirty = time.monotonic(), False
+
+  def close(self) -> None:
+    self.flush(force=True)
+
+
 class MetricWriter:
   """Console + TensorBoard (`DIR/tb`) + JSONL (`DIR/metrics.jsonl`), process 0 only."""
 
@@ -76,7 +99,8 @@ class MetricWriter:
       workdir.mkdir(parents=True, exist_ok=True)
       from tensorboardX import SummaryWriter  # no TensorFlow needed
       self._tb = SummaryWriter(str(workdir / "tb"), flush_secs=10)
-      self._jsonl = (workdir / "metrics.jsonl").open("a")
+      path = workdir / "metrics.jsonl"
+      self._jsonl = RewrittenFile(path) if str(path).startswith("gs://") else path.open("a")
 
   def print(self, line: str) -> None:
     if self.enabled:

@@ -12,6 +12,11 @@ from wsdjax import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, config.")
+# Multi-process without a cluster jax detects (else JAX_COORDINATOR_ADDRESS etc., or none).
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for jax.distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1.")
 
 
 def main(argv):
@@ -21,8 +26,17 @@ def main(argv):
     cli.fail("--config: missing; pass --config configs/default.py (or another config file)")
   if not _WORKDIR.value:
     cli.fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
+  try:  # config_flags defers a load failure (missing file, syntax error) to first use
+    _CONFIG.value.keys()
+  except OSError as e:
+    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    cli.fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. "
+             "configs/default.py")
   from wsdjax import distributed
-  distributed.initialize()
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:  # incomplete multi-process settings
+    cli.fail(str(e))
   from wsdjax import trainer  # after distributed init: importing jax state is fine, using it isn't
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -31,8 +45,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from wsdjax import checkpoint, config, data, trainer
-  cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
-                 data.DataConfigError: cli.EXIT_BAD_INPUT,
-                 checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
-                 trainer.NonFiniteLoss: cli.EXIT_FAULT})
+  from wsdjax import checkpoint, config, data, distributed, trainer
+  try:
+    cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
+                   data.DataConfigError: cli.EXIT_BAD_INPUT,
+                   checkpoint.SaveError: cli.EXIT_FAULT,
+                   checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
+                   trainer.NonFiniteLoss: cli.EXIT_FAULT})
+  except BaseException as e:  # a process failing alone must not hang a multi-process job
+    distributed.exit_if_failed(e)
+    raise

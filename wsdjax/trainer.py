@@ -28,6 +28,7 @@ from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
 from wsdjax import distributed
+from wsdjax import faults
 from wsdjax import metrics as metrics_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib
@@ -301,7 +302,13 @@ class Trainer:
       signal.signal(s, h)
 
   def _should_stop(self, step: int) -> bool:
+    """A signal or preemption asks to stop. One process checks every step; several agree
+    every `log_every` steps (a collective each step would stall the step pipeline)."""
     local = self._stop_signal is not None
+    if jax.process_count() == 1:
+      return local or distributed.reached_preemption(step)
+    if step % self.cfg.train.log_every:
+      return False
     return distributed.any_process(local) or distributed.reached_preemption(step)
 
   # -- start states --
@@ -357,28 +364,40 @@ class Trainer:
       self.writer.print(f"data: bigram chain, entropy rate (optimal loss) "
                         f"{self.data.entropy_rate:.4f} nats/token")
     self._install_signal_handlers()
-    live: dict[StateRef, Live] = {}
     try:
-      for request in live_branch.accepted(self.workdir):  # live branches cut short
-        if not self.tree.has(StateRef(request.branch, request.end)):
-          self.run_extra(request.segment(self.cfg.schedule))
-        live_branch.finish(self.workdir, request)
-      for index, seg in enumerate(self.plan.segments):
-        if self.tree.has(seg.end_ref):
-          continue
-        start, held, donate = self._start_of(index, seg, live)
-        end_state = self._run_segment(seg, start, held, donate, self.run_steps_before(index))
-        if any(s.init_from == seg.end_ref for s in self.plan.segments[index + 1:]):
-          live[seg.end_ref] = end_state
-        for ref in list(live):
-          if not any(s.init_from == ref for s in self.plan.segments[index + 1:]):
-            live.pop(ref)
+      while True:
+        try:
+          self._run_plan()
+          break
+        except ckpt.BrokenCheckpoint as broken:  # set it aside, resume from an earlier save
+          moved = self.tree.quarantine(broken.ref, str(broken))
+          self.writer.print(f"{broken}; moved it to {moved} and resuming from the previous "
+                            "complete save")
       self._report_saves(wait=True)
       self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
       return self.summary()
     finally:
       self._restore_signal_handlers()
-      self.tree.wait()
+      if not self.tree._failed:
+        self.tree.wait()
+
+  def _run_plan(self) -> None:
+    """Run every segment of the plan not yet on disk, and live branches cut short."""
+    live: dict[StateRef, Live] = {}
+    for request in live_branch.accepted(self.workdir):  # live branches cut short
+      if not self.tree.has(StateRef(request.branch, request.end)):
+        self.run_extra(request.segment(self.cfg.schedule))
+      live_branch.finish(self.workdir, request)
+    for index, seg in enumerate(self.plan.segments):
+      if self.tree.has(seg.end_ref):
+        continue
+      start, held, donate = self._start_of(index, seg, live)
+      end_state = self._run_segment(seg, start, held, donate, self.run_steps_before(index))
+      if any(s.init_from == seg.end_ref for s in self.plan.segments[index + 1:]):
+        live[seg.end_ref] = end_state
+      for ref in list(live):
+        if not any(s.init_from == ref for s in self.plan.segments[index + 1:]):
+          live.pop(ref)
 
   def run_extra(self, seg: Segment, held: Live | None = None) -> dict:
     """Run a decay branch outside the plan (after the fact, or live) from `seg.init_from`
@@ -424,10 +443,12 @@ class Trainer:
         local = next(it)
         wait_window += it.last_wait_s
         batch = data_lib.to_global(local, batch_sh)
+        state = faults.before_step(seg.branch, step + 1, state)
         state, metrics = (first if step == start else rest)(state, batch)
         n_window += 1
         self._steps_done_here += 1
         done = step + 1
+        faults.after_step(seg.branch, done)
         if pending is not None:
           self._check_finite(pending)
         pending = (seg.branch, step, metrics)
@@ -519,10 +540,12 @@ class Trainer:
   def _check_finite(self, pending) -> None:
     branch, step, metrics = pending
     if not bool(metrics["finite"]):
+      bad = ", ".join(f"{k}={float(v)}" for k, v in metrics.items()
+                      if k != "finite" and not math.isfinite(float(v)))
       raise NonFiniteLoss(
-          f"{branch} step {step}: train_loss={float(metrics['train_loss'])}, "
-          f"grad_norm={float(metrics['grad_norm'])}; the last good checkpoint is kept. Lower "
-          f"schedule.peak_lr or check the data, then rerun to resume from it")
+          f"train: non-finite {bad or 'update'} at {branch} step {step + 1}; nothing after "
+          "the last good checkpoint was saved; lower schedule.peak_lr or check the data, then "
+          "rerun the same command to resume from that checkpoint")
 
   def _log(self, seg, done, metrics, elapsed, n, wait, remaining) -> None:
     tokens_per_s = n * self.tokens_per_step / max(elapsed, 1e-9)
@@ -572,8 +595,15 @@ def results_table(rows: list[dict], entropy_rate: float | None = None) -> str:
 def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
   """The library entry point behind `python -m wsdjax.train` (and the notebooks)."""
   workdir_path = epath.Path(workdir)
-  validate_and_record(cfg, workdir_path, None if mesh is None else mesh.devices.size)
-  trainer = Trainer(cfg, workdir, mesh=mesh, stream=stream)
+  fresh = not workdir_path.exists()
+  check_run_config(cfg, workdir_path, None if mesh is None else mesh.devices.size)
+  try:
+    trainer = Trainer(cfg, workdir, mesh=mesh, stream=stream)  # data errors surface here
+  except (config_lib.ConfigError, data_lib.DataConfigError):
+    if fresh and workdir_path.exists() and jax.process_index() == 0:
+      workdir_path.rmtree()  # a bad-input failure leaves no half-made run behind
+    raise
+  record_run_config(cfg, workdir_path)
   try:
     rows = trainer.run()
     trainer.writer.print("decayed checkpoints:\n" + results_table(rows, trainer.data.entropy_rate))
@@ -588,8 +618,8 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
     trainer.tree.close()
 
 
-def validate_and_record(cfg, workdir: epath.Path, device_count: int | None = None) -> None:
-  """Validate `cfg`, refuse a workdir holding a different run, record the config there."""
+def check_run_config(cfg, workdir: epath.Path, device_count: int | None = None) -> None:
+  """Validate `cfg` and refuse a workdir holding a different run; writes nothing."""
   config_lib.validate(cfg, device_count or jax.device_count())
   path = workdir / config_lib.RUN_CONFIG
   if path.exists():
@@ -599,6 +629,11 @@ def validate_and_record(cfg, workdir: epath.Path, device_count: int | None = Non
       raise config_lib.ConfigError(
           "workdir", f"{workdir} holds a run with a different config: {', '.join(conflicts)}",
           "use a new --workdir, or only extend schedule.budgets / change logging fields")
+
+
+def record_run_config(cfg, workdir: epath.Path) -> None:
+  """Write the run's config into its workdir (what resume and `branch` read back)."""
+  path = workdir / config_lib.RUN_CONFIG
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(path, config_lib.to_json(cfg))

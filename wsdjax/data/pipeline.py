@@ -144,7 +144,7 @@ def _corpus(config, workdir, docs: list[str], ctx: dict, info: dict):
       tok.encode_batch(val_docs), tok.eos_id, tok.vocab_size), seq_len)
   if train.num_rows == 0:
     raise DataConfigError(f"model.seq_len: is {seq_len} but the training split has only "
-                          f"{len(train.tokens)} tokens; one row needs {seq_len + 1}")
+                          f"{len(train.tokens)} tokens (one row needs {seq_len + 1}); lower model.seq_len or add text")
   if val.num_rows == 0:
     raise DataConfigError(
         f"data.val_fraction: the validation split has {len(val.tokens)} tokens, fewer "
@@ -208,7 +208,7 @@ def build_pipeline(config, workdir: str | None = None, process_index: int | None
   global_batch = config.train.global_batch_size
   if global_batch % process_count:
     raise DataConfigError(f"train.global_batch_size: is {global_batch}, not a multiple of "
-                          f"the {process_count} processes")
+                          f"the {process_count} processes; use a multiple of the process count")
   ctx = dict(global_batch=global_batch, local_batch=global_batch // process_count,
              process_index=process_index)
   d = config.data
@@ -221,7 +221,7 @@ def build_pipeline(config, workdir: str | None = None, process_index: int | None
     batches, tok = _corpus(config, workdir, list(kjv.kjv_documents()), ctx, info)
   elif d.source == "text":
     if not d.path:
-      raise DataConfigError("data.path: is empty; the 'text' source needs a path or glob")
+      raise DataConfigError("data.path: is empty but data.source='text'; set --config.data.path=/path/to/*.txt")
     info["path"] = d.path
     batches, tok = _corpus(config, workdir, sources.read_documents(d.path), ctx, info)
   elif d.source == "tfds":

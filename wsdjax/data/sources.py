@@ -24,7 +24,7 @@ def list_files(pattern: str) -> list[str]:
     pattern = os.path.join(pattern, "**", "*")
   paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
   if not paths:
-    raise DataConfigError(f"data.path: no file matches {pattern!r}")
+    raise DataConfigError(f"data.path: no file matches {pattern!r}; give an existing file, folder or glob")
   return paths
 
 
@@ -48,7 +48,7 @@ def read_documents(pattern: str) -> list[str]:
   for path in list_files(pattern):
     docs.extend(split_documents(read_text(path)))
   if not docs:
-    raise DataConfigError(f"data.path: the files matching {pattern!r} hold no text")
+    raise DataConfigError(f"data.path: the files matching {pattern!r} hold no text; point it at text files")
   return docs
 
 
@@ -70,7 +70,8 @@ def split_train_val(docs: list[str], val_fraction: float) -> tuple[list[str], li
     raise DataConfigError(f"data.val_fraction: is {val_fraction}; must be in (0, 1)")
   if len(docs) < 2:
     raise DataConfigError(
-        f"data.path: {len(docs)} document(s); the train/validation split needs at least 2")
+        f"data.path: {len(docs)} document(s) found; the train/validation split needs at least "
+        "2 (separate documents by blank lines or use several files)")
   hashes = [_unit_hash(d) for d in docs]
   held = [h < val_fraction for h in hashes]
   if not any(held):

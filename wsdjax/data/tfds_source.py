@@ -39,7 +39,7 @@ def open_split(name: str, split: str, data_dir: str | None):
         f"data.tfds_name: cannot open {name!r} split {split!r} in array_record format "
         f"from data_dir {data_dir!r}: {first}") from e
   if len(source) == 0:
-    raise DataConfigError(f"data.tfds_name: split {split!r} of {name!r} is empty")
+    raise DataConfigError(f"data.tfds_name: split {split!r} of {name!r} is empty; choose a non-empty split")
   return source
 
 
@@ -49,7 +49,8 @@ def record_text(record, feature: str) -> str:
     value = record[feature]
   except KeyError:
     raise DataConfigError(
-        f"data.text_feature: is {feature!r}; the records have {sorted(record)}") from None
+        f"data.text_feature: is {feature!r} but the records have {sorted(record)}; set it to "
+        "one of those") from None
   if isinstance(value, np.ndarray):
     value = value.item()
   if isinstance(value, bytes):
@@ -78,7 +79,8 @@ class TfdsStream:
     self._process = [process_index, process_count]
     if len(source) < process_count:
       raise DataConfigError(
-          f"data.tfds_train_split: {len(source)} records for {process_count} processes")
+          f"data.tfds_train_split: {len(source)} records for {process_count} processes; "
+          "use a larger split or fewer processes")
 
   def _epoch_records(self, epoch: int):
     """This process's share of the epoch's shuffled record order (a grain MapDataset)."""

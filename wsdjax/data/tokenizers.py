@@ -67,7 +67,8 @@ class SentencePieceTokenizer:
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
     if self.eos_id < 0:
-      raise DataConfigError("data.tokenizer: the sentencepiece model has no </s> (eos) id")
+      raise DataConfigError("data.tokenizer: the sentencepiece model has no </s> (eos) id; delete the cached "
+                            "model under WORKDIR/tokenizer to retrain it")
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
@@ -94,7 +95,8 @@ class HuggingFaceTokenizer:
   def __init__(self, path: str):
     import tokenizers  # pylint: disable=g-import-not-at-top
     if not path or not os.path.isfile(path):
-      raise DataConfigError(f"data.tokenizer_path: {path!r} is not a tokenizer.json file")
+      raise DataConfigError(f"data.tokenizer_path: {path!r} is not a tokenizer.json file; "
+                            "give the path of a Hugging Face tokenizer.json")
     with open(path, "rb") as f:
       self._sha256 = hashlib.sha256(f.read()).hexdigest()
     self._tok = tokenizers.Tokenizer.from_file(path)
@@ -102,7 +104,8 @@ class HuggingFaceTokenizer:
     eos = _hf_eos_token(path, self._tok)
     if eos is None:
       raise DataConfigError(
-          f"data.tokenizer_path: {path} has none of the eos tokens {list(HF_EOS_TOKENS)}")
+          f"data.tokenizer_path: {path} has none of the eos tokens {list(HF_EOS_TOKENS)}; "
+          "add one of them to the tokenizer")
     self.eos_id = self._tok.token_to_id(eos)
 
   def encode(self, text: str) -> list[int]:

@@ -1,0 +1,225 @@
+"""Bad input gets one clear line before any work, and leaves the workdir as it was.
+
+Every rule is checked twice over: the error names the field and says how to fix it
+(`<field>: <problem>; <fix>`), and the files of an existing run (or the absence of a new
+workdir) are unchanged afterwards. The CLI cases check the exit status 2, the single
+stderr line `wsdjax: ...` and that `--debug` shows the traceback instead.
+"""
+
+import hashlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, one_device_mesh, subprocess_env
+from wsdjax import config as config_lib
+from wsdjax import data as data_lib
+from wsdjax import trainer
+
+LINE = re.compile(r"^(?P<field>[\w.\-]+): [^\n]+; [^\n]+$")
+
+
+def snapshot(workdir) -> dict:
+  """relative path -> content hash of every file under `workdir` (None if absent)."""
+  if not workdir.exists():
+    return None
+  return {str(p.relative_to(workdir)): hashlib.sha1(p.read_bytes()).hexdigest()
+          for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory):
+  """A short finished tiny run; every bad input below is tried against it."""
+  import tiny
+  cfg = tiny.get_config()
+  cfg.model.seq_len = 16
+  cfg.train.global_batch_size = 8
+  cfg.schedule.update(name="wsd", budgets=(8,), warmup_steps=2)
+  cfg.checkpoint.async_save = False
+  workdir = tmp_path_factory.mktemp("existing")
+  trainer.train_and_evaluate(cfg, str(workdir), mesh=one_device_mesh())
+  return cfg, workdir
+
+
+def set_field(cfg, field, value):
+  node = cfg
+  *parents, leaf = field.split(".")
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[leaf] = value
+
+
+# (field to set, value, the field the error must name, a word of its message)
+BAD_CONFIG = [
+    ("model.n_layers", 0, "model.n_layers", "positive integer"),
+    ("model.d_model", 30, "model.d_model", "not divisible"),
+    ("model.n_kv_heads", 3, "model.n_kv_heads", "does not divide"),
+    ("model.d_model", 36, "model.d_model", "odd"),
+    ("model.seq_len", -4, "model.seq_len", "positive integer"),
+    ("model.dtype", "float16", "model.dtype", "unknown value"),
+    ("model.remat", "some", "model.remat", "unknown value"),
+    ("model.n_heads", 2.5, "model.n_heads", "positive integer"),
+    ("data.source", "web", "data.source", "unknown value"),
+    ("data.tokenizer", "gpt2", "data.tokenizer", "unknown value"),
+    ("data.val_fraction", 1.5, "data.val_fraction", "(0, 1)"),
+    ("data.bigram_alpha", 0.0, "data.bigram_alpha", "> 0"),
+    ("train.global_batch_size", 0, "train.global_batch_size", "positive integer"),
+    ("train.micro_batches", 3, "train.micro_batches", "does not divide"),
+    ("train.log_every", 0, "train.log_every", "positive integer"),
+    ("train.eval_every", -1, "train.eval_every", "non-negative"),
+    ("optimizer.b1", 1.0, "optimizer.b1", "[0, 1)"),
+    ("optimizer.eps", 0.0, "optimizer.eps", "> 0"),
+    ("optimizer.weight_decay", -0.1, "optimizer.weight_decay", ">= 0"),
+    ("optimizer.grad_clip", -1.0, "optimizer.grad_clip", ">= 0"),
+    ("schedule.name", "step", "schedule.name", "unknown value"),
+    ("schedule.warmup_shape", "quadratic", "schedule.warmup_shape", "unknown value"),
+    ("schedule.decay_shape", "square", "schedule.decay_shape", "unknown value"),
+    ("schedule.budgets", (80, 40), "schedule.budgets", "strictly increasing"),
+    ("schedule.budgets", (), "schedule.budgets", "non-empty"),
+    ("schedule.budgets", (40, 40), "schedule.budgets", "strictly increasing"),
+    ("schedule.peak_lr", 0.0, "schedule.peak_lr", "> 0"),
+    ("schedule.min_lr_ratio", 1.5, "schedule.min_lr_ratio", "[0, 1]"),
+    ("schedule.decay_fraction", 0.0, "schedule.decay_fraction", "(0, 1]"),
+    ("schedule.rewarmup_steps", -1, "schedule.rewarmup_steps", "non-negative"),
+    ("schedule.warmup_steps", 100, "schedule.warmup_steps", "warmup"),
+    ("checkpoint.every", 0, "checkpoint.every", "positive integer"),
+    ("checkpoint.keep", -1, "checkpoint.keep", "non-negative"),
+    ("mesh.tensor", 3, "mesh.data", "cannot fill"),
+    ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),
+    ("mesh.data", 0, "mesh.data", "-1 or >= 1"),
+]
+
+
+def check_refused(cfg, workdir, field, word, error=config_lib.ConfigError):
+  before = snapshot(workdir)
+  with pytest.raises(error) as info:
+    trainer.train_and_evaluate(cfg, str(workdir))
+  message = str(info.value)
+  match = LINE.match(message)
+  assert match, f"not '<field>: <problem>; <fix>': {message!r}"
+  assert match["field"] == field, message
+  assert word in message, message
+  assert snapshot(workdir) == before, f"the workdir changed after: {message}"
+
+
+@pytest.mark.parametrize("field,value,named,word", BAD_CONFIG,
+                         ids=[f"{f}={v!r}" for f, v, _, _ in BAD_CONFIG])
+def test_bad_config_field_is_refused_before_any_write(existing_run, tmp_path, field, value,
+                                                       named, word):
+  cfg, _ = existing_run
+  bad = cfg.copy_and_resolve_references()
+  set_field(bad, field, value)
+  check_refused(bad, tmp_path / "new-run", named, word)  # a fresh workdir stays absent
+
+
+@pytest.mark.parametrize("field,value,named,word", [
+    ("model.d_model", 128, "workdir", "model.d_model"),
+    ("schedule.budgets", (16,), "workdir", "schedule.budgets"),
+    ("data.bigram_seed", 7, "workdir", "data.bigram_seed"),
+    ("seed", 1, "workdir", "seed"),
+])
+def test_workdir_of_another_run_is_refused_naming_the_fields(existing_run, field, value,
+                                                              named, word):
+  cfg, workdir = existing_run
+  bad = cfg.copy_and_resolve_references()
+  set_field(bad, field, value)
+  check_refused(bad, workdir, named, word)
+
+
+def test_cross_field_rules_on_eight_devices(existing_run, tmp_path):
+  cfg, _ = existing_run
+  cases = [({"train.global_batch_size": 12}, "train.global_batch_size", "data*fsdp = 8"),
+           ({"train.global_batch_size": 16, "train.micro_batches": 4}, "train.micro_batches",
+            "micro-batch"),
+           ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}, "mesh", "4 but there are 8"),
+           ({"mesh.data": 1, "mesh.tensor": 8}, "model.n_heads", "mesh.tensor=8"),
+           ({"schedule.name": "wsd_s", "schedule.decay_steps": 2}, "schedule.decay_steps",
+            "only 'wsd'")]
+  for fields, named, word in cases:
+    bad = cfg.copy_and_resolve_references()
+    for f, v in fields.items():
+      set_field(bad, f, v)
+    check_refused(bad, tmp_path / "new-run", named, word)
+
+
+def test_unknown_config_key_is_refused(existing_run, tmp_path):
+  cfg, _ = existing_run
+  bad = cfg.copy_and_resolve_references()
+  bad.model.n_layer = 4  # a typo of n_layers
+  check_refused(bad, tmp_path / "new-run", "model.n_layer", "did you mean model.n_layers")
+
+
+@pytest.mark.parametrize("fields,named,word", [
+    ({"data.source": "bundled", "model.vocab_size": 300}, "model.vocab_size", "256"),
+    ({"data.source": "text", "data.path": "/nonexistent/*.txt"}, "data.path", "no file"),
+    ({"data.source": "text", "data.path": ""}, "data.path", "empty"),
+    ({"data.source": "tfds", "data.tfds_name": ""}, "data.tfds_name", "empty"),
+    ({"data.source": "bundled", "data.tokenizer": "huggingface",
+      "data.tokenizer_path": "/nonexistent/tokenizer.json"}, "data.tokenizer_path", "tokenizer"),
+])
+def test_bad_data_settings_leave_no_workdir(existing_run, tmp_path, fields, named, word):
+  cfg, _ = existing_run
+  bad = cfg.copy_and_resolve_references()
+  for f, v in fields.items():
+    set_field(bad, f, v)
+  check_refused(bad, tmp_path / "new-run", named, word,
+                error=(config_lib.ConfigError, data_lib.DataConfigError))
+
+
+# ---- the CLI: exit 2, one line on stderr, no traceback unless --debug ----
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--config.model.n_layers=0"], "model.n_layers"),
+    (["--config.model.n_layerz=3"], None),  # unknown override key: absl's message
+    (["--config.schedule.peak_lr=fast"], None),  # not a float
+    (["--config.schedule.budgets=(8,4)"], "schedule.budgets"),
+    (["--config.model.d_model=128"], "workdir"),  # a different run is in the workdir
+])
+def test_train_cli_one_line_errors(existing_run, args, field):
+  _, workdir = existing_run
+  before = snapshot(workdir)
+  out = run_cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(workdir),
+                "--config.model.seq_len=16", "--config.train.global_batch_size=8",
+                "--config.schedule.name=wsd", "--config.schedule.budgets=(8,)",
+                "--config.schedule.warmup_steps=2", *args)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("wsdjax: "), out.stderr[-2000:]
+  if field:
+    assert lines[0].startswith(f"wsdjax: {field}: ") and "; " in lines[0], lines[0]
+  assert "Traceback" not in out.stderr + out.stdout
+  assert snapshot(workdir) == before
+
+
+def test_train_cli_missing_or_bad_arguments(tmp_path):
+  for args, start in [([], "wsdjax: --config: missing"),
+                      (["--config", "configs/tiny.py"], "wsdjax: --workdir: missing"),
+                      (["--config", "configs/nope.py", "--workdir", str(tmp_path / "w")],
+                       "wsdjax: "),
+                      (["--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                        "stray"], "wsdjax: arguments: unexpected")]:
+    out = run_cli("wsdjax.train", *args)
+    assert out.returncode == 2 and out.stderr.startswith(start), (args, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+  out = run_cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                "--config.model.n_layers=0", "--debug")
+  assert out.returncode != 0 and "Traceback" in out.stderr
+  assert "model.n_layers" in out.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_branches_cli_on_a_missing_workdir(tmp_path):
+  out = run_cli("wsdjax.branches", "--workdir", str(tmp_path / "none"))
+  assert out.returncode == 2 and out.stderr.startswith("wsdjax: --workdir: "), out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1
