@@ -7,6 +7,9 @@ Single-process runs never touch the distributed runtime: every helper short-cuts
 from __future__ import annotations
 
 import json
+import os
+import sys
+import traceback
 
 import jax
 import numpy as np
@@ -50,32 +53,93 @@ def my_position(positions: list | None) -> dict | None:
   return positions[index]
 
 
+_preemption_calls = 0
+
+
 def reached_preemption(step: int) -> bool:
-  """Whether a preemption sync point (e.g. a TPU maintenance event) is reached at `step`."""
+  """Whether the preemption sync point (e.g. a TPU maintenance event) is reached now.
+
+  jax's sync protocol wants a step id that grows by one per call on every process; the
+  trainer's `step` goes back at a fork (a WSD decay branch restarts from its fork step),
+  so the id used is this process's count of calls, equal on all processes as every
+  process checks after every step. `step` is kept for logging by Orbax.
+  """
+  global _preemption_calls
   if jax.process_count() == 1:
     return False
-  return bool(ocp_multihost.reached_preemption(step))
+  _preemption_calls += 1
+  del step
+  return bool(ocp_multihost.reached_preemption(_preemption_calls))
 
 
-def initialize() -> None:
+def is_multiprocess_environment(env=None) -> bool:
+  """Whether the environment says this process is one of several: JAX_COORDINATOR_ADDRESS
+  (launch/local.sh), a TPU pod slice (several TPU worker hosts), SLURM, Open MPI."""
+  env = os.environ if env is None else env
+  tpu_hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+  return bool(env.get("JAX_COORDINATOR_ADDRESS")) or len(tpu_hosts) > 1 \
+      or int(env.get("SLURM_NTASKS", "1") or 1) > 1 \
+      or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, env=None) -> bool:
   """Start jax.distributed when this process is one of several; no-op otherwise.
 
-  Multi-process is detected from the usual environment: JAX_COORDINATOR_ADDRESS with
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch/local.sh sets them), a TPU pod (several
-  TPU workers), or SLURM/Open MPI variables that jax's own cluster detection handles.
+  Sources, first found wins: the arguments (train.py's --coordinator_address,
+  --num_processes, --process_id), then JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID (launch/local.sh sets them), then jax's cluster auto-detection on a
+  TPU pod (several TPU workers), SLURM or Open MPI. Timeouts (seconds) from the
+  environment: JAX_INIT_TIMEOUT (all processes must connect in it; default 300) and
+  JAX_HEARTBEAT_TIMEOUT (a process silent this long is declared dead and the job ends;
+  default jax's, 100) and JAX_SHUTDOWN_TIMEOUT (how long a finishing process waits for
+  the others at exit; default jax's, 300). Returns whether the runtime was started.
   """
-  import os
-  if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+  env = os.environ if env is None else env
+  if jax.distributed.is_initialized():
+    return True
+  timeouts = dict(initialization_timeout=int(env.get("JAX_INIT_TIMEOUT", "300")))
+  if env.get("JAX_HEARTBEAT_TIMEOUT"):
+    timeouts["heartbeat_timeout_seconds"] = int(env["JAX_HEARTBEAT_TIMEOUT"])
+  if env.get("JAX_SHUTDOWN_TIMEOUT"):
+    timeouts["shutdown_timeout_seconds"] = int(env["JAX_SHUTDOWN_TIMEOUT"])
+  address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+  if address:
+    count = num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES")
+    index = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
+    if count is None or index is None:
+      raise ValueError("distributed: a coordinator address needs the number of processes "
+                       "and this process's id; set --num_processes and --process_id (or "
+                       "JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+    if int(count) == 1:
+      return False
+    jax.distributed.initialize(coordinator_address=address, num_processes=int(count),
+                               process_id=int(index), **timeouts)
+    return True
+  if is_multiprocess_environment(env):
+    jax.distributed.initialize(**timeouts)  # cluster auto-detection (TPU pod, SLURM, MPI)
+    return True
+  return False
+
+
+def exit_if_failed(error: BaseException) -> None:
+  """In a multi-process job, end this process now after `error` (an exception or a
+  non-zero SystemExit), skipping jax.distributed's shutdown barrier.
+
+  At a normal exit every process waits there for all the others; a process that failed
+  alone would wait while the others block in their next collective, and the job would
+  hang. Exiting at once drops this process from the job: jax's coordination service
+  then ends the other processes (within the heartbeat timeout). No-op in a single-process
+  run, and for a zero exit status.
+  """
+  code = error.code if isinstance(error, SystemExit) else 1
+  if code in (None, 0) or not jax.distributed.is_initialized():
     return
-  env = os.environ
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize(
-        coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(env["JAX_NUM_PROCESSES"]),
-        process_id=int(env["JAX_PROCESS_ID"]),
-        initialization_timeout=int(env.get("JAX_INIT_TIMEOUT", "120")))
-    return
-  tpu_hosts = env.get("TPU_WORKER_HOSTNAMES", "")
-  if len([h for h in tpu_hosts.split(",") if h]) > 1 or env.get("SLURM_NTASKS", "1") != "1" \
-      or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-    jax.distributed.initialize()  # cluster auto-detection (TPU pod, SLURM, Open MPI)
+  if not isinstance(error, SystemExit):
+    traceback.print_exception(error)
+  elif not isinstance(code, int):
+    print(code, file=sys.stderr)
+    code = 1
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)

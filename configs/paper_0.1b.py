@@ -1,0 +1,15 @@
+"""The WSD-S paper's 0.1B model (Wen et al. 2024, "Understanding Warmup-Stable-Decay
+Learning Rates: A River Valley Loss Landscape Perspective"), for a TPU pod slice.
+
+LLaMA-style decoder, 12 layers, d_model 768, 12 heads, d_ff 3072: 113M non-embedding parameters.
+The rest of the setup (context 4096, 4M tokens per step, WSD-S at 12.5k/25k/50k steps,
+FSDP, data) is the paper's, in `wsdjax.paper.paper_config`.
+"""
+
+from wsdjax.paper import paper_config
+
+
+def get_config():
+  # 12 blocks of width 768, 12 heads of 64, SwiGLU hidden 3072; 1 micro-batch(es) per step.
+  return paper_config("paper_0.1b", n_layers=12, d_model=768, n_heads=12, d_ff=3072,
+                      micro_batches=1)

@@ -1,0 +1,16 @@
+"""The WSD-S paper's 1.2B model (Wen et al. 2024, "Understanding Warmup-Stable-Decay
+Learning Rates: A River Valley Loss Landscape Perspective"), for a TPU pod slice.
+
+LLaMA-style decoder, 24 layers, d_model 2048, 32 heads, d_ff 5632: 1233M non-embedding parameters.
+d_ff follows LLaMA's 8/3 x d_model rounded up to 256.
+The rest of the setup (context 4096, 4M tokens per step, WSD-S at 12.5k/25k/50k steps,
+FSDP, data) is the paper's, in `wsdjax.paper.paper_config`.
+"""
+
+from wsdjax.paper import paper_config
+
+
+def get_config():
+  # 24 blocks of width 2048, 32 heads of 64, SwiGLU hidden 5632; 4 micro-batch(es) per step.
+  return paper_config("paper_1.2b", n_layers=24, d_model=2048, n_heads=32, d_ff=5632,
+                      micro_batches=4)

@@ -1,0 +1,238 @@
+"""Train on a Cloud TPU VM (one host or a pod slice) with `gcloud compute tpus tpu-vm`.
+
+  launch/tpu_vm.sh --name NAME --zone ZONE [--project P] [--dry-run] SUBCOMMAND [options]
+
+  create  --accelerator-type v4-64 [--version IMAGE] [--spot]   make the TPU VM
+  setup   [--repo URL [--ref REF]]     copy this checkout (default) or clone URL to every
+                                       worker; install wsdjax with the TPU jax extra in a venv
+  run     --config CONFIG --workdir gs://BUCKET/run [--config.a.b=value ...]
+                                       start `python -m wsdjax.train` on every worker,
+                                       detached (nohup), one log per worker
+  logs    [--worker N] [--lines L] [--follow]    tail a worker's log
+  stop    SIGTERM to the trainer on every worker: each saves a checkpoint and exits; `run`
+          with the same arguments resumes
+  delete  delete the TPU VM
+
+Every worker runs the same command; jax.distributed finds the pod's other workers itself
+(`wsdjax.distributed.initialize`). A pod's workers share nothing but the network, so the
+workdir must be on GCS (checkpoints, manifest, TensorBoard events and metrics go there).
+`--dry-run` prints the exact commands instead of running them. NAME and ZONE default to
+$TPU_NAME and $TPU_ZONE; the project to gcloud's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REMOTE_DIR = "~/wsdjax"  # the code on each worker
+LOG_DIR = "~/wsdjax_logs"  # train.log and train.pid on each worker
+ARCHIVE = "wsdjax-src.tgz"
+# Default TPU VM images by accelerator family (cloud.google.com/tpu/docs/runtimes).
+VERSIONS = (("v6e", "v2-alpha-tpuv6e"), ("v5p", "v2-alpha-tpuv5"),
+            ("v5litepod", "v2-alpha-tpuv5-lite"), ("v5e", "v2-alpha-tpuv5-lite"),
+            ("v4", "tpu-ubuntu2204-base"), ("v3", "tpu-ubuntu2204-base"),
+            ("v2", "tpu-ubuntu2204-base"))
+# The images ship Python 3.10; wsdjax needs >= 3.11, so setup installs 3.11 from Ubuntu.
+REMOTE_PYTHON = "python3.11"
+
+
+def fail(message: str) -> None:
+  print(f"wsdjax: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def default_version(accelerator_type: str) -> str:
+  for prefix, version in VERSIONS:
+    if accelerator_type.startswith(prefix):
+      return version
+  fail(f"--version: no default image for accelerator type {accelerator_type!r}; pass "
+       f"--version (see gcloud compute tpus tpu-vm versions list)")
+
+
+class Gcloud:
+  """Builds `gcloud compute tpus tpu-vm ...` commands and runs (or prints) them."""
+
+  def __init__(self, name: str, zone: str, project: str | None, dry_run: bool):
+    self.name, self.zone, self.project, self.dry_run = name, zone, project, dry_run
+
+  def tpu_vm(self, verb: str, *args: str) -> list[str]:
+    cmd = ["gcloud", "compute", "tpus", "tpu-vm", verb, *args, f"--zone={self.zone}"]
+    return cmd + ([f"--project={self.project}"] if self.project else [])
+
+  def ssh(self, command: str, worker: str = "all") -> list[str]:
+    return self.tpu_vm("ssh", self.name, f"--worker={worker}", f"--command={command}")
+
+  def scp(self, local: str, remote: str, worker: str = "all") -> list[str]:
+    return self.tpu_vm("scp", local, f"{self.name}:{remote}", f"--worker={worker}")
+
+  def run(self, *commands: list[str]) -> int:
+    for cmd in commands:
+      print(shlex.join(cmd), flush=True)
+      if self.dry_run:
+        continue
+      try:
+        code = subprocess.call(cmd)
+      except FileNotFoundError:
+        fail("gcloud: not found on PATH; install the Google Cloud CLI "
+             "(cloud.google.com/sdk/docs/install) and run gcloud auth login")
+      if code:
+        print(f"wsdjax: command failed with status {code}: {shlex.join(cmd[:6])} ...",
+              file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+# ---- sub-commands: each returns the commands it runs ----
+def create_commands(g: Gcloud, args) -> list[list[str]]:
+  version = args.version or default_version(args.accelerator_type)
+  extra = ["--spot"] if args.spot else []
+  return [g.tpu_vm("create", g.name, f"--accelerator-type={args.accelerator_type}",
+                   f"--version={version}", *extra)]
+
+
+def install_script(extra: str = "tpu", python: str = REMOTE_PYTHON) -> str:
+  """Shell run on every worker after the code is in REMOTE_DIR: a venv with wsdjax[tpu]."""
+  return " && ".join([
+      f"(command -v {python} >/dev/null || (sudo apt-get update -q && "
+      f"sudo apt-get install -y -q {python} {python}-venv))",
+      f"cd {REMOTE_DIR}",
+      f"{python} -m venv .venv",
+      ".venv/bin/pip install -q --upgrade pip",
+      # gs:// workdirs: gcsfs for etils.epath (no TensorFlow), google-cloud-storage for
+      # tensorboardX's event files; Orbax reaches GCS through tensorstore by itself.
+      f".venv/bin/pip install -q -e '.[{extra}]' gcsfs google-cloud-storage",
+      ".venv/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), "
+      "jax.devices()[0].device_kind)'",
+  ])
+
+
+def source_files(repo: str = REPO) -> list[str]:
+  """Files of this checkout to copy: git's tracked and untracked-but-not-ignored files."""
+  out = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others",
+                        "--exclude-standard"], capture_output=True, check=True)
+  return sorted(f for f in out.stdout.decode().split("\0") if f and os.path.isfile(
+      os.path.join(repo, f)))
+
+
+def pack(archive: str, repo: str = REPO) -> int:
+  """Write this checkout's source files (see `source_files`) to a .tgz; return how many."""
+  import tarfile
+  files = source_files(repo)
+  with tarfile.open(archive, "w:gz") as tar:
+    for f in files:
+      tar.add(os.path.join(repo, f), arcname=f)
+  return len(files)
+
+
+def setup_commands(g: Gcloud, args, archive: str) -> list[list[str]]:
+  """Fetch the code on every worker (clone `args.repo`, or unpack `archive`), install."""
+  if args.repo:
+    ref = f" && git -C {REMOTE_DIR} checkout -q {shlex.quote(args.ref)}" if args.ref else ""
+    fetch = [g.ssh(f"rm -rf {REMOTE_DIR} && git clone -q {shlex.quote(args.repo)} "
+                   f"{REMOTE_DIR}{ref}")]
+  else:
+    fetch = [g.scp(archive, f"~/{ARCHIVE}"),
+             g.ssh(f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && "
+                   f"tar -xzf ~/{ARCHIVE} -C {REMOTE_DIR}")]
+  return fetch + [g.ssh(install_script(args.extra))]
+
+
+def train_script(config: str, workdir: str, overrides: list[str]) -> str:
+  """Shell run on every worker: the trainer in the background, its pid and log kept."""
+  train = shlex.join([".venv/bin/python", "-m", "wsdjax.train", f"--config={config}",
+                      f"--workdir={workdir}", *overrides])
+  return (f"mkdir -p {LOG_DIR} && cd {REMOTE_DIR} && "
+          f"(nohup {train} >> {LOG_DIR}/train.log 2>&1 < /dev/null & "
+          f"echo $! > {LOG_DIR}/train.pid) && "
+          f"echo \"$(hostname): started pid $(cat {LOG_DIR}/train.pid), log {LOG_DIR}/train.log\"")
+
+
+def run_commands(g: Gcloud, args, overrides: list[str]) -> list[list[str]]:
+  if not args.workdir.startswith("gs://") and not args.local_workdir:
+    fail(f"--workdir: {args.workdir!r} is not on GCS, but a pod's workers share no disk; "
+         f"pass --workdir gs://BUCKET/PATH (or --local-workdir on a single-host TPU VM)")
+  return [g.ssh(train_script(args.config, args.workdir, overrides))]
+
+
+def logs_commands(g: Gcloud, args) -> list[list[str]]:
+  follow = " -F" if args.follow else ""
+  return [g.ssh(f"tail -n {args.lines}{follow} {LOG_DIR}/train.log", worker=str(args.worker))]
+
+
+def stop_commands(g: Gcloud, args) -> list[list[str]]:
+  # SIGTERM: the trainer saves at an agreed step on every worker, then exits.
+  return [g.ssh(f"if [ -f {LOG_DIR}/train.pid ]; then kill -TERM $(cat {LOG_DIR}/train.pid) "
+                f"2>/dev/null && echo \"$(hostname): stopping\" || echo \"$(hostname): not "
+                f"running\"; fi")]
+
+
+def delete_commands(g: Gcloud, args) -> list[list[str]]:
+  return [g.tpu_vm("delete", g.name, "--quiet")]
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="launch/tpu_vm.sh", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n\n", 1)[1])
+  p.add_argument("--name", default=os.environ.get("TPU_NAME"), help="TPU VM name ($TPU_NAME)")
+  p.add_argument("--zone", default=os.environ.get("TPU_ZONE"), help="zone ($TPU_ZONE)")
+  p.add_argument("--project", default=os.environ.get("TPU_PROJECT"), help="GCP project")
+  p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+  sub = p.add_subparsers(dest="command", required=True)
+  c = sub.add_parser("create", help="create the TPU VM")
+  c.add_argument("--accelerator-type", required=True, help="e.g. v4-64, v5litepod-64, v4-8")
+  c.add_argument("--version", default="", help="TPU VM image (default: by accelerator type)")
+  c.add_argument("--spot", action="store_true", help="spot (preemptible) capacity")
+  s = sub.add_parser("setup", help="copy or clone the code to every worker and install it")
+  s.add_argument("--repo", default="", help="git URL to clone instead of copying this checkout")
+  s.add_argument("--ref", default="", help="branch, tag or commit to check out (with --repo)")
+  s.add_argument("--extra", default="tpu", help="pip extra of wsdjax to install (tpu)")
+  r = sub.add_parser("run", help="start training on every worker (detached)")
+  r.add_argument("--config", required=True, help="config file, relative to the repo")
+  r.add_argument("--workdir", required=True, help="gs://BUCKET/PATH shared by the workers")
+  r.add_argument("--local-workdir", action="store_true",
+                 help="allow a workdir on the worker's disk (single-host TPU VMs only)")
+  lg = sub.add_parser("logs", help="tail a worker's training log")
+  lg.add_argument("--worker", type=int, default=0)
+  lg.add_argument("--lines", type=int, default=50)
+  lg.add_argument("--follow", action="store_true", help="keep following (Ctrl-C to end)")
+  sub.add_parser("stop", help="ask every worker's trainer to save and stop (SIGTERM)")
+  sub.add_parser("delete", help="delete the TPU VM")
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, rest = parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+  if rest and (args.command != "run" or any(not a.startswith("--config.") for a in rest)):
+    fail(f"arguments: unexpected {' '.join(rest)!r}; only `run` takes --config.a.b=value "
+         f"overrides")
+  if not args.name:
+    fail("--name: missing; pass --name NAME (or set TPU_NAME)")
+  if not args.zone:
+    fail("--zone: missing; pass --zone ZONE, e.g. us-central2-b (or set TPU_ZONE)")
+  g = Gcloud(args.name, args.zone, args.project, args.dry_run)
+  if args.command == "setup" and not args.repo:
+    with tempfile.TemporaryDirectory() as tmp:
+      archive = os.path.join(tmp, ARCHIVE)
+      if args.dry_run:
+        print(f"# would pack {len(source_files())} files of {REPO} into {archive}")
+      else:
+        print(f"# packed {pack(archive)} files of {REPO} into {archive}", flush=True)
+      return g.run(*setup_commands(g, args, archive))
+  builders = {"create": create_commands, "logs": logs_commands, "stop": stop_commands,
+              "delete": delete_commands}
+  if args.command == "run":
+    return g.run(*run_commands(g, args, rest))
+  if args.command == "setup":
+    return g.run(*setup_commands(g, args, ""))
+  return g.run(*builders[args.command](g, args))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,177 @@
+"""launch/tpu_vm.py against a fake `gcloud` on PATH that records its arguments (nothing
+reaches the network), launch/local.py's plumbing, and multi-process detection in
+wsdjax.distributed (without starting the runtime)."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import REPO, subprocess_env
+from wsdjax import distributed
+
+TPU_VM = os.path.join(REPO, "launch", "tpu_vm.py")
+FAKE_GCLOUD = """#!{python}
+import json, os, shutil, sys
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
+  f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:5] == ["compute", "tpus", "tpu-vm", "scp"]:  # keep what would be copied
+  shutil.copy(sys.argv[5], os.environ["FAKE_GCLOUD_LOG"] + ".scp")
+"""
+
+
+@pytest.fixture
+def gcloud(tmp_path):
+  """(run tpu_vm.py with args -> CompletedProcess, recorded gcloud calls -> list)."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  fake = bin_dir / "gcloud"
+  fake.write_text(FAKE_GCLOUD.format(python=sys.executable))
+  fake.chmod(0o755)
+  log = tmp_path / "gcloud.log"
+  env = subprocess_env()
+  env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_GCLOUD_LOG=str(log))
+  for key in ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT"):
+    env.pop(key, None)
+
+  def run(*args):
+    return subprocess.run([sys.executable, TPU_VM, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+  def calls():
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+  return run, calls, log
+
+
+BASE = ["--name", "wsd", "--zone", "us-central2-b", "--project", "proj"]
+TAIL = ["--zone=us-central2-b", "--project=proj"]
+VM = ["compute", "tpus", "tpu-vm"]
+
+
+def test_create_run_logs_stop_delete(gcloud):
+  run, calls, _ = gcloud
+  for args in (["create", "--accelerator-type", "v4-64", "--spot"],
+               ["run", "--config", "configs/paper_0.1b.py", "--workdir", "gs://b/run",
+                "--config.schedule.budgets=(100,200)"],
+               ["logs", "--worker", "3", "--lines", "20"], ["stop"], ["delete"]):
+    out = run(*BASE, *args)
+    assert out.returncode == 0, out.stderr
+  create, start, logs, stop, delete = calls()
+  assert create == VM + ["create", "wsd", "--accelerator-type=v4-64",
+                         "--version=tpu-ubuntu2204-base", "--spot"] + TAIL
+  assert start[:6] == VM + ["ssh", "wsd", "--worker=all"] and start[7:] == TAIL
+  remote = start[6].removeprefix("--command=")
+  assert ("cd ~/wsdjax && (nohup .venv/bin/python -m wsdjax.train "
+          "--config=configs/paper_0.1b.py --workdir=gs://b/run "
+          "'--config.schedule.budgets=(100,200)' >> ~/wsdjax_logs/train.log 2>&1 < /dev/null &"
+          in remote)
+  assert "echo $! > ~/wsdjax_logs/train.pid" in remote
+  assert logs == VM + ["ssh", "wsd", "--worker=3",
+                       "--command=tail -n 20 ~/wsdjax_logs/train.log"] + TAIL
+  assert stop[6].startswith("--command=if [ -f ~/wsdjax_logs/train.pid ]; then kill -TERM")
+  assert stop[5] == "--worker=all"
+  assert delete == VM + ["delete", "wsd", "--quiet"] + TAIL
+
+
+def test_setup_copies_checkout_and_installs_tpu_extra(gcloud):
+  run, calls, log = gcloud
+  out = run(*BASE, "setup")
+  assert out.returncode == 0, out.stderr
+  scp, unpack, install = calls()
+  assert scp[:4] == VM + ["scp"] and scp[5:] == ["wsd:~/wsdjax-src.tgz", "--worker=all"] + TAIL
+  assert unpack[6] == ("--command=rm -rf ~/wsdjax && mkdir -p ~/wsdjax && "
+                       "tar -xzf ~/wsdjax-src.tgz -C ~/wsdjax")
+  assert "python3.11 -m venv .venv" in install[6]
+  assert "pip install -q -e '.[tpu]' gcsfs google-cloud-storage" in install[6]
+  with tarfile.open(str(log) + ".scp") as tar:
+    names = set(tar.getnames())
+  assert {"pyproject.toml", "wsdjax/train.py", "launch/tpu_vm.py"} <= names
+  assert not any(n.startswith((".venv/", ".git/")) for n in names)
+
+
+def test_setup_clone_and_dry_run_prints_without_running(gcloud):
+  run, calls, _ = gcloud
+  out = run(*BASE, "--dry-run", "setup", "--repo", "https://example.com/wsdjax.git",
+            "--ref", "v1")
+  assert out.returncode == 0, out.stderr
+  assert calls() == []  # nothing ran
+  lines = out.stdout.splitlines()
+  assert lines[0] == ("gcloud compute tpus tpu-vm ssh wsd --worker=all '--command=rm -rf "
+                      "~/wsdjax && git clone -q https://example.com/wsdjax.git ~/wsdjax && "
+                      "git -C ~/wsdjax checkout -q v1' --zone=us-central2-b --project=proj")
+  out = run("--name", "n", "--zone", "z", "--dry-run", "create", "--accelerator-type",
+            "v5litepod-64")
+  assert out.stdout.strip() == ("gcloud compute tpus tpu-vm create n "
+                                "--accelerator-type=v5litepod-64 "
+                                "--version=v2-alpha-tpuv5-lite --zone=z")
+  assert calls() == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name", "n", "--zone", "z", "run", "--config", "c.py", "--workdir", "/tmp/w"],
+     "wsdjax: --workdir: '/tmp/w' is not on GCS"),
+    (["--name", "n", "stop"], "wsdjax: --zone: missing"),
+    (["--zone", "z", "stop"], "wsdjax: --name: missing"),
+    (["--name", "n", "--zone", "z", "stop", "--config.x=1"], "wsdjax: arguments: unexpected"),
+    (["--name", "n", "--zone", "z", "create", "--accelerator-type", "x9-8"],
+     "wsdjax: --version: no default image"),
+])
+def test_bad_input_is_one_line_exit_2(gcloud, args, message):
+  run, calls, _ = gcloud
+  out = run(*args)
+  assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1 and calls() == []
+
+
+def test_local_launcher_environment_and_arguments():
+  sys.path.insert(0, os.path.join(REPO, "launch"))
+  try:
+    import local
+  finally:
+    sys.path.pop(0)
+  env = local.process_env({"XLA_FLAGS": "--xla_foo=1 --xla_force_host_platform_device_count=8",
+                           "JAX_PROCESS_ID": "7"}, 1, 2, 4, 1234, heartbeat_s=10)
+  assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=4"
+  assert (env["JAX_COORDINATOR_ADDRESS"], env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"],
+          env["JAX_HEARTBEAT_TIMEOUT"], env["JAX_PLATFORMS"]) == (
+              "127.0.0.1:1234", "2", "1", "10", "cpu")
+  single = local.process_env({"JAX_PROCESS_ID": "7"}, 0, 1, 8, 1234)
+  assert "JAX_COORDINATOR_ADDRESS" not in single and "JAX_PROCESS_ID" not in single
+  gpu = local.process_env({}, 1, 2, 4, 1234, platform="gpu")
+  assert gpu["CUDA_VISIBLE_DEVICES"] == "4,5,6,7" and "JAX_PLATFORMS" not in gpu
+  args, rest = local.parse(["2", "configs/tiny.py", "/w", "--devices", "4",
+                            "--config.seed=3"])
+  assert (args.processes, args.devices, rest) == (2, 4, ["--config.seed=3"])
+  assert 0 < local.free_port() < 65536
+  out = subprocess.run([sys.executable, os.path.join(REPO, "launch", "local.py"), "0",
+                        "configs/tiny.py", "/tmp/w"], capture_output=True, text=True,
+                       timeout=60)
+  assert out.returncode == 2 and out.stderr.startswith("wsdjax: N: must be >= 1")
+
+
+def test_multiprocess_detection_from_environment():
+  assert not distributed.is_multiprocess_environment({})
+  assert not distributed.is_multiprocess_environment({"TPU_WORKER_HOSTNAMES": "w0"})
+  assert distributed.is_multiprocess_environment({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"})
+  assert distributed.is_multiprocess_environment({"JAX_COORDINATOR_ADDRESS": "h:1"})
+  assert distributed.is_multiprocess_environment({"SLURM_NTASKS": "8"})
+  assert distributed.is_multiprocess_environment({"OMPI_COMM_WORLD_SIZE": "2"})
+  # A one-process "job" and a single host never start the runtime.
+  assert distributed.initialize(env={}) is False
+  assert distributed.initialize(env={"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
+                                     "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}) is False
+  with pytest.raises(ValueError, match="--num_processes"):
+    distributed.initialize(coordinator_address="127.0.0.1:1", env={})
+
+
+def test_train_cli_refuses_incomplete_distributed_flags(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "wsdjax.train", "--config=configs/tiny.py",
+                        f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:1"],
+                       cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip().startswith("wsdjax: distributed: a coordinator address needs")

@@ -1,0 +1,72 @@
+"""The WSD-S paper's pretraining setup (Wen et al. 2024, "Understanding Warmup-Stable-Decay
+Learning Rates: A River Valley Loss Landscape Perspective") at any model size, for a TPU pod
+slice; `configs/paper_*.py` pick the sizes.
+
+Context 4096, 1024 sequences per step (4M tokens), bfloat16 compute, WSD-S at the paper's
+three budgets of 50B, 100B and 200B tokens = 12.5k, 25k and 50k steps, each decay 10% of
+its budget down to 0.1 x peak LR. Params and optimizer state are sharded over every
+device (FSDP: mesh.fsdp = -1). See docs/scale_out.md and `launch/tpu_vm.sh`.
+
+Data: the paper trained on the Pile, which TFDS does not ship; point `data.*` at a text
+dataset of yours prepared in TFDS array_record format, e.g.
+  --config.data.tfds_name=my_corpus --config.data.tfds_data_dir=gs://BUCKET/tfds
+The SentencePiece vocabulary (32k, LLaMA's size) is trained on a sample of the training
+split on first use and cached in WORKDIR/tokenizer/.
+"""
+
+from wsdjax.config import base_config
+
+
+def paper_config(name: str, n_layers: int, d_model: int, n_heads: int, d_ff: int,
+                 micro_batches: int = 1):
+  """The paper's setup (see module docstring) at one model size."""
+  c = base_config()
+  c.name = name
+  # Model: n_layers blocks of width d_model, n_heads heads (no GQA), SwiGLU hidden d_ff.
+  c.model.n_layers = n_layers
+  c.model.d_model = d_model
+  c.model.n_heads = n_heads
+  c.model.n_kv_heads = n_heads
+  c.model.d_ff = d_ff
+  # 32k SentencePiece vocabulary; untied input embedding and LM head (as LLaMA).
+  c.model.vocab_size = 32000
+  c.model.tie_embeddings = False
+  # Context of 4096 tokens.
+  c.model.seq_len = 4096
+  # bfloat16 activations (params stay float32), every block rematerialised in backward.
+  c.model.dtype = "bfloat16"
+  c.model.remat = "full"
+  # A TFDS text dataset in array_record format (override name and data_dir).
+  c.data.source = "tfds"
+  c.data.tfds_name = "c4/en"
+  c.data.tfds_data_dir = ""
+  c.data.tfds_eval_split = "validation"
+  c.data.tokenizer = "sentencepiece"
+  # 1024 sequences x 4096 tokens = 4M tokens per step, in micro_batches micro-batches.
+  c.train.global_batch_size = 1024
+  c.train.micro_batches = micro_batches
+  c.train.log_every = 50
+  # Eval the main branch every 1000 steps on 8 fixed validation batches (32M tokens).
+  c.train.eval_every = 1000
+  c.train.eval_batches = 8
+  # AdamW(0.9, 0.95), decoupled weight decay 0.1, clip 1.0.
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip = 1.0
+  # WSD-S: budgets 50B / 100B / 200B tokens; decays of 10% to 0.1 x peak, linear.
+  c.schedule.name = "wsd_s"
+  c.schedule.peak_lr = 1e-3
+  c.schedule.warmup_steps = 1000
+  c.schedule.budgets = (12500, 25000, 50000)
+  c.schedule.decay_fraction = 0.1
+  c.schedule.min_lr_ratio = 0.1
+  c.schedule.decay_shape = "linear"
+  # Save main every 1000 steps (~4B tokens); keep the last 2 besides forks and decays.
+  c.checkpoint.every = 1000
+  c.checkpoint.keep = 2
+  # FSDP: batch and params/optimizer state over all devices; no tensor parallelism.
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.mesh.tensor = 1
+  return c
