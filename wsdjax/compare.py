@@ -1,0 +1,348 @@
+"""`python -m wsdjax.compare --config configs/compare_small.py --workdir W [--only wsd_s,...]`
+
+Runs several strategies on the same model, data, seed and validation set, one run each in
+W/<strategy> (cosine: one run per budget, W/cosine-<B_i>), each by
+`trainer.train_and_evaluate`, so a rerun resumes unfinished runs and reuses finished ones.
+Then writes W/results.csv, W/results.md and three plots (losses.png, compute.png,
+schedules.png). `--only` runs just the named strategies; the results cover every strategy
+of the config whose run is in W.
+
+Equal-compute accounting (Wen et al. 2024): with budgets B_1 < ... < B_k and decays d_i,
+WSD's checkpoint i (step B_i) and WSD-S's (step C_i = B_i + sum_{j<i} d_j) are both ready
+after the whole run has spent C_i steps. With `compare.equal_compute`, cyclic cosine's
+cycles (and each cosine run) end at C_i too, so every row of budget i costs the same run
+FLOPs; the table shows those FLOPs (the manifest's `run_flops`) next to the eval loss of
+the decayed checkpoint. The paper's claim per budget: WSD-S <= WSD <= cyclic cosine.
+
+A compare config is a run config (`wsdjax.config.base_config` fields) plus a `compare`
+section: strategies (tuple), cosine (bool), equal_compute (bool).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import sys
+from typing import Sequence
+
+import ml_collections
+from etils import epath
+
+from wsdjax import config as config_lib
+from wsdjax import plan as plan_lib
+from wsdjax import schedules
+
+STRATEGIES = ("wsd", "wsd_s", "cyclic_cosine", "cosine")
+PAPER_ORDER = ("wsd_s", "wsd", "cyclic_cosine")  # claimed: at or below, left to right
+LABELS = {"wsd": "WSD", "wsd_s": "WSD-S", "cyclic_cosine": "cyclic cosine",
+          "cosine": "cosine"}
+CSV_FIELDS = ("strategy", "budget", "run", "checkpoint", "step", "tokens", "run_flops",
+              "run_steps", "eval_loss", "gap", "gap_to_optimum")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of the comparison: `strategy` in W/`dirname` with `config`.
+
+  `budget`: for a per-budget run (cosine) the budget B_i it stands for; else None.
+  """
+  strategy: str
+  config: ml_collections.ConfigDict
+  budget: int | None = None
+
+  @property
+  def dirname(self) -> str:
+    return self.strategy if self.budget is None else f"{self.strategy}-{self.budget}"
+
+
+# ---- configs ----
+def check(cfg) -> None:
+  """Validate the `compare` section and every run config; ConfigError (one line) if bad."""
+  if "compare" not in cfg:
+    raise config_lib.ConfigError(
+        "compare", "the config has no compare section",
+        "use a compare config such as configs/compare_small.py")
+  c = cfg.compare
+  extra = sorted(set(c.keys()) - {"strategies", "cosine", "equal_compute"})
+  if extra:
+    raise config_lib.ConfigError(f"compare.{extra[0]}", "unknown config key",
+                                 "use strategies, cosine, equal_compute")
+  names = tuple(c.get("strategies", ()))
+  if not names or any(s not in STRATEGIES[:3] for s in names) or len(set(names)) < len(names):
+    raise config_lib.ConfigError(
+        "compare.strategies", f"must be distinct names among {', '.join(STRATEGIES[:3])}, "
+        f"got {names!r}", "e.g. --config.compare.strategies='(\"wsd\",\"wsd_s\")'")
+  for run in runs(cfg):
+    try:
+      config_lib.validate(run.config)
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(e.field, f"{e.problem} (in the {run.dirname} run)",
+                                   e.fix) from None
+
+
+def enabled(cfg) -> tuple[str, ...]:
+  """Strategy names this config compares, in STRATEGIES order."""
+  names = set(cfg.compare.strategies) | ({"cosine"} if cfg.compare.cosine else set())
+  return tuple(s for s in STRATEGIES if s in names)
+
+
+def budgets(cfg) -> list[int]:
+  return [int(b) for b in cfg.schedule.budgets]
+
+
+def checkpoint_steps(cfg) -> list[int]:
+  """C_i: the run steps WSD and WSD-S have spent when their i-th checkpoint is ready."""
+  return schedules.wsd_s_checkpoints(budgets(cfg), cfg.schedule.decay_fraction)
+
+
+def run_config(cfg, strategy: str, budget_index: int | None = None):
+  """The run config of `strategy` (cosine: of budget `budget_index`): the shared fields,
+  schedule.name set, cyclic/cosine budgets moved to C_i under equal_compute."""
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  del out["compare"]
+  out.schedule.name = strategy
+  ends = checkpoint_steps(cfg) if cfg.compare.equal_compute else budgets(cfg)
+  if strategy == "cyclic_cosine":
+    out.schedule.budgets = tuple(ends)
+  elif strategy == "cosine":
+    out.schedule.budgets = (ends[budget_index],)
+  out.name = f"{cfg.name}-{strategy}" + ("" if budget_index is None else
+                                         f"-{budgets(cfg)[budget_index]}")
+  return out
+
+
+def runs(cfg, only: Sequence[str] | None = None) -> list[Run]:
+  """The runs of the comparison (only those of `only`'s strategies when given)."""
+  out = []
+  for s in enabled(cfg):
+    if only and s not in only:
+      continue
+    if s == "cosine":
+      out += [Run(s, run_config(cfg, s, i), b) for i, b in enumerate(budgets(cfg))]
+    else:
+      out.append(Run(s, run_config(cfg, s)))
+  return out
+
+
+# ---- results ----
+def entropy_rate(cfg) -> float | None:
+  """The bigram chain's entropy rate (the optimal loss), or None for other data."""
+  if cfg.data.source != "bigram":
+    return None
+  from wsdjax.data import bigram
+  return bigram.BigramChain(cfg.model.vocab_size, cfg.data.bigram_alpha,
+                            cfg.data.bigram_seed).entropy_rate
+
+
+def collect(cfg, workdir) -> list[dict]:
+  """One row per (strategy, budget) whose decayed checkpoint is in `workdir`'s runs."""
+  from wsdjax import checkpoint as ckpt
+  from wsdjax import model as model_lib
+  workdir = epath.Path(workdir)
+  labels = budgets(cfg)
+  h = entropy_rate(cfg)
+  flops_per_step = (cfg.train.global_batch_size * cfg.model.seq_len
+                    * model_lib.flops_per_token(cfg.model))
+  rows = []
+  for run in runs(cfg):
+    if not (workdir / run.dirname / "checkpoints").exists():
+      continue
+    tree = ckpt.CheckpointTree(workdir / run.dirname, read_only=True)
+    try:
+      plan = plan_lib.make_plan(run.config.schedule)
+      for i, seg in enumerate(plan.decayed):
+        entry = tree.entry(seg.end_ref)
+        if entry is None:
+          continue
+        loss = entry.get("eval_loss")
+        rows.append(dict(
+            strategy=run.strategy, budget=run.budget if run.budget else labels[i],
+            run=run.dirname, checkpoint=seg.branch, step=entry["step"],
+            tokens=entry["tokens"], run_flops=entry["run_flops"],
+            run_steps=int(round(entry["run_flops"] / flops_per_step)), eval_loss=loss,
+            gap=entry.get("gap"),
+            gap_to_optimum=None if h is None or loss is None else loss - h))
+    finally:
+      tree.close()
+  order = {s: i for i, s in enumerate(STRATEGIES)}
+  return sorted(rows, key=lambda r: (r["budget"], order[r["strategy"]]))
+
+
+def ordering(rows: list[dict]) -> list[dict]:
+  """Per budget: the eval losses of PAPER_ORDER's strategies and whether the paper's
+  ordering (WSD-S <= WSD <= cyclic cosine) holds. Budgets missing one of them are skipped."""
+  out = []
+  for budget in sorted({r["budget"] for r in rows}):
+    loss = {r["strategy"]: r["eval_loss"] for r in rows if r["budget"] == budget}
+    if any(loss.get(s) is None for s in PAPER_ORDER):
+      continue
+    a, b, c = (loss[s] for s in PAPER_ORDER)
+    out.append(dict(budget=budget, wsd_s=a, wsd=b, cyclic_cosine=c,
+                    wsd_s_le_wsd=a <= b, wsd_le_cyclic=b <= c, holds=a <= b <= c))
+  return out
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+  return "" if value is None else format(value, spec)
+
+
+def to_csv(rows: list[dict]) -> str:
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS})
+  return buf.getvalue()
+
+
+def to_markdown(cfg, rows: list[dict], plots: Sequence[str] = ()) -> str:
+  """results.md: the table, the ordering verdict per budget, and the plots."""
+  h = entropy_rate(cfg)
+  lines = [f"# {cfg.name}: strategies at equal compute", "",
+           f"Seed {cfg.seed}; budgets B = {tuple(budgets(cfg))} steps, decay fraction "
+           f"{cfg.schedule.decay_fraction}; WSD/WSD-S checkpoint i is ready after "
+           f"C = {tuple(checkpoint_steps(cfg))} run steps"
+           + ("; cyclic cosine and cosine end budget i at C_i." if cfg.compare.equal_compute
+              else "; cyclic cosine and cosine end budget i at B_i."), "",
+           "`run FLOPs`: everything the run spent up to that checkpoint (main branch and "
+           "every decay so far). `gap`: main-branch eval loss at the fork minus the decayed "
+           "loss (the \"hill\" the decay removed)."
+           + (f" Entropy rate of the chain (optimal loss): {h:.4f}." if h is not None else ""),
+           ""]
+  head = ("| strategy | budget | checkpoint | step | tokens | run steps | run FLOPs | "
+          "eval loss | gap |")
+  if h is not None:
+    head += " to optimum |"
+  lines += [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in rows:
+    line = (f"| {LABELS[r['strategy']]} | {r['budget']} | {r['checkpoint']} | {r['step']} | "
+            f"{r['tokens']:,} | {r['run_steps']} | {r['run_flops']:.3g} | "
+            f"{_fmt(r['eval_loss'])} | {_fmt(r['gap'])} |")
+    if h is not None:
+      line += f" {_fmt(r['gap_to_optimum'])} |"
+    lines.append(line)
+  verdicts = ordering(rows)
+  if verdicts:
+    lines += ["", "Paper's ordering per budget (WSD-S <= WSD <= cyclic cosine):", "",
+              "| budget | WSD-S | WSD | cyclic cosine | WSD-S <= WSD | WSD <= cyclic | holds |",
+              "|---|---|---|---|---|---|---|"]
+    yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
+    for v in verdicts:
+      lines.append(f"| {v['budget']} | {v['wsd_s']:.4f} | {v['wsd']:.4f} | "
+                   f"{v['cyclic_cosine']:.4f} | {yes(v['wsd_s_le_wsd'])} | "
+                   f"{yes(v['wsd_le_cyclic'])} | {yes(v['holds'])} |")
+  for p in plots:
+    lines += ["", f"![{p}]({p})"]
+  return "\n".join(lines) + "\n"
+
+
+def format_table(cfg, rows: list[dict]) -> str:
+  """The console table of the comparison."""
+  h = entropy_rate(cfg)
+  head = (f"{'strategy':>14} {'budget':>7} {'checkpoint':>11} {'step':>6} {'tokens':>11} "
+          f"{'run FLOPs':>10} {'eval loss':>10} {'gap':>8}")
+  lines = [head + (f" {'to opt':>8}" if h is not None else "")]
+  for r in rows:
+    line = (f"{LABELS[r['strategy']]:>14} {r['budget']:>7} {r['checkpoint']:>11} "
+            f"{r['step']:>6} {r['tokens']:>11,} {r['run_flops']:>10.3g} "
+            f"{_fmt(r['eval_loss']):>10} {_fmt(r['gap']):>8}")
+    if h is not None:
+      line += f" {_fmt(r['gap_to_optimum']):>8}"
+    lines.append(line)
+  for v in ordering(rows):
+    lines.append(f"budget {v['budget']}: WSD-S {v['wsd_s']:.4f}, WSD {v['wsd']:.4f}, "
+                 f"cyclic cosine {v['cyclic_cosine']:.4f}: paper's ordering "
+                 f"{'holds' if v['holds'] else 'does NOT hold'}")
+  return "\n".join(lines)
+
+
+def report(cfg, workdir, stream=None) -> list[dict]:
+  """Collect the rows of `workdir`; write results.csv, results.md and the plots there."""
+  from wsdjax import plots
+  workdir = epath.Path(workdir)
+  rows = collect(cfg, workdir)
+  done = [r for r in runs(cfg) if (workdir / r.dirname / "checkpoints").exists()]
+  names = plots.compare_plots(cfg, workdir, done, rows)
+  (workdir / "results.csv").write_text(to_csv(rows))
+  (workdir / "results.md").write_text(to_markdown(cfg, rows, names))
+  print(format_table(cfg, rows), file=stream or sys.stdout, flush=True)
+  print(f"wrote {workdir / 'results.md'}, results.csv, {', '.join(names)}",
+        file=stream or sys.stdout, flush=True)
+  return rows
+
+
+def compare(cfg, workdir, only: Sequence[str] | None = None, mesh=None,
+            stream=None) -> list[dict]:
+  """The library entry point behind the CLI: run (or resume, or reuse) each run, then
+  `report`. Returns the result rows."""
+  from wsdjax import trainer
+  check(cfg)
+  out = stream or sys.stdout
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  todo = runs(cfg, only)
+  for i, run in enumerate(todo):
+    print(f"== [{i + 1}/{len(todo)}] {LABELS[run.strategy]}"
+          f"{'' if run.budget is None else f' (budget {run.budget})'} in "
+          f"{workdir / run.dirname}", file=out, flush=True)
+    trainer.train_and_evaluate(run.config, str(workdir / run.dirname), mesh=mesh,
+                               stream=stream)
+  (workdir / "compare_config.json").write_text(config_lib.to_json(cfg))  # what was compared
+  return report(cfg, workdir, stream)
+
+
+# ---- command line ----
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+  config = config_flags.DEFINE_config_file(
+      "config", None, "Compare config (configs/compare_*.py).", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory of the comparison: one run "
+                                "directory per strategy, results and plots.")
+  only = flags.DEFINE_list("only", None, "Run only these strategies (comma-separated), e.g. "
+                           "wsd_s or wsd,cyclic_cosine; results cover every finished run.")
+  return config, workdir, only
+
+
+def main(argv, config, workdir, only) -> None:
+  from wsdjax import cli
+  if len(argv) > 1:
+    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
+  if config.value is None:
+    cli.fail("--config: missing; pass --config configs/compare_small.py (or another compare "
+             "config)")
+  if not workdir.value:
+    cli.fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
+  try:  # config_flags defers a load failure (missing file, syntax error) to first use
+    config.value.keys()
+  except OSError as e:
+    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    cli.fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. "
+             "configs/compare_small.py")
+  cfg = config.value
+  check(cfg)
+  names = list(only.value or [])
+  for name in names:
+    if name not in enabled(cfg):
+      hint = (" (cosine runs need --config.compare.cosine=True)" if name == "cosine" else "")
+      cli.fail(f"--only: {name!r} is not a strategy of this comparison{hint}; use some of "
+               f"{', '.join(enabled(cfg))}")
+  from wsdjax import distributed
+  distributed.initialize()
+  from wsdjax import trainer
+  try:
+    compare(cfg, workdir.value, names or None)
+  except trainer.Stop as stop:
+    print(f"wsdjax: {stop}", flush=True)
+
+
+if __name__ == "__main__":
+  from wsdjax import checkpoint, cli, data, trainer
+  _flags = _define_flags()
+  cli.run(lambda argv: main(argv, *_flags),
+          {config_lib.ConfigError: cli.EXIT_BAD_INPUT,
+           schedules.ScheduleError: cli.EXIT_BAD_INPUT,
+           data.DataConfigError: cli.EXIT_BAD_INPUT,
+           checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
+           trainer.NonFiniteLoss: cli.EXIT_FAULT})
