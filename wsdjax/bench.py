@@ -1,0 +1,349 @@
+"""`python -m wsdjax.bench --config configs/X.py [--steps N] [--json out.json]`
+
+How fast the trainer turns compute into progress, measured the same way on every machine.
+It drives the real trainer pieces (`Trainer`: the same AOT-compiled train step, data
+pipeline, metric logging and `CheckpointTree` async save; the FLOPs of
+`model.flops_per_token`, as the metrics use) in a scratch workdir and reports:
+
+  compile         seconds to lower + compile the train step
+  step time       median, min and max of N steps after `--warmup` steps
+  CPU time        process CPU seconds per step (median, all threads): on a shared host
+                  it moves much less than wall time, so it compares variants better
+  tokens/s, MFU   against `metrics.device_peak_flops` (TPU/GPU: bf16 table); on CPU a
+                  float32 matmul peak measured in this process, between the timed steps
+                  (median of the measurements), since CPU speed drifts with load
+  host share      host time per step (next batch, host->device, dispatch, logging every
+                  `train.log_every` steps) / step time
+  checkpoint      stall of an async save: the steps that run while it writes, minus as
+                  many plain steps, per save, as a share of a step
+  fork            forking a decay branch (holding main while the branch trains from the
+                  same arrays, its first step not donating): bytes copied, shared buffers
+  memory          the compiled step's memory analysis, and the process's peak RSS (CPU)
+                  or the device's peak bytes in use (GPU/TPU)
+  HLO FLOPs       XLA's cost analysis of the compiled step, next to the model's FLOPs
+                  (it counts the body of a while loop once, so with scan_layers=True it
+                  sees one layer of L: a cross-check of the per-layer and head FLOPs)
+
+Every step is timed to completion (`block_until_ready`) so its spread can be reported; the
+training loop itself overlaps the host work of a step with the previous step's compute.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import flags
+from ml_collections import config_flags
+
+from wsdjax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_SAVES = flags.DEFINE_integer("saves", 2, "Async checkpoint saves to time (0: skip).")
+_JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Scratch dir (default: a temp dir, removed).")
+_PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of 3 steps here.")
+
+
+# ---- measurements ----------------------------------------------------------------------
+
+
+def _live_bytes() -> int:
+  import jax
+  return sum(a.nbytes for a in jax.live_arrays())
+
+
+def _pointers(tree) -> list[int]:
+  import jax
+  return [shard.data.unsafe_buffer_pointer() for leaf in jax.tree.leaves(tree)
+          for shard in leaf.addressable_shards]
+
+
+def _peak_memory() -> tuple[int, str]:
+  import jax
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device peak bytes in use"
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+  return int(rss) * 1024, "process peak RSS"
+
+
+def _compiled_stats(compiled) -> dict:
+  out = {}
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    out["hlo_flops_per_step"] = float(cost.get("flops", math.nan))
+  except Exception:  # noqa: BLE001 - not every backend has a cost model
+    out["hlo_flops_per_step"] = math.nan
+  try:
+    mem = compiled.memory_analysis()
+    out["compiled_bytes"] = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in
+                             ("argument", "output", "temp", "generated_code")}
+  except Exception:  # noqa: BLE001
+    out["compiled_bytes"] = {}
+  return out
+
+
+class _Peak:
+  """Peak FLOP/s of this process's devices; on CPU re-measured between steps (median)."""
+
+  def __init__(self, given: float | None = None):
+    import jax
+    from wsdjax import metrics
+    self.cpu = given is None and jax.local_devices()[0].platform == "cpu"
+    peak, self.source = (given, "given") if given else metrics.device_peak_flops()
+    self.samples = [peak]
+
+  def sample(self) -> None:
+    if self.cpu:
+      from wsdjax import metrics
+      self.samples.append(metrics.measure_cpu_matmul_peak(repeats=3))
+
+  @property
+  def value(self) -> float:
+    return statistics.median(self.samples)
+
+
+def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 2, workdir: str | None = None,
+        profile_dir: str | None = None, mesh=None, peak_flops: float | None = None) -> dict:
+  """Benchmark `cfg` with the real Trainer in `workdir` (default: a temp dir) on `mesh`
+  (default: from `cfg.mesh`); returns the results (`table` formats them). `peak_flops`
+  replaces the measured/table peak (tests use it to skip the CPU matmul measurement)."""
+  import jax
+  from wsdjax import config as config_lib
+  from wsdjax import data as data_lib
+  from wsdjax import model as model_lib
+  from wsdjax import sharding
+  from wsdjax import trainer as trainer_lib
+
+  config_lib.validate(cfg, jax.device_count() if mesh is None else mesh.devices.size)
+  with tempfile.TemporaryDirectory(prefix="wsdjax-bench-") as tmp:
+    trainer = trainer_lib.Trainer(cfg, workdir or tmp, mesh=mesh, stream=io.StringIO())
+    try:
+      return _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib,
+                  model_lib, sharding, trainer_lib)
+    finally:
+      trainer.writer.close()
+      trainer.tree.close()
+
+
+def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, model_lib,
+         sharding, trainer_lib) -> dict:
+  cfg = trainer.cfg
+  seg = trainer.plan.segments[0]
+  res = {"config": cfg.name, "model": model_lib.describe(cfg.model),
+         "dense_impl": cfg.model.dense_impl, "backend": jax.default_backend(),
+         "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+         "steps": steps, "warmup": warmup}
+  peak = _Peak(peak_flops)
+  res["peak_source"] = peak.source
+
+  # Compile: the donating step of the first segment (what the loop uses for most steps).
+  t0 = time.perf_counter()
+  step_fn = trainer.steps.train(seg.schedule, donate=True)
+  res["compile_s"] = time.perf_counter() - t0
+  res.update(_compiled_stats(step_fn))
+  no_donate = trainer.steps.train(seg.schedule, donate=False)  # a fork's first step
+
+  batch_sh = sharding.batch_sharding(trainer.mesh)
+  it = trainer.data.train_iterator(0)
+  state = trainer_lib.init_state(cfg, trainer.mesh)
+  log_every = cfg.train.log_every
+
+  def one_step(state, step):
+    """(new state, metrics, step seconds, host seconds) of the loop's work for `step`."""
+    cpu_times.append(time.process_time())
+    t0 = time.perf_counter()
+    batch = data_lib.to_global(next(it), batch_sh)
+    t1 = time.perf_counter()
+    state, metrics = step_fn(state, batch)
+    t2 = time.perf_counter()
+    jax.block_until_ready((state, metrics))
+    t3 = time.perf_counter()
+    host = (t1 - t0) + (t2 - t1)
+    if (step + 1) % log_every == 0:  # the loop's logging: TensorBoard, JSONL, console line
+      trainer._log(seg, step + 1, metrics, t3 - t0, 1, 0.0, 0)
+      host += time.perf_counter() - t3
+    cpu_times[-1] = time.process_time() - cpu_times[-1]
+    return state, metrics, time.perf_counter() - t0, host
+
+  cpu_times: list[float] = []
+  step = 0
+  for _ in range(warmup):
+    state, _, _, _ = one_step(state, step)
+    step += 1
+  times, hosts = [], []
+  del cpu_times[:]
+  for i in range(steps):
+    if i % max(1, steps // 4) == 0:
+      peak.sample()
+    state, metrics, dt, host = one_step(state, step)
+    times.append(dt)
+    hosts.append(host)
+    step += 1
+  peak.sample()
+  med = statistics.median(times)
+  tokens = trainer.tokens_per_step
+  fpt = model_lib.flops_per_token(cfg.model)
+  res.update(step_s_median=med, step_s_min=min(times), step_s_max=max(times),
+             step_s_all=times, tokens_per_step=tokens, tokens_per_s=tokens / med,
+             model_flops_per_token=fpt, model_flops_per_step=fpt * tokens,
+             peak_flops=peak.value, peak_flops_samples=peak.samples,
+             cpu_s_median=statistics.median(cpu_times[:steps]),
+             host_s_per_step=statistics.mean(hosts), host_share=statistics.mean(hosts) / med,
+             train_loss=float(metrics["train_loss"]))
+  res["mfu"] = fpt * tokens / med / (peak.value * jax.process_count())
+
+  # Checkpoint stall: the steps that run while an async save writes, against plain steps.
+  stalls = []
+  for _ in range(saves):
+    trainer.tree.wait()
+    t0 = time.perf_counter()
+    trainer._save(seg, step, step, trainer_lib.Live(state, it.position()), 0.0)
+    save_call = time.perf_counter() - t0
+    spent, n = save_call, 0
+    while trainer.tree._pending or n == 0:
+      state, _, dt, _ = one_step(state, step)
+      step += 1
+      spent += dt
+      n += 1
+      trainer.tree.poll()
+      if n >= 50:
+        break
+    stalls.append((spent - n * med, save_call, n))
+  trainer.tree.wait()
+  if stalls:
+    res.update(ckpt_stall_s=statistics.median(s[0] for s in stalls),
+               ckpt_save_call_s=statistics.median(s[1] for s in stalls),
+               ckpt_steps_while_saving=[s[2] for s in stalls])
+    res["ckpt_stall_share"] = res["ckpt_stall_s"] / med
+
+  # Fork: the branch starts from main's arrays; its first step does not donate them.
+  jax.block_until_ready(state)
+  before = _live_bytes()
+  t0 = time.perf_counter()
+  main = trainer_lib.Live(state, it.position())
+  branch = trainer_lib.Live(main.state, dict(main.position))
+  res["fork_s"] = time.perf_counter() - t0
+  res["fork_copy_bytes"] = _live_bytes() - before
+  main_ptrs = _pointers(main.state)
+  res["fork_shared_buffers"] = sum(a == b for a, b in zip(main_ptrs, _pointers(branch.state)))
+  res["state_buffers"] = len(main_ptrs)
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(main.state))
+  batch = data_lib.to_global(next(it), batch_sh)
+  del metrics  # the loop's last metrics: freeing them must not count against the fork
+  before = _live_bytes()
+  t0 = time.perf_counter()
+  new_state, metrics = no_donate(branch.state, batch)
+  jax.block_until_ready((new_state, metrics))
+  res["fork_first_step_s"] = time.perf_counter() - t0
+  grown = _live_bytes() - before - sum(x.nbytes for x in jax.tree.leaves((new_state, metrics)))
+  res["fork_first_step_extra_bytes"] = grown
+  res["fork_main_intact"] = (_pointers(main.state) == main_ptrs and
+                             not any(x.is_deleted() for x in jax.tree.leaves(main.state)))
+  res["state_bytes"] = state_bytes
+  del new_state, metrics, branch, main
+
+  if profile_dir:
+    with jax.profiler.trace(profile_dir):
+      for _ in range(3):
+        state, _, _, _ = one_step(state, step)
+        step += 1
+    res["profile_dir"] = profile_dir
+  it.close()
+  res["peak_memory_bytes"], res["peak_memory_source"] = _peak_memory()
+  return res
+
+
+# ---- report ----------------------------------------------------------------------------
+
+
+def _mib(x: float) -> str:
+  return f"{x / 2**20:,.1f} MiB"
+
+
+def table(r: dict) -> str:
+  """The human-readable table of `run`'s results."""
+  med = r["step_s_median"]
+  rows = [
+      ("config", f"{r['config']}: {r['model']}"),
+      ("backend", f"{r['backend']} x{r['devices']} ({r['device_kind']}), dense_impl="
+                  f"{r['dense_impl']}"),
+      ("compile", f"{r['compile_s']:.1f} s"),
+      ("step time", f"median {med:.3f} s  (min {r['step_s_min']:.3f}, max "
+                    f"{r['step_s_max']:.3f}; {r['steps']} steps after {r['warmup']} warm-up)"),
+      ("CPU time", f"median {r['cpu_s_median']:.3f} CPU-s/step (process time, all threads;"
+                   " steadier than wall time on a shared host)"),
+      ("tokens/s", f"{r['tokens_per_s']:,.0f}  ({r['tokens_per_step']:,} tokens/step)"),
+      ("model FLOPs", f"{r['model_flops_per_token'] / 1e6:.2f} MFLOPs/token "
+                      f"(6N + 6LTD); XLA cost analysis: "
+                      f"{r['hlo_flops_per_step'] / r['tokens_per_step'] / 1e6:.2f} MFLOPs/token"
+                      " (counts a scanned layer's loop body once)"),
+      ("peak", f"{r['peak_flops'] / 1e9:,.1f} GFLOP/s ({r['peak_source']}; samples "
+               + ", ".join(f"{p / 1e9:.0f}" for p in r["peak_flops_samples"]) + ")"),
+      ("MFU", f"{100 * r['mfu']:.1f}%"),
+      ("host time", f"{1e3 * r['host_s_per_step']:.1f} ms/step = "
+                    f"{100 * r['host_share']:.2f}% of a step"),
+  ]
+  if "ckpt_stall_s" in r:
+    rows.append(("checkpoint", f"async save stall {r['ckpt_stall_s']:+.3f} s/save = "
+                               f"{100 * r['ckpt_stall_share']:+.1f}% of a step (save() "
+                               f"returns in {1e3 * r['ckpt_save_call_s']:.0f} ms)"))
+  rows += [
+      ("fork", f"{r['fork_copy_bytes']:,} bytes copied, {r['fork_shared_buffers']}/"
+               f"{r['state_buffers']} buffers shared, {1e6 * r['fork_s']:.0f} us; first "
+               f"branch step {r['fork_first_step_s']:.3f} s, +{r['fork_first_step_extra_bytes']:,}"
+               f" bytes beyond its outputs; main intact: {r['fork_main_intact']}"),
+      ("memory", f"{_mib(r['peak_memory_bytes'])} ({r['peak_memory_source']}); compiled "
+                 "step: " + ", ".join(f"{k} {_mib(v)}" for k, v in r["compiled_bytes"].items())),
+  ]
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
+  if _CONFIG.value is None:
+    cli.fail("--config: missing; pass --config configs/small.py (or another config file)")
+  try:  # config_flags defers a load failure (missing file, syntax error) to first use
+    _CONFIG.value.keys()
+  except OSError as e:
+    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    cli.fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. "
+             "configs/small.py")
+  if _STEPS.value < 1:
+    cli.fail(f"--steps: must be >= 1, got {_STEPS.value}; e.g. --steps 10")
+  if _WARMUP.value < 0:
+    cli.fail(f"--warmup: must be >= 0, got {_WARMUP.value}; e.g. --warmup 2")
+  if _SAVES.value < 0:
+    cli.fail(f"--saves: must be >= 0, got {_SAVES.value}; 0 skips the checkpoint stall")
+  if _JSON.value:
+    parent = os.path.dirname(os.path.abspath(_JSON.value))
+    if not os.path.isdir(parent):
+      cli.fail(f"--json: directory {parent} does not exist; create it or pick another path")
+  res = run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, saves=_SAVES.value,
+            workdir=_WORKDIR.value, profile_dir=_PROFILE.value)
+  print(table(res), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(res, f, indent=1, default=str)
+    print(f"wrote {_JSON.value}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  from wsdjax import checkpoint, config, data
+  cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
+                 data.DataConfigError: cli.EXIT_BAD_INPUT,
+                 checkpoint.CheckpointError: cli.EXIT_BAD_INPUT})
