@@ -20,13 +20,14 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m wsdjax.train --config configs/default.py --workdir $(WORKDIR)
 
-# The whole test suite (what CI runs).
+# The whole test suite (what CI runs), on 2 workers (tests are grouped by file, so each
+# file's shared fixtures run once).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,7 +1,7 @@
-"""Faults survived, each checked against one uninterrupted reference run (1 CPU device):
-SIGKILL (mid main branch, mid save, mid decay branch), SIGTERM and SIGINT, a broken latest
-checkpoint, a full disk during a save; and a NaN that stops the run with nothing
-non-finite saved. Resumed runs must end with the reference's bits."""
+"""Faults survived, checked against one uninterrupted reference run (1 CPU device):
+SIGKILL (mid main branch, mid save, mid decay branch), SIGINT and SIGTERM, a full disk
+during a save, a broken latest checkpoint, all in one run that must end with the
+reference's bits; and a NaN that stops a run with nothing non-finite saved."""
 
 import json
 import resource
@@ -70,65 +70,49 @@ def main_steps(workdir) -> list[int]:
   return sorted(e["step"] for e in manifest(workdir) if e["branch"] == "main")
 
 
-def test_sigkill_at_several_points_then_resume_is_bitwise_exact(reference, tmp_path):
+def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(reference,
+                                                                           tmp_path):
+  """One run taken through every fault in turn, then finished: it must end with the
+  reference's bits (main, decay-20 and decay-40)."""
+  run = tmp_path
   for fault in ["kill_after_step@main:12",        # mid main branch (last save: main@10)
                 "kill_in_save@main:15",           # while the fork point is being written
-                "kill_after_step@decay-20:18",    # mid decay branch
-                "kill_after_step@decay-40:33"]:   # in the last decay, forked from main@30
-    out = train(tmp_path, fault)
+                "kill_after_step@decay-20:18"]:   # mid decay branch
+    out = train(run, fault)
     assert out.returncode == -9, (fault, out.returncode, out.stderr[-2000:])
-  out = train(tmp_path)
+
+  # SIGINT (Ctrl-C): finish the step, save it, wait for the async save, exit 0.
+  out = train(run, "int_after_step@main:22")
   assert out.returncode == 0, out.stderr[-2000:]
-  assert_bitwise_equal(reference, final_states(tmp_path))
+  assert "stopped at main@22; the same command resumes" in out.stdout + out.stderr
+  assert main_steps(run)[-1] == 22
 
-
-@pytest.mark.parametrize("sig", ["term", "int"])
-def test_sigterm_or_sigint_saves_exits_zero_and_resumes_exactly(reference, tmp_path, sig):
-  out = train(tmp_path, f"{sig}_after_step@main:7")
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert "stopped at main@7; the same command resumes" in out.stdout + out.stderr
-  assert main_steps(tmp_path)[-1] == 7  # saved where it stopped, async save waited for
-  out = train(tmp_path)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert_bitwise_equal(reference, final_states(tmp_path))
-
-
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
-def test_broken_latest_checkpoint_is_set_aside_and_the_previous_one_used(reference, tmp_path,
-                                                                         damage):
-  out = train(tmp_path, "term_after_step@main:12")
-  assert out.returncode == 0 and main_steps(tmp_path)[-2:] == [10, 12], out.stderr[-2000:]
-  step_dir = tmp_path / "checkpoints" / "main" / "12"
-  biggest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-  if damage == "truncate":
-    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
-  else:
-    biggest.unlink()
-  good = (tmp_path / "checkpoints" / "main" / "10")
-  good_files = {p: p.read_bytes() for p in good.rglob("*") if p.is_file()}
-  out = train(tmp_path, extra=["--config.checkpoint.keep=100"])  # retention keeps main@10
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert "checkpoint: main@12 is broken" in out.stdout
-  assert "resumed at 10" in out.stdout
-  kept = list((tmp_path / "checkpoints" / "broken").iterdir())
-  assert [p.name for p in kept] == ["main-12-0"]  # set aside, not deleted
-  assert all(p.read_bytes() == b for p, b in good_files.items())  # main@10 untouched
-  assert_bitwise_equal(reference, final_states(tmp_path))
-
-
-def test_full_disk_during_a_save_is_a_clear_error_and_older_saves_survive(reference,
-                                                                          tmp_path):
-  out = train(tmp_path, "term_after_step@main:12")
-  assert out.returncode == 0, out.stderr[-2000:]
-  before = main_steps(tmp_path)
-  out = train(tmp_path, file_size_limit=100_000)  # the state's files are ~0.9 MB
+  # A full disk (writes past 100 kB fail; a state is ~0.9 MB): the next save fails.
+  before = main_steps(run)
+  out = train(run, file_size_limit=100_000,  # a synchronous save: no writer thread left
+              extra=["--config.checkpoint.async_save=false"])  # racing the exit
   assert out.returncode == 3, out.stderr[-3000:]
   last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith("wsdjax: checkpoint: saving main@15 failed") and "free disk" in last
-  assert main_steps(tmp_path) == before  # nothing reported that is not on disk
-  out = train(tmp_path)  # space is back: the same command finishes the run exactly
+  assert last.startswith("wsdjax: checkpoint: saving main@25 failed") and "free disk" in last
+  assert main_steps(run) == before  # nothing reported that is not on disk
+
+  # The latest save gets broken (one file truncated, one deleted); SIGTERM in decay-40.
+  step_dir = run / "checkpoints" / "main" / "22"
+  files = sorted((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  files[-1].write_bytes(files[-1].read_bytes()[: files[-1].stat().st_size // 2])
+  files[0].unlink()
+  good = {p: p.read_bytes() for p in (run / "checkpoints" / "main" / "20").rglob("*")
+          if p.is_file()}
+  out = train(run, "term_after_step@decay-40:33", extra=["--config.checkpoint.keep=100"])
   assert out.returncode == 0, out.stderr[-2000:]
-  assert_bitwise_equal(reference, final_states(tmp_path))
+  assert "checkpoint: main@22 is broken" in out.stdout and "resumed at 20" in out.stdout
+  assert [p.name for p in (run / "checkpoints" / "broken").iterdir()] == ["main-22-0"]
+  assert all(p.read_bytes() == b for p, b in good.items())  # main@20 untouched
+  assert "stopped at decay-40@33" in out.stdout + out.stderr
+
+  out = train(run)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert_bitwise_equal(reference, final_states(run))
 
 
 def test_nan_stops_the_run_naming_step_and_metric_and_saves_nothing_non_finite(tmp_path):

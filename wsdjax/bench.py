@@ -45,14 +45,21 @@ from ml_collections import config_flags
 
 from wsdjax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-_SAVES = flags.DEFINE_integer("saves", 2, "Async checkpoint saves to time (0: skip).")
-_JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Scratch dir (default: a temp dir, removed).")
-_PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of 3 steps here.")
+_CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = None
+
+
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program (importing this module for its
+  functions must not claim absl flag names such as --workdir)."""
+  global _CONFIG, _STEPS, _WARMUP, _SAVES, _JSON, _WORKDIR, _PROFILE
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                            lock_config=True)
+  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
+  _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+  _SAVES = flags.DEFINE_integer("saves", 2, "Async checkpoint saves to time (0: skip).")
+  _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Scratch dir (default: a temp dir, removed).")
+  _PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of 3 steps here.")
 
 
 # ---- measurements ----------------------------------------------------------------------
@@ -344,6 +351,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from wsdjax import checkpoint, config, data
+  define_flags()
   cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
                  data.DataConfigError: cli.EXIT_BAD_INPUT,
                  checkpoint.CheckpointError: cli.EXIT_BAD_INPUT})

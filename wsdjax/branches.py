@@ -15,8 +15,14 @@ from etils import epath
 
 from wsdjax import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m wsdjax.train.")
-_JSON = flags.DEFINE_bool("json", False, "Print JSON: one object per saved state.")
+_WORKDIR = _JSON = None
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (imports stay flag-free)."""
+  global _WORKDIR, _JSON
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m wsdjax.train.")
+  _JSON = flags.DEFINE_bool("json", False, "Print JSON: one object per saved state.")
 
 
 def load_entries(workdir) -> list[dict]:
@@ -71,4 +77,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from wsdjax import checkpoint
+  define_flags()
   cli.run(main, {checkpoint.CheckpointError: cli.EXIT_BAD_INPUT})
