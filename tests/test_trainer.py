@@ -83,7 +83,7 @@ def test_sharded_state_and_loss_match_one_device(tiny_config, layout):
   np.testing.assert_allclose(losses, ref, rtol=1e-5)
 
 
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [4])
 def test_micro_batches_equal_one_big_step(tiny_config, k):
   cfg = sharded_config(tiny_config, (1, 1, 1))
   mesh = one_device_mesh()
