@@ -320,16 +320,7 @@ def table(r: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
-  if _CONFIG.value is None:
-    cli.fail("--config: missing; pass --config configs/small.py (or another config file)")
-  try:  # config_flags defers a load failure (missing file, syntax error) to first use
-    _CONFIG.value.keys()
-  except OSError as e:
-    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    cli.fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. "
-             "configs/small.py")
+  cli.loaded_config(argv, _CONFIG, "configs/small.py")
   if _STEPS.value < 1:
     cli.fail(f"--steps: must be >= 1, got {_STEPS.value}; e.g. --steps 10")
   if _WARMUP.value < 0:

@@ -21,6 +21,28 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
   sys.exit(code)
 
 
+def loaded_config(argv: Sequence[str], config_flag, example: str):
+  """The config of a `--config` flag, after the checks every config-taking CLI makes: no
+  stray positional arguments, the flag given, the file loaded (config_flags defers a load
+  failure, e.g. a missing file or a syntax error, to first use)."""
+  if len(argv) > 1:
+    fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
+  if config_flag.value is None:
+    fail(f"--config: missing; pass --config {example} (or another config file)")
+  try:
+    config_flag.value.keys()
+  except OSError as e:
+    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. {example}")
+  return config_flag.value
+
+
+def require_workdir(workdir: str | None) -> str:
+  if not workdir:
+    fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
+  return workdir
+
+
 def normalize_flag_names(argv: Sequence[str]) -> list[str]:
   """Accept `--from-step` for absl's `--from_step` (dashes in flag names, not in values)."""
   out = []

@@ -307,20 +307,8 @@ def _define_flags():
 
 def main(argv, config, workdir, only) -> None:
   from wsdjax import cli
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
-  if config.value is None:
-    cli.fail("--config: missing; pass --config configs/compare_small.py (or another compare "
-             "config)")
-  if not workdir.value:
-    cli.fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
-  try:  # config_flags defers a load failure (missing file, syntax error) to first use
-    config.value.keys()
-  except OSError as e:
-    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    cli.fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. "
-             "configs/compare_small.py")
-  cfg = config.value
+  cfg = cli.loaded_config(argv, config, "configs/compare_small.py")
+  cli.require_workdir(workdir.value)
   check(cfg)
   names = list(only.value or [])
   for name in names:

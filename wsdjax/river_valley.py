@@ -104,19 +104,8 @@ def _define_flags():
 
 def main(argv, config, workdir, plot_only) -> None:
   from wsdjax import cli
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
-  if config.value is None:
-    cli.fail("--config: missing; pass --config configs/river_valley.py")
-  if not workdir.value:
-    cli.fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
-  try:  # config_flags defers a load failure (missing file, syntax error) to first use
-    config.value.keys()
-  except OSError as e:
-    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    cli.fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. "
-             "configs/river_valley.py")
-  cfg = config.value
+  cfg = cli.loaded_config(argv, config, "configs/river_valley.py")
+  cli.require_workdir(workdir.value)
   if cfg.data.source != "bigram":
     cli.fail(f"data.source: is {cfg.data.source!r}; the river valley needs the bigram task's "
              f"exact optimum; use --config.data.source=bigram")

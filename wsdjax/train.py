@@ -20,18 +20,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..N-
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
-  if _CONFIG.value is None:
-    cli.fail("--config: missing; pass --config configs/default.py (or another config file)")
-  if not _WORKDIR.value:
-    cli.fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
-  try:  # config_flags defers a load failure (missing file, syntax error) to first use
-    _CONFIG.value.keys()
-  except OSError as e:
-    why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-    cli.fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. "
-             "configs/default.py")
+  cli.loaded_config(argv, _CONFIG, "configs/default.py")
+  cli.require_workdir(_WORKDIR.value)
   from wsdjax import distributed
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
