@@ -57,12 +57,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   # Scan over layers (fast compile, 'layers' axis on params) instead of unrolling them.
   c.model.scan_layers = True
+  # With scan_layers, how the stacked blocks run: 'scan' (lax.scan: compile time flat in
+  # depth) | 'unrolled' (a loop over the same stacked parameters: faster steps on CPU).
+  c.model.layer_loop = "scan"
   # Rematerialise each block in the backward pass: 'none' | 'full' (saves memory at scale).
   c.model.remat = "none"
   # Std of the normal initialiser of weight matrices.
   c.model.init_std = 0.02
   # Dense matmuls: 'auto' (fast weight-gradient path on CPU, plain elsewhere) | 'xla' | 'cpu_dw'.
   c.model.dense_impl = "auto"
+  # Causal attention: 'auto' (query-blocked on CPU, jax's choice elsewhere) | 'blocked' |
+  # 'xla' | 'cudnn' (cuDNN flash attention on NVIDIA GPUs, bfloat16).
+  c.model.attention_impl = "auto"
 
   # ---- data (wsdjax/data/) ----
   c.data = ml_collections.ConfigDict()
@@ -247,6 +253,8 @@ def validate(cfg, device_count: int | None = None) -> None:
   _choice(flat, "model.dtype", DTYPES)
   _choice(flat, "model.remat", ("none", "full"))
   _choice(flat, "model.dense_impl", ("auto", "xla", "cpu_dw"))
+  _choice(flat, "model.attention_impl", ("auto", "blocked", "xla", "cudnn"))
+  _choice(flat, "model.layer_loop", ("scan", "unrolled"))
 
   d = cfg.data
   _choice(flat, "data.source", SOURCES)
@@ -406,7 +414,8 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
 MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
                   "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
-                  "model.remat", "model.dense_impl")
+                  "model.remat", "model.dense_impl", "model.attention_impl",
+                  "model.layer_loop")
 
 
 def resume_conflicts(old, new) -> list[str]:

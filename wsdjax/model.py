@@ -40,10 +40,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsdjax import fast_dense
+from wsdjax import attention, fast_dense, fused_loss
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _REMAT = ("none", "full")
+_LAYER_LOOPS = ("scan", "unrolled")
 _RMS_EPS = 1e-6
 
 # Logical names of activations (mapped to mesh axes by config.mesh.rules).
@@ -58,12 +59,17 @@ LOGITS = ("act_batch", "act_length", "act_vocab")
 class ModelConfig:
   """Model sizes and numerics; the fields of `config.model` (configs/default.py).
 
-  `attention_impl` is passed to `jax.nn.dot_product_attention(implementation=...)`:
-  None lets jax choose (XLA on jax 0.10-0.12), 'cudnn' asks for cuDNN flash attention
-  on NVIDIA GPUs (needs dtype bfloat16), 'xla' forces the reference path.
+  `attention_impl` (`wsdjax.attention`): 'auto' = 'blocked' (query-blocked causal
+  attention, faster on XLA:CPU) on CPU, jax's own choice elsewhere; None, 'xla' or 'cudnn'
+  go to `jax.nn.dot_product_attention(implementation=...)` ('cudnn': cuDNN flash attention
+  on NVIDIA GPUs, needs dtype bfloat16).
   `dense_impl` picks the dense-layer matmuls (`wsdjax.fast_dense`): 'xla' plain dots,
   'cpu_dw' a custom vjp with a faster weight gradient on XLA:CPU, 'auto' = 'cpu_dw' on
   CPU and 'xla' elsewhere. Values and gradients agree to float32 rounding.
+  `layer_loop` (with scan_layers, the stacked 'layers' parameters): 'scan' runs the
+  blocks in a `lax.scan` (one compiled body: fast compiles at any depth); 'unrolled' in a
+  Python loop over the slices of the same parameters, which on XLA:CPU avoids the scan's
+  stacked per-layer activation buffers (faster steps; the checkpoint layout is unchanged).
   """
 
   n_layers: int = 2
@@ -77,9 +83,10 @@ class ModelConfig:
   rope_theta: float = 10000.0
   dtype: str = "float32"
   scan_layers: bool = True
+  layer_loop: str = "scan"
   remat: str = "none"
   init_std: float = 0.02
-  attention_impl: str | None = None
+  attention_impl: str | None = "auto"
   dense_impl: str = "auto"
 
   def __post_init__(self):
@@ -99,8 +106,11 @@ class ModelConfig:
           f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
     check(self.dtype in _DTYPES, f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
     check(self.remat in _REMAT, f"remat must be one of {_REMAT}, got {self.remat!r}")
-    check(self.attention_impl in (None, "xla", "cudnn"),
-          f"attention_impl must be None, 'xla' or 'cudnn', got {self.attention_impl!r}")
+    check(self.layer_loop in _LAYER_LOOPS,
+          f"layer_loop must be one of {_LAYER_LOOPS}, got {self.layer_loop!r}")
+    check(self.attention_impl is None or self.attention_impl in attention.IMPLS,
+          f"attention_impl must be None or one of {attention.IMPLS}, "
+          f"got {self.attention_impl!r}")
     check(self.dense_impl in fast_dense.IMPLS,
           f"dense_impl must be one of {fast_dense.IMPLS}, got {self.dense_impl!r}")
     check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
@@ -166,15 +176,7 @@ def rope(x: jax.Array, theta: float) -> jax.Array:
   return out.astype(x.dtype)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                     implementation: str | None = None) -> jax.Array:
-  """softmax(q k^T / sqrt(Dh) + causal mask) v; q: [B, T, H, Dh], k, v: [B, T, K, Dh].
-
-  Grouped-query attention: query head h reads kv head h // (H/K). jax.nn.
-  dot_product_attention handles K < H natively (checked on jax 0.10.2).
-  """
-  return jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                      implementation=implementation)
+causal_attention = attention.causal_attention
 
 
 class Attention(nn.Module):
@@ -233,7 +235,7 @@ class MLP(nn.Module):
 
 
 class Embed(nn.Module):
-  """Token embedding table E: [V, D]; lookup E[tokens] and tied LM head x E^T."""
+  """Token embedding table E: [V, D]; lookup E[tokens] (a tied LM head reads E too)."""
 
   config: ModelConfig
 
@@ -247,10 +249,6 @@ class Embed(nn.Module):
     # otherwise the lookup's output is sharded on D and must be resharded to the batch.
     table = nn.with_logical_constraint(self.embedding, ("vocab", None))
     return jnp.take(table, tokens, axis=0).astype(self.config.compute_dtype)
-
-  def attend(self, x: jax.Array) -> jax.Array:
-    cfg = self.config
-    return fast_dense.dense_t(x, self.embedding.astype(cfg.compute_dtype), cfg.dense_impl)
 
 
 class Block(nn.Module):
@@ -281,19 +279,30 @@ def _block_class(cfg: ModelConfig) -> type[nn.Module]:
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM: tokens int32[B, T] -> logits float32[B, T, V] (T any length)."""
+  """Decoder-only LM: tokens int32[B, T] -> logits float32[B, T, V] (T any length).
+
+  Called with `targets` int32[B, T], it returns the mean next-token loss (nats) instead,
+  `cross_entropy(logits, targets)`; on the CPU fast path (`dense_impl` resolving to
+  'cpu_dw') through `fused_loss.head_loss`, which never builds the logits.
+  """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, targets: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     dt = cfg.compute_dtype
     embed = Embed(cfg, name="embed")
     x = nn.with_logical_constraint(embed(tokens), RESIDUAL)
 
     block = _block_class(cfg)
-    if cfg.scan_layers:
+    if cfg.scan_layers and cfg.layer_loop == "unrolled" and not self.is_initializing():
+      # The stacked parameters of `layers`, one slice per block, in a Python loop.
+      layers = nn.unbox(self.variables["params"]["layers"])
+      for i in range(cfg.n_layers):
+        params_i = jax.tree.map(lambda p, i=i: p[i], layers)
+        x, _ = block(cfg).apply({"params": params_i}, x, None)
+    elif cfg.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(cfg, name="layers")(x, None)
@@ -303,12 +312,21 @@ class Transformer(nn.Module):
 
     x = RMSNorm(dt, name="final_norm")(x)
     if cfg.tie_embeddings:
-      logits = embed.attend(x)
+      head = embed.embedding.astype(dt)  # [V, D]: logits = x E^T
     else:
-      w = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                 nn.initializers.normal(cfg.init_std))
-      logits = fast_dense.dense(x, w.astype(dt), cfg.dense_impl)
-    return nn.with_logical_constraint(logits.astype(jnp.float32), LOGITS)
+      head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                    nn.initializers.normal(cfg.init_std)).astype(dt)
+    fast = fast_dense.resolve(cfg.dense_impl) == "cpu_dw"
+    if targets is not None and fast:
+      return fused_loss.head_loss(x, head, targets, tied=cfg.tie_embeddings)
+    if cfg.tie_embeddings:
+      logits = fast_dense.dense_t(x, head, cfg.dense_impl)
+    else:
+      logits = fast_dense.dense(x, head, cfg.dense_impl)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), LOGITS)
+    if targets is not None:
+      return cross_entropy(logits, targets)
+    return logits
 
 
 # ---- public helpers --------------------------------------------------------------------

@@ -115,8 +115,7 @@ def init_state(cfg, mesh) -> TrainState:
 
 # ---- the steps ----
 def _loss(params, model, tokens):
-  logits = model.apply({"params": params}, tokens[:, :-1])
-  return model_lib.cross_entropy(logits, tokens[:, 1:])
+  return model.apply({"params": params}, tokens[:, :-1], tokens[:, 1:])
 
 
 def loss_and_grads(params, batch: jax.Array, *, model, micro_batches: int = 1,

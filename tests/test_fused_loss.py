@@ -1,0 +1,88 @@
+"""Tests of wsdjax.fused_loss: the chunked LM head + cross-entropy equals
+cross_entropy(x @ W, y) in value and gradients, tied or not, in one chunk or many; and the
+model's loss (targets given) is the same on the CPU fast path and the plain one."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wsdjax import fused_loss as F
+from wsdjax import model as M
+
+
+def _rand(seed, *shape, scale=1.0):
+  return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def test_chunk_len():
+  assert F.chunk_len(16, 256, F.CHUNK_ROWS) == 32  # 16 x 32 = 512 rows
+  assert F.chunk_len(2, 12, rows=6) == 3
+  assert F.chunk_len(64, 10, rows=8) == 1  # more rows than the budget: one position
+  assert F.chunk_len(1, 7, rows=100) == 7
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("rows", [6, 512])  # 4 chunks of 3 positions; one chunk
+def test_head_loss_equals_cross_entropy_of_logits(tied, rows):
+  b, t, d, v = 2, 12, 8, 50
+  x = _rand(0, b, t, d)
+  w = _rand(1, v, d, scale=0.5) if tied else _rand(1, d, v, scale=0.5)
+  y = np.random.default_rng(2).integers(0, v, (b, t)).astype(np.int32)
+  plain = lambda x, w: M.cross_entropy(x @ (w.T if tied else w), y)
+  fused = lambda x, w: F.head_loss(x, w, y, tied=tied, chunk_rows=rows)
+  (l_f, g_f), (l_p, g_p) = jax.jit(lambda: (jax.value_and_grad(fused, (0, 1))(x, w),
+                                            jax.value_and_grad(plain, (0, 1))(x, w)))()
+  np.testing.assert_allclose(l_f, l_p, rtol=1e-6)
+  for a, b_ in zip(g_f, g_p):
+    np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
+  # Without a gradient (evaluation) the loss-only scan gives the same value.
+  np.testing.assert_allclose(jax.jit(fused)(x, w), l_p, rtol=1e-6)
+  # A cotangent other than 1 scales both gradients (e.g. a loss weight or a mean of losses).
+  g2 = jax.grad(lambda x, w: 3.0 * fused(x, w), (0, 1))(x, w)
+  for a, b_ in zip(g2, g_p):
+    np.testing.assert_allclose(a, 3.0 * b_, rtol=1e-5, atol=1e-7)
+
+
+def test_head_loss_large_logits_stay_finite():
+  x = _rand(0, 1, 4, 4, scale=100.0)
+  w = _rand(1, 16, 4, scale=100.0)
+  y = np.zeros((1, 4), np.int32)
+  loss, grads = jax.value_and_grad(lambda x, w: F.head_loss(x, w, y, tied=True), (0, 1))(x, w)
+  assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads)
+  np.testing.assert_allclose(loss, M.cross_entropy(x @ w.T, y), rtol=1e-5)
+
+
+def test_model_loss_fast_path_equals_plain_path():
+  """The CPU fast path (fused head, blocked attention, unrolled loop over stacked blocks)
+  against the plain one (logits + cross_entropy, jax attention, scan): same parameter tree,
+  loss and gradients; tied head here, an untied one sharded in tests/test_sharding.py."""
+  with pytest.raises(ValueError, match="layer_loop must be one of"):
+    M.ModelConfig(layer_loop="vmap")
+  base = M.ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
+                       vocab_size=48, seq_len=16, tie_embeddings=True)
+  fast = dataclasses.replace(base, dense_impl="cpu_dw", attention_impl="blocked",
+                             layer_loop="unrolled")
+  plain = dataclasses.replace(base, dense_impl="xla", attention_impl="xla", layer_loop="scan")
+  toks = np.random.default_rng(1).integers(0, 48, (4, 17)).astype(np.int32)
+  params = nn.unbox(M.build_model(plain).init(jax.random.key(0), toks[:, :-1]))["params"]
+  # layer_loop='unrolled' keeps the stacked 'layers' tree of the scan (same checkpoints).
+  shapes = lambda cfg: jax.eval_shape(M.build_model(cfg).init, jax.random.key(0), toks[:, :-1])
+  assert jax.tree.structure(shapes(fast)) == jax.tree.structure(shapes(plain))
+  assert "layers" in params and "block_0" not in params
+
+  def loss_and_grads(cfg):
+    model = M.build_model(cfg)
+    return jax.value_and_grad(
+        lambda p: model.apply({"params": p}, toks[:, :-1], toks[:, 1:]))(params)
+
+  (l_fast, g_fast), (l_plain, g_plain) = jax.jit(
+      lambda: (loss_and_grads(fast), loss_and_grads(plain)))()
+  logits = M.build_model(plain).apply({"params": params}, toks[:, :-1])
+  np.testing.assert_allclose(l_plain, M.cross_entropy(logits, toks[:, 1:]), rtol=1e-6)
+  np.testing.assert_allclose(l_fast, l_plain, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

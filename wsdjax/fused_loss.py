@@ -1,0 +1,128 @@
+"""LM head + cross-entropy in chunks, with the gradient computed in the same pass.
+
+    loss = mean_{b,t} [ logsumexp_v(z_bt) - z_bt[y_bt] ],   z = x W   (W = E^T when tied)
+    dloss/dz = (softmax(z) - onehot(y)) / N,   dx = dz W^T,   dW = x^T dz
+
+The plain path materialises the logits z [B, T, V] and their gradient (128 MB each for
+`configs/small.py`) and passes over them several times. `head_loss` instead scans over
+chunks of the sequence axis (B x c rows at a time, c dividing T), and its forward pass
+already computes dx and dW chunk by chunk (the loss is the last thing the model computes,
+so its gradient is always wanted when it is differentiated); the backward pass only
+scales them by the incoming cotangent. No [B, T, V] array is ever built, and each chunk's
+logits stay in cache. dW uses the row-major form of `fast_dense` (x^T materialised).
+Chunking the sequence axis, not the batch, keeps each chunk spread over the data devices.
+
+Used on the CPU fast path (`model.dense_impl` resolving to 'cpu_dw'); values and
+gradients agree with `cross_entropy(x @ W, y)` to float32 rounding (tests/test_fused_loss.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+CHUNK_ROWS = 512  # rows (B x c) per chunk: measured best of 256..2048 on Zen 3 (perf doc).
+
+
+def chunk_len(batch: int, seq_len: int, rows: int) -> int:
+  """The largest c dividing `seq_len` with batch * c <= rows (at least 1)."""
+  best = 1
+  for c in range(1, seq_len + 1):
+    if seq_len % c == 0 and batch * c <= rows:
+      best = c
+  return best
+
+
+def _chunks(a: jax.Array, c: int) -> jax.Array:
+  """[B, T, ...] -> [T/c, B, c, ...]: the scan runs over the first axis."""
+  b, t = a.shape[:2]
+  return a.reshape(b, t // c, c, *a.shape[2:]).swapaxes(0, 1)
+
+
+def _unchunk(a: jax.Array) -> jax.Array:
+  """Inverse of `_chunks`: [n, B, c, ...] -> [B, n*c, ...]."""
+  a = a.swapaxes(0, 1)
+  return a.reshape(a.shape[0], a.shape[1] * a.shape[2], *a.shape[3:])
+
+
+def _logits(xc: jax.Array, w: jax.Array, tied: bool) -> jax.Array:
+  """z = xc W in float32; w is E [V, D] when tied, else W [D, V]."""
+  dims = (((xc.ndim - 1,), (1 if tied else 0,)), ((), ()))
+  return jax.lax.dot_general(xc, w, dims, preferred_element_type=jnp.float32)
+
+
+def _lse_and_target(z: jax.Array, yc: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(exp(z - max), sum of it, per-row loss lse - z[y]) of float32 logits z [B, c, V]."""
+  m = jnp.max(z, axis=-1, keepdims=True)
+  e = jnp.exp(z - m)
+  s = jnp.sum(e, axis=-1, keepdims=True)
+  target = jnp.take_along_axis(z, yc[..., None], axis=-1)
+  return e, s, (m + jnp.log(s) - target)[..., 0]
+
+
+def _loss_only(x, w, y, tied, c):
+  def body(total, inp):
+    xc, yc = inp
+    _, _, loss = _lse_and_target(_logits(xc, w, tied), yc)
+    return total + jnp.sum(loss), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (_chunks(x, c), _chunks(y, c)))
+  return total / y.size
+
+
+def _loss_and_grads(x, w, y, tied, c):
+  """(mean loss, dloss/dx, dloss/dw) in one scan over chunks."""
+  d, v = x.shape[-1], w.shape[0] if tied else w.shape[1]
+  bar = jax.lax.optimization_barrier
+
+  def body(carry, inp):
+    total, dw_t = carry  # dw_t: x^T dz summed over chunks, [D, V]
+    xc, yc = inp
+    z = _logits(xc, w, tied)
+    e, s, loss = _lse_and_target(z, yc)
+    dz = e / s - jax.nn.one_hot(yc, v, dtype=jnp.float32)  # sum-loss gradient, [B, c, V]
+    dz = dz.astype(w.dtype)
+    dxc = dz @ w if tied else dz @ w.T
+    x2, dz2 = xc.reshape(-1, d), dz.reshape(-1, v)
+    dw_t = dw_t + (bar(x2.T) @ dz2).astype(jnp.float32)
+    return (total + jnp.sum(loss), dw_t), dxc.astype(x.dtype)
+
+  init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))
+  (total, dw_t), dx = jax.lax.scan(body, init, (_chunks(x, c), _chunks(y, c)))
+  n = y.size
+  dw = (dw_t.T if tied else dw_t) / n
+  return total / n, _unchunk(dx) / n, dw.astype(w.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _head_loss(x, w, y, tied, c):
+  return _loss_only(x, w, y, tied, c)
+
+
+def _head_loss_fwd(x, w, y, tied, c):
+  loss, dx, dw = _loss_and_grads(x, w, y, tied, c)
+  return loss, (dx, dw, y)
+
+
+def _head_loss_bwd(tied, c, res, g):
+  dx, dw, y = res
+  zero_y = jnp.zeros(y.shape, jax.dtypes.float0)  # integer targets have no cotangent
+  return (dx * g).astype(dx.dtype), (dw * g).astype(dw.dtype), zero_y
+
+
+_head_loss.defvjp(_head_loss_fwd, _head_loss_bwd)
+
+
+def head_loss(x: jax.Array, w: jax.Array, targets: jax.Array, tied: bool,
+              chunk_rows: int | None = None) -> jax.Array:
+  """Mean cross-entropy (nats) of the logits x W against `targets`, without building them.
+
+  x: [B, T, D]; w: the embedding E [V, D] when `tied` (z = x E^T), else W [D, V];
+  targets: int [B, T]; chunk_rows: rows per chunk (default CHUNK_ROWS). Differentiable in
+  x and w.
+  """
+  b, t = targets.shape
+  c = chunk_len(b, t, chunk_rows or CHUNK_ROWS)
+  return _head_loss(x, w, targets.astype(jnp.int32), tied, c)
