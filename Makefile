@@ -21,13 +21,15 @@ run: $(STAMP)
 	$(PY) -m wsdjax.train --config configs/default.py --workdir $(WORKDIR)
 
 # The whole test suite (what CI runs), on 2 workers (tests are grouped by file, so each
-# file's shared fixtures run once).
+# file's shared fixtures run once). glibc.malloc.hugetlb=1: XLA:CPU's large temporaries on
+# transparent huge pages, as the CLIs do for themselves (wsdjax/hugepages.py).
+TEST_ENV := GLIBC_TUNABLES=$(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.malloc.hugetlb=1
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

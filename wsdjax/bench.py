@@ -14,8 +14,9 @@ pipeline, metric logging and `CheckpointTree` async save; the FLOPs of
                   (median of the measurements), since CPU speed drifts with load
   host share      host time per step (next batch, host->device, dispatch, logging every
                   `train.log_every` steps) / step time
-  checkpoint      stall of an async save: the steps that run while it writes, minus as
-                  many plain steps, per save, as a share of a step
+  checkpoint      stall of an async save: save() plus the steps that run while it writes,
+                  minus as many plain steps (the mean of the plain steps just before and
+                  after), per save (median over --saves), as a share of a step
   fork            forking a decay branch (holding main while the branch trains from the
                   same arrays, its first step not donating): bytes copied, shared buffers
   memory          the compiled step's memory analysis, and the process's peak RSS (CPU)
@@ -44,6 +45,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from wsdjax import cli
+from wsdjax import hugepages
 
 _CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = None
 
@@ -56,7 +58,7 @@ def define_flags() -> None:
                                             lock_config=True)
   _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
   _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-  _SAVES = flags.DEFINE_integer("saves", 2, "Async checkpoint saves to time (0: skip).")
+  _SAVES = flags.DEFINE_integer("saves", 3, "Async checkpoint saves to time (0: skip).")
   _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Scratch dir (default: a temp dir, removed).")
   _PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of 3 steps here.")
@@ -122,7 +124,7 @@ class _Peak:
     return statistics.median(self.samples)
 
 
-def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 2, workdir: str | None = None,
+def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 3, workdir: str | None = None,
         profile_dir: str | None = None, mesh=None, peak_flops: float | None = None) -> dict:
   """Benchmark `cfg` with the real Trainer in `workdir` (default: a temp dir) on `mesh`
   (default: from `cfg.mesh`); returns the results (`table` formats them). `peak_flops`
@@ -150,7 +152,8 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
   cfg = trainer.cfg
   seg = trainer.plan.segments[0]
   res = {"config": cfg.name, "model": model_lib.describe(cfg.model),
-         "dense_impl": cfg.model.dense_impl, "backend": jax.default_backend(),
+         "dense_impl": cfg.model.dense_impl, "attention_impl": cfg.model.attention_impl,
+         "layer_loop": cfg.model.layer_loop, "backend": jax.default_backend(),
          "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
          "steps": steps, "warmup": warmup}
   peak = _Peak(peak_flops)
@@ -212,10 +215,14 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
              train_loss=float(metrics["train_loss"]))
   res["mfu"] = fpt * tokens / med / (peak.value * jax.process_count())
 
-  # Checkpoint stall: the steps that run while an async save writes, against plain steps.
+  # Checkpoint stall: the steps that run while an async save writes, against the plain
+  # steps just before and after (neighbours, not the median: CPU speed drifts on a shared
+  # host).
   stalls = []
   for _ in range(saves):
     trainer.tree.wait()
+    state, _, before, _ = one_step(state, step)
+    step += 1
     t0 = time.perf_counter()
     trainer._save(seg, step, step, trainer_lib.Live(state, it.position()), 0.0)
     save_call = time.perf_counter() - t0
@@ -228,12 +235,15 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
       trainer.tree.poll()
       if n >= 50:
         break
-    stalls.append((spent - n * med, save_call, n))
+    state, _, after, _ = one_step(state, step)
+    step += 1
+    stalls.append((spent - n * (before + after) / 2, save_call, n))
   trainer.tree.wait()
   if stalls:
     res.update(ckpt_stall_s=statistics.median(s[0] for s in stalls),
                ckpt_save_call_s=statistics.median(s[1] for s in stalls),
-               ckpt_steps_while_saving=[s[2] for s in stalls])
+               ckpt_steps_while_saving=[s[2] for s in stalls],
+               ckpt_stall_all_s=[s[0] for s in stalls])
     res["ckpt_stall_share"] = res["ckpt_stall_s"] / med
 
   # Fork: the branch starts from main's arrays; its first step does not donate them.
@@ -286,7 +296,8 @@ def table(r: dict) -> str:
   rows = [
       ("config", f"{r['config']}: {r['model']}"),
       ("backend", f"{r['backend']} x{r['devices']} ({r['device_kind']}), dense_impl="
-                  f"{r['dense_impl']}"),
+                  f"{r['dense_impl']}, attention_impl={r['attention_impl']}, "
+                  f"layer_loop={r['layer_loop']}"),
       ("compile", f"{r['compile_s']:.1f} s"),
       ("step time", f"median {med:.3f} s  (min {r['step_s_min']:.3f}, max "
                     f"{r['step_s_max']:.3f}; {r['steps']} steps after {r['warmup']} warm-up)"),
@@ -305,8 +316,9 @@ def table(r: dict) -> str:
   ]
   if "ckpt_stall_s" in r:
     rows.append(("checkpoint", f"async save stall {r['ckpt_stall_s']:+.3f} s/save = "
-                               f"{100 * r['ckpt_stall_share']:+.1f}% of a step (save() "
-                               f"returns in {1e3 * r['ckpt_save_call_s']:.0f} ms)"))
+                               f"{100 * r['ckpt_stall_share']:+.1f}% of a step (median of "
+                               f"{len(r['ckpt_stall_all_s'])} saves; save() returns in "
+                               f"{1e3 * r['ckpt_save_call_s']:.0f} ms)"))
   rows += [
       ("fork", f"{r['fork_copy_bytes']:,} bytes copied, {r['fork_shared_buffers']}/"
                f"{r['state_buffers']} buffers shared, {1e6 * r['fork_s']:.0f} us; first "
@@ -341,6 +353,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
   from wsdjax import checkpoint, config, data
   define_flags()
   cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,

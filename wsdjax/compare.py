@@ -30,6 +30,7 @@ import ml_collections
 from etils import epath
 
 from wsdjax import config as config_lib
+from wsdjax import hugepages
 from wsdjax import plan as plan_lib
 from wsdjax import schedules
 
@@ -326,6 +327,7 @@ def main(argv, config, workdir, only) -> None:
 
 
 if __name__ == "__main__":
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
   from wsdjax import checkpoint, cli, data, trainer
   _flags = _define_flags()
   cli.run(lambda argv: main(argv, *_flags),

@@ -24,6 +24,8 @@ import sys
 
 from etils import epath
 
+from wsdjax import hugepages
+
 FIELDS = ("branch", "fork_step", "step", "main_loss", "decayed_loss", "gap",
           "main_to_optimum", "decayed_to_optimum")
 
@@ -116,6 +118,7 @@ def main(argv, config, workdir, plot_only) -> None:
 
 
 if __name__ == "__main__":
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
   from wsdjax import checkpoint, cli, config as config_lib, data, schedules, trainer
   _flags = _define_flags()
   cli.run(lambda argv: main(argv, *_flags),

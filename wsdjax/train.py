@@ -8,6 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from wsdjax import cli
+from wsdjax import hugepages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -35,6 +36,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
   from wsdjax import checkpoint, config, data, distributed, trainer
   try:
     cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
