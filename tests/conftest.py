@@ -14,6 +14,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 
 
+# The longest files first (about 150, 115, 60+ s). `make test` runs 2 workers with
+# --dist loadfile, which hands out whole files in collection order: a long file that starts
+# last would leave the other worker idle at the end.
+LONGEST_FIRST = ("test_resume.py", "test_multiprocess.py", "test_compare.py",
+                 "test_bad_input.py", "test_notebooks.py", "test_trainer.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
+
+
 def one_device_mesh():
   from wsdjax import sharding
   return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),

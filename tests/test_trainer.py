@@ -48,8 +48,12 @@ def run_steps(cfg, mesh, n):
   return state, losses
 
 
+_ONE_DEVICE_LOSSES: list[float] = []  # the 1x1x1 reference run, shared by the layouts
+
+
 @needs_8
-@pytest.mark.parametrize("layout", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)])
+# (2, 4, 1) is covered at the model level in tests/test_sharding.py.
+@pytest.mark.parametrize("layout", [(8, 1, 1), (2, 2, 2), (1, 1, 8)])
 def test_sharded_state_and_loss_match_one_device(tiny_config, layout):
   cfg = sharded_config(tiny_config, layout)
   mesh = sharding.make_mesh(cfg.mesh)
@@ -79,8 +83,10 @@ def test_sharded_state_and_loss_match_one_device(tiny_config, layout):
   emb = state.params["embed"]["embedding"]
   assert len(emb.addressable_shards) == 8
   assert emb.addressable_shards[0].data.shape == (64 // layout[2], 64 // layout[1])
-  _, ref = run_steps(sharded_config(tiny_config, (1, 1, 1)), one_device_mesh(), 3)
-  np.testing.assert_allclose(losses, ref, rtol=1e-5)
+  if not _ONE_DEVICE_LOSSES:
+    _ONE_DEVICE_LOSSES.extend(
+        run_steps(sharded_config(tiny_config, (1, 1, 1)), one_device_mesh(), 3)[1])
+  np.testing.assert_allclose(losses, _ONE_DEVICE_LOSSES, rtol=1e-5)
 
 
 @pytest.mark.parametrize("k", [4])
