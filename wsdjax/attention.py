@@ -8,7 +8,7 @@ masked upper triangle is mostly skipped (about (1 + 1/n)/2 of the full score mat
 computed, n = T / c), and it works head-major ([B, K, G, T, Dh], G = H / K query heads per
 kv head), the layout in which XLA:CPU's batched matmuls run fastest. On a 2-core Zen 3 the
 forward + backward of one layer of `configs/small.py` (B 16, T 256, H 4, Dh 64) takes
-about 95 ms this way against 172 ms through `jax.nn.dot_product_attention`
+about 100 ms this way against 172 ms through `jax.nn.dot_product_attention`
 (docs/performance.md). Values and gradients agree with it to float32 rounding
 (tests/test_attention.py).
 

@@ -58,7 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Scan over layers (fast compile, 'layers' axis on params) instead of unrolling them.
   c.model.scan_layers = True
   # With scan_layers, how the stacked blocks run: 'scan' (lax.scan: compile time flat in
-  # depth) | 'unrolled' (a loop over the same stacked parameters: faster steps on CPU).
+  # depth) | 'unrolled' (a loop over the same stacked parameters: no stacked activation
+  # buffers, faster CPU steps where huge pages are off; docs/performance.md).
   c.model.layer_loop = "scan"
   # Rematerialise each block in the backward pass: 'none' | 'full' (saves memory at scale).
   c.model.remat = "none"

@@ -69,7 +69,8 @@ class ModelConfig:
   `layer_loop` (with scan_layers, the stacked 'layers' parameters): 'scan' runs the
   blocks in a `lax.scan` (one compiled body: fast compiles at any depth); 'unrolled' in a
   Python loop over the slices of the same parameters, which on XLA:CPU avoids the scan's
-  stacked per-layer activation buffers (faster steps; the checkpoint layout is unchanged).
+  stacked per-layer activation buffers (faster steps without huge pages, within noise
+  with them: docs/performance.md; the checkpoint layout is unchanged).
   """
 
   n_layers: int = 2
