@@ -48,3 +48,41 @@ def test_blocks_and_errors():
     A.resolve("flash")
   with pytest.raises(ValueError, match="attention_impl"):
     M.ModelConfig(attention_impl="flash")  # the config file's check: tests/test_bad_input.py
+
+
+def test_auto_picks_cudnn_on_gpu_for_half_precision(monkeypatch):
+  """On GPU 'auto' means cuDNN's flash attention where it applies, XLA's elsewhere (whose
+  [B, H, T, T] scores do not fit GPT-2's shape); jax's own default would be XLA's."""
+  monkeypatch.setattr(A.jax, "default_backend", lambda: "gpu")
+  half = jnp.zeros((2, 16, 4, 64), jnp.bfloat16)
+  assert A.resolve("auto", half) == "cudnn"
+  assert A.resolve("auto", half.astype(jnp.float16)) == "cudnn"
+  assert A.resolve("auto", half.astype(jnp.float32)) is None  # cuDNN takes half precision
+  assert A.resolve("auto", jnp.zeros((2, 16, 4, 60), jnp.bfloat16)) is None  # Dh % 8
+  assert A.resolve("auto", jnp.zeros((2, 16, 4, 256), jnp.bfloat16)) is None  # Dh > 128
+  assert A.resolve("auto") is None and A.resolve("xla", half) == "xla"
+  monkeypatch.setattr(A.jax, "default_backend", lambda: "tpu")
+  assert A.resolve("auto", half) is None
+
+
+def test_auto_falls_back_to_xla_when_cudnn_refuses(monkeypatch):
+  """'auto' that resolved to cuDNN falls back to XLA's attention when cuDNN refuses the
+  call while tracing (here: no cuDNN at all); an explicit 'cudnn' does not."""
+  monkeypatch.setattr(A.jax, "default_backend", lambda: "gpu")
+  q, k, v = (_rand(i, 2, 16, 4, 64).astype(jnp.bfloat16) for i in range(3))
+  want = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+  calls = []
+  real = jax.nn.dot_product_attention
+
+  def refusing(*args, implementation=None, **kw):
+    calls.append(implementation)
+    if implementation == "cudnn":
+      raise RuntimeError("cuDNN is not detected.")
+    return real(*args, implementation=implementation, **kw)
+
+  monkeypatch.setattr(A.jax.nn, "dot_product_attention", refusing)
+  got = A.causal_attention(q, k, v, "auto")
+  assert calls == ["cudnn", None]
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  with pytest.raises(RuntimeError, match="cuDNN"):
+    A.causal_attention(q, k, v, "cudnn")

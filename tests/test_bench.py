@@ -15,8 +15,8 @@ from wsdjax import bench
 
 def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   tiny_config.train.log_every = 1000  # logging would measure the CPU peak (slow here)
-  r = bench.run(tiny_config, steps=2, warmup=0, saves=1, workdir=str(tmp_path),
-                mesh=one_device_mesh(), peak_flops=1e10)
+  r = bench.run(tiny_config, steps=2, warmup=0, saves=1, workdir=str(tmp_path / "w"),
+                mesh=one_device_mesh(), peak_flops=1e10, profile_dir=str(tmp_path / "prof"))
   assert r["compile_s"] > 0 and r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"]
   assert len(r["step_s_all"]) == 2 and r["tokens_per_step"] == 8 * 32
   assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 2 and r["peak_flops"] > 0
@@ -27,11 +27,44 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   assert r["fork_shared_buffers"] == r["state_buffers"] > 0
   assert r["fork_main_intact"] and r["fork_first_step_extra_bytes"] <= 0
   assert r["peak_memory_bytes"] > 0 and r["compiled_bytes"]["argument"] > 0
+  # --profile: the ops of XLA:CPU's threads that took the most time, largest first.
+  top = r["profile_top"]
+  assert top and all(a["ms_per_step"] >= b["ms_per_step"] for a, b in zip(top, top[1:]))
+  assert 0 < sum(op["share"] for op in top) <= 1 + 1e-9
   text = bench.table(r)
   for word in ("compile", "step time", "tokens/s", "MFU", "host time", "checkpoint", "fork",
-               "memory"):
+               "memory", "top ops"):
     assert word in text
   json.dumps(r)  # JSON-able as written by --json
+
+
+def test_trace_top_sums_device_ops_per_step(tmp_path):
+  """A GPU-shaped Perfetto trace: only the '/device:' process's ops count, grouped by
+  their HLO op where the event names one, per profiled step."""
+  import gzip
+  events = [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+      {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+      {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7, "args": {"name": "Stream #7"}},
+      {"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(step)", "dur": 9000.0},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "sm90_gemm", "dur": 3000.0,
+       "args": {"hlo_op": "dot.1"}},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "sm90_gemm", "dur": 1000.0,
+       "args": {"hlo_op": "dot.2"}},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "loop_fusion", "dur": 2000.0},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "sm90_gemm", "dur": 3000.0,
+       "args": {"hlo_op": "dot.1"}},
+  ]
+  d = tmp_path / "plugins" / "profile" / "run"
+  d.mkdir(parents=True)
+  with gzip.open(d / "host.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  top = bench.trace_top(str(tmp_path), steps=2)
+  assert [(o["op"], o["kernel"], o["ms_per_step"]) for o in top] == [
+      ("dot.1", "sm90_gemm", 3.0), ("loop_fusion", "loop_fusion", 1.0),
+      ("dot.2", "sm90_gemm", 0.5)]
+  assert math.isclose(top[0]["share"], 6 / 9)
+  assert bench.trace_top(str(tmp_path / "none"), steps=2) == []
 
 
 def test_cli_bad_arguments_are_one_line_errors(tmp_path):

@@ -86,3 +86,49 @@ def test_model_loss_fast_path_equals_plain_path():
   np.testing.assert_allclose(l_fast, l_plain, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loss_impl_chunked_off_the_cpu_path_equals_plain(dtype):
+  """`loss_impl='chunked'` with plain dots (the GPU/TPU path, here on CPU) against
+  'plain': same loss and gradients, in float32 and in bfloat16 compute; 'auto' there is
+  'plain'. bfloat16 rounds the two paths' intermediate products differently."""
+  with pytest.raises(ValueError, match="loss_impl must be one of"):
+    M.ModelConfig(loss_impl="fused")
+  base = M.ModelConfig(n_layers=1, d_model=32, n_heads=4, d_ff=64, vocab_size=40,
+                       seq_len=16, dtype=dtype, dense_impl="xla", attention_impl="xla")
+  toks = np.random.default_rng(2).integers(0, 40, (4, 17)).astype(np.int32)
+  params = nn.unbox(M.build_model(base).init(jax.random.key(3), toks[:, :-1]))["params"]
+
+  def loss_and_grads(cfg):
+    model = M.build_model(cfg)
+    return jax.value_and_grad(
+        lambda p: model.apply({"params": p}, toks[:, :-1], toks[:, 1:]))(params)
+
+  chunked = dataclasses.replace(base, loss_impl="chunked")
+  (l_auto, _), (l_plain, g_plain), (l_chunk, g_chunk) = jax.jit(lambda: (
+      loss_and_grads(base), loss_and_grads(dataclasses.replace(base, loss_impl="plain")),
+      loss_and_grads(chunked)))()
+  assert l_auto == l_plain
+  tol = dict(rtol=1e-5, atol=1e-7) if dtype == "float32" else dict(rtol=2e-2, atol=2e-3)
+  np.testing.assert_allclose(l_chunk, l_plain, **tol)
+  for a, b in zip(jax.tree.leaves(g_chunk), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, **tol)
+  # Several chunks on an accelerator-sized default: B x c <= 16384 rows is one chunk here.
+  assert F.chunk_len(4, 16, F.ACCELERATOR_CHUNK_ROWS) == 16
+
+
+def test_loss_impl_auto_is_chunked_on_gpu(monkeypatch):
+  """'auto' takes the chunked loss on GPU (no [B, T, V] logits: 10 GB less at GPT-2 small's
+  batch on an H100, docs/performance.md), the plain one on TPU."""
+  cfg = M.ModelConfig(n_layers=1, d_model=16, n_heads=2, n_kv_heads=2, d_ff=32, vocab_size=24,
+                      seq_len=8, dense_impl="xla", attention_impl="xla")
+  toks = jnp.zeros((2, 8), jnp.int32)
+  params = M.build_model(cfg).init(jax.random.key(0), toks)
+  calls = []
+  monkeypatch.setattr(F, "head_loss", lambda *a, **k: calls.append(1) or jnp.float32(0))
+  for backend, chunked in (("gpu", True), ("tpu", False)):
+    monkeypatch.setattr(M.jax, "default_backend", lambda b=backend: b)
+    calls.clear()
+    M.build_model(cfg).apply(params, toks, toks)
+    assert bool(calls) == chunked, backend

@@ -61,7 +61,8 @@ def define_flags() -> None:
   _SAVES = flags.DEFINE_integer("saves", 3, "Async checkpoint saves to time (0: skip).")
   _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Scratch dir (default: a temp dir, removed).")
-  _PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of 3 steps here.")
+  _PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of 3 steps here "
+                                 "(and list the ops that took the most device time).")
 
 
 # ---- measurements ----------------------------------------------------------------------
@@ -104,6 +105,45 @@ def _compiled_stats(compiled) -> dict:
   return out
 
 
+def trace_top(profile_dir: str, steps: int, n: int = 12) -> list[dict]:
+  """The `n` ops that took the most device time in the Perfetto trace under `profile_dir`
+  (`jax.profiler.trace(..., create_perfetto_trace=True)`) of `steps` steps: op (the HLO op
+  where the event names one, else the event's name), its longest kernel's name, ms per
+  step and share of all device op time. Device ops are the events of the '/device:...'
+  processes (GPU streams, TPU cores); on CPU, those of XLA's worker threads."""
+  import collections
+  import glob
+  import gzip
+  paths = sorted(glob.glob(os.path.join(profile_dir, "**", "*.trace.json.gz"), recursive=True))
+  if not paths:
+    return []
+  with gzip.open(paths[-1], "rt") as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  meta = {(e["name"], e["pid"], e.get("tid")): e.get("args", {}).get("name", "")
+          for e in events if e.get("ph") == "M"}
+  procs = {pid: name for (kind, pid, _), name in meta.items() if kind == "process_name"}
+  threads = {(pid, tid): name for (kind, pid, tid), name in meta.items()
+             if kind == "thread_name"}
+  devices = {pid for pid, name in procs.items() if name.startswith("/device:")}
+
+  def on_device(e) -> bool:
+    if devices:
+      return e["pid"] in devices
+    return threads.get((e["pid"], e.get("tid")), "").startswith("tf_XLA")
+
+  totals, kernels = collections.Counter(), collections.defaultdict(collections.Counter)
+  for e in events:
+    if e.get("ph") == "X" and on_device(e):
+      op, us = e.get("args", {}).get("hlo_op") or e["name"], float(e.get("dur", 0.0))
+      totals[op] += us
+      kernels[op][e["name"]] += us
+  everything = sum(totals.values()) or 1.0
+  return [{"op": op, "kernel": kernels[op].most_common(1)[0][0],
+           "ms_per_step": us / 1e3 / steps, "share": us / everything}
+          for op, us in totals.most_common(n)]
+
+
 class _Peak:
   """Peak FLOP/s of this process's devices; on CPU re-measured between steps (median)."""
 
@@ -122,6 +162,9 @@ class _Peak:
   @property
   def value(self) -> float:
     return statistics.median(self.samples)
+
+
+_PROFILED_STEPS = 3
 
 
 def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 3, workdir: str | None = None,
@@ -273,11 +316,12 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
   del new_state, metrics, branch, main
 
   if profile_dir:
-    with jax.profiler.trace(profile_dir):
-      for _ in range(3):
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for _ in range(_PROFILED_STEPS):
         state, _, _, _ = one_step(state, step)
         step += 1
     res["profile_dir"] = profile_dir
+    res["profile_top"] = trace_top(profile_dir, _PROFILED_STEPS)
   it.close()
   res["peak_memory_bytes"], res["peak_memory_source"] = _peak_memory()
   return res
@@ -327,6 +371,10 @@ def table(r: dict) -> str:
       ("memory", f"{_mib(r['peak_memory_bytes'])} ({r['peak_memory_source']}); compiled "
                  "step: " + ", ".join(f"{k} {_mib(v)}" for k, v in r["compiled_bytes"].items())),
   ]
+  for i, op in enumerate(r.get("profile_top", [])):
+    rows.append(("top ops" if i == 0 else "", f"{op['ms_per_step']:9.2f} ms/step "
+                 f"{100 * op['share']:5.1f}%  {op['op'][:40]}"
+                 + (f"  [{op['kernel'][:60]}]" if op["kernel"] != op["op"] else "")))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -67,9 +67,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init_std = 0.02
   # Dense matmuls: 'auto' (fast weight-gradient path on CPU, plain elsewhere) | 'xla' | 'cpu_dw'.
   c.model.dense_impl = "auto"
-  # Causal attention: 'auto' (query-blocked on CPU, jax's choice elsewhere) | 'blocked' |
-  # 'xla' | 'cudnn' (cuDNN flash attention on NVIDIA GPUs, bfloat16).
+  # Causal attention: 'auto' (query-blocked on CPU, cuDNN flash attention on GPU where it
+  # applies, XLA's elsewhere) | 'blocked' | 'xla' | 'cudnn' (NVIDIA GPUs, bfloat16).
   c.model.attention_impl = "auto"
+  # LM head + loss: 'auto' (chunked on CPU and GPU, plain on TPU) | 'plain' (the [B, T, V]
+  # logits, then cross-entropy) | 'chunked' (over sequence chunks, the logits never built).
+  c.model.loss_impl = "auto"
 
   # ---- data (wsdjax/data/) ----
   c.data = ml_collections.ConfigDict()
@@ -256,6 +259,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _choice(flat, "model.dense_impl", ("auto", "xla", "cpu_dw"))
   _choice(flat, "model.attention_impl", ("auto", "blocked", "xla", "cudnn"))
   _choice(flat, "model.layer_loop", ("scan", "unrolled"))
+  _choice(flat, "model.loss_impl", ("auto", "plain", "chunked"))
 
   d = cfg.data
   _choice(flat, "data.source", SOURCES)
@@ -416,7 +420,7 @@ MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_ba
                   "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
                   "model.remat", "model.dense_impl", "model.attention_impl",
-                  "model.layer_loop")
+                  "model.layer_loop", "model.loss_impl")
 
 
 def resume_conflicts(old, new) -> list[str]:

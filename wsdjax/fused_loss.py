@@ -12,7 +12,8 @@ scales them by the incoming cotangent. No [B, T, V] array is ever built, and eac
 logits stay in cache. dW uses the row-major form of `fast_dense` (x^T materialised).
 Chunking the sequence axis, not the batch, keeps each chunk spread over the data devices.
 
-Used on the CPU fast path (`model.dense_impl` resolving to 'cpu_dw'); values and
+Used with `model.loss_impl='chunked'`, which 'auto' picks on GPU and on the CPU fast path
+(`model.dense_impl` resolving to 'cpu_dw'); values and
 gradients agree with `cross_entropy(x @ W, y)` to float32 rounding (tests/test_fused_loss.py).
 """
 
@@ -24,6 +25,12 @@ import jax
 import jax.numpy as jnp
 
 CHUNK_ROWS = 512  # rows (B x c) per chunk: measured best of 256..2048 on Zen 3 (perf doc).
+ACCELERATOR_CHUNK_ROWS = 16384  # on GPU/TPU: 1 GB of float32 logits a chunk at V = 16k.
+
+
+def default_chunk_rows() -> int:
+  """CHUNK_ROWS on CPU (chunks that stay in cache), else ACCELERATOR_CHUNK_ROWS."""
+  return CHUNK_ROWS if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_ROWS
 
 
 def chunk_len(batch: int, seq_len: int, rows: int) -> int:
@@ -120,9 +127,9 @@ def head_loss(x: jax.Array, w: jax.Array, targets: jax.Array, tied: bool,
   """Mean cross-entropy (nats) of the logits x W against `targets`, without building them.
 
   x: [B, T, D]; w: the embedding E [V, D] when `tied` (z = x E^T), else W [D, V];
-  targets: int [B, T]; chunk_rows: rows per chunk (default CHUNK_ROWS). Differentiable in
-  x and w.
+  targets: int [B, T]; chunk_rows: rows per chunk (default `default_chunk_rows()`).
+  Differentiable in x and w.
   """
   b, t = targets.shape
-  c = chunk_len(b, t, chunk_rows or CHUNK_ROWS)
+  c = chunk_len(b, t, chunk_rows or default_chunk_rows())
   return _head_loss(x, w, targets.astype(jnp.int32), tied, c)

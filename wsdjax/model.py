@@ -45,6 +45,7 @@ from wsdjax import attention, fast_dense, fused_loss
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _REMAT = ("none", "full")
 _LAYER_LOOPS = ("scan", "unrolled")
+_LOSS_IMPLS = ("auto", "plain", "chunked")
 _RMS_EPS = 1e-6
 
 # Logical names of activations (mapped to mesh axes by config.mesh.rules).
@@ -60,9 +61,13 @@ class ModelConfig:
   """Model sizes and numerics; the fields of `config.model` (configs/default.py).
 
   `attention_impl` (`wsdjax.attention`): 'auto' = 'blocked' (query-blocked causal
-  attention, faster on XLA:CPU) on CPU, jax's own choice elsewhere; None, 'xla' or 'cudnn'
-  go to `jax.nn.dot_product_attention(implementation=...)` ('cudnn': cuDNN flash attention
-  on NVIDIA GPUs, needs dtype bfloat16).
+  attention, faster on XLA:CPU) on CPU, cuDNN flash attention on GPU where it applies, XLA's
+  elsewhere; None, 'xla' or 'cudnn' go to `jax.nn.dot_product_attention(implementation=...)`
+  ('cudnn': cuDNN flash attention on NVIDIA GPUs, needs dtype bfloat16).
+  `loss_impl`, for the loss of a call with targets: 'plain' builds the float32 logits
+  [B, T, V] and takes `cross_entropy`; 'chunked' runs `fused_loss.head_loss` (sequence
+  chunks, the gradient in the same pass, no logits built); 'auto' = 'chunked' on GPU and on the
+  CPU fast path (`dense_impl` resolving to 'cpu_dw'), else 'plain'.
   `dense_impl` picks the dense-layer matmuls (`wsdjax.fast_dense`): 'xla' plain dots,
   'cpu_dw' a custom vjp with a faster weight gradient on XLA:CPU, 'auto' = 'cpu_dw' on
   CPU and 'xla' elsewhere. Values and gradients agree to float32 rounding.
@@ -89,6 +94,7 @@ class ModelConfig:
   init_std: float = 0.02
   attention_impl: str | None = "auto"
   dense_impl: str = "auto"
+  loss_impl: str = "auto"
 
   def __post_init__(self):
     def check(ok: bool, msg: str):
@@ -114,6 +120,8 @@ class ModelConfig:
           f"got {self.attention_impl!r}")
     check(self.dense_impl in fast_dense.IMPLS,
           f"dense_impl must be one of {fast_dense.IMPLS}, got {self.dense_impl!r}")
+    check(self.loss_impl in _LOSS_IMPLS,
+          f"loss_impl must be one of {_LOSS_IMPLS}, got {self.loss_impl!r}")
     check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
 
@@ -283,8 +291,8 @@ class Transformer(nn.Module):
   """Decoder-only LM: tokens int32[B, T] -> logits float32[B, T, V] (T any length).
 
   Called with `targets` int32[B, T], it returns the mean next-token loss (nats) instead,
-  `cross_entropy(logits, targets)`; on the CPU fast path (`dense_impl` resolving to
-  'cpu_dw') through `fused_loss.head_loss`, which never builds the logits.
+  `cross_entropy(logits, targets)`; with `loss_impl` 'chunked' (by default on GPU and on the
+  CPU fast path) through `fused_loss.head_loss`, which never builds the logits.
   """
 
   config: ModelConfig
@@ -317,8 +325,9 @@ class Transformer(nn.Module):
     else:
       head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                     nn.initializers.normal(cfg.init_std)).astype(dt)
-    fast = fast_dense.resolve(cfg.dense_impl) == "cpu_dw"
-    if targets is not None and fast:
+    chunked = cfg.loss_impl == "chunked" or (cfg.loss_impl == "auto" and (
+        fast_dense.resolve(cfg.dense_impl) == "cpu_dw" or jax.default_backend() == "gpu"))
+    if targets is not None and chunked:
       return fused_loss.head_loss(x, head, targets, tied=cfg.tie_embeddings)
     if cfg.tie_embeddings:
       logits = fast_dense.dense_t(x, head, cfg.dense_impl)
