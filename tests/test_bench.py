@@ -86,3 +86,16 @@ def test_cli_bad_arguments_are_one_line_errors(tmp_path):
     assert p.returncode == 2, (name, out, err)
     assert len(lines) == 1, (name, err)
   assert not os.path.exists(tmp_path / "a")
+
+
+def test_bf16_peak_table_by_device_kind():
+  """MFU's denominator for the device kinds jax reports (a more specific name first)."""
+  from wsdjax import metrics
+  cases = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
+           "NVIDIA H100 NVL": 835e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
+           "NVIDIA A10G": 125e12, "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12,
+           "Tesla V100-SXM2-16GB": 125e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+           "TPU v5": 459e12, "TPU v6 lite": 918e12}
+  for kind, peak in cases.items():
+    assert metrics.table_peak_flops(kind) == peak, kind
+  assert metrics.table_peak_flops("cpu") is None

@@ -21,12 +21,25 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-# Dense bf16 peak FLOP/s per device (one chip / one GPU), by substring of device_kind.
+# Dense bf16 peak FLOP/s per device (one chip / one GPU), by substring of the lower-cased
+# device_kind; the first match wins, so a more specific name comes before its prefix.
 _PEAK_BF16 = (
-    ("v6", 918e12), ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v4", 275e12),
-    ("v3", 123e12), ("v2", 45e12), ("h200", 989e12), ("h100", 989e12), ("a100", 312e12),
-    ("l4", 121e12), ("a10", 125e12), ("t4", 65e12), ("v100", 125e12),
+    ("v6", 918e12), ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12),
+    ("v5", 459e12), ("v4", 275e12),
+    ("v3", 123e12), ("v2", 45e12), ("b200", 2250e12), ("h200", 989e12),
+    ("h100 pcie", 756e12), ("h100 nvl", 835e12), ("h100", 989e12), ("h800", 989e12),
+    ("a100", 312e12), ("l40s", 362e12), ("l4", 121e12), ("a10", 125e12), ("t4", 65e12),
+    ("v100", 125e12),
 )
+
+
+def table_peak_flops(device_kind: str) -> float | None:
+  """Dense bf16 peak FLOP/s of one device of this kind from the table, or None."""
+  kind = device_kind.lower()
+  for key, peak in _PEAK_BF16:
+    if key in kind:
+      return peak
+  return None
 
 
 def measure_cpu_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -50,10 +63,9 @@ def device_peak_flops() -> tuple[float, str]:
   if dev.platform == "cpu":
     # Forced host devices share the same cores: the process's peak is one matmul's.
     return measure_cpu_matmul_peak(), "measured f32 matmul (CPU)"
-  kind = dev.device_kind.lower()
-  for key, peak in _PEAK_BF16:
-    if key in kind:
-      return peak * jax.local_device_count(), f"bf16 table ({dev.device_kind})"
+  peak = table_peak_flops(dev.device_kind)
+  if peak is not None:
+    return peak * jax.local_device_count(), f"bf16 table ({dev.device_kind})"
   return math.nan, f"unknown device kind {dev.device_kind!r}"
 
 
