@@ -12,12 +12,12 @@ about 100 ms this way against 172 ms through `jax.nn.dot_product_attention`
 (docs/performance.md). Values and gradients agree with it to float32 rounding
 (tests/test_attention.py).
 
-`model.attention_impl`: 'auto' = 'blocked' on CPU; on GPU cuDNN's flash attention
+`model.attention_impl`: 'auto' = 'blocked' on CPU; on GPU, cuDNN's flash attention
 ('cudnn') for bfloat16/float16 inputs with a head dim that is a multiple of 8 up to 128
-(falling back to XLA's if cuDNN refuses the call), else XLA's; jax's own default elsewhere
-(TPU). 'xla' / 'cudnn' are passed to `jax.nn.dot_product_attention(implementation=...)`.
-jax's own default (None) is XLA's, which builds the [B, H, T, T] scores: at GPT-2's shape
-(B 128, T 1024, 12 heads) 3.2 GB a layer in bfloat16, saved for the backward pass.
+(XLA's if cuDNN refuses the call while tracing); otherwise jax's own default (None), which
+is XLA's attention. XLA's builds the [B, H, T, T] scores: at GPT-2's shape (B 128, T 1024,
+12 heads) 3.2 GB a layer in bfloat16, kept for the backward pass. 'xla' / 'cudnn' are passed
+to `jax.nn.dot_product_attention(implementation=...)`.
 """
 
 from __future__ import annotations
