@@ -24,8 +24,20 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from wsdjax import fast_dense
+
+IMPLS = ("auto", "plain", "chunked")  # model.loss_impl
 CHUNK_ROWS = 512  # rows (B x c) per chunk: measured best of 256..2048 on Zen 3 (perf doc).
 ACCELERATOR_CHUNK_ROWS = 16384  # on GPU/TPU: 1 GB of float32 logits a chunk at V = 16k.
+
+
+def resolve(loss_impl: str, dense_impl: str) -> str:
+  """'chunked' or 'plain' for `model.loss_impl`: 'auto' = 'chunked' on GPU and on the CPU
+  fast path (`dense_impl` resolving to 'cpu_dw'), else 'plain'."""
+  if loss_impl != "auto":
+    return loss_impl
+  fast_cpu = fast_dense.resolve(dense_impl) == "cpu_dw"
+  return "chunked" if fast_cpu or jax.default_backend() == "gpu" else "plain"
 
 
 def default_chunk_rows() -> int:

@@ -45,7 +45,6 @@ from wsdjax import attention, fast_dense, fused_loss
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _REMAT = ("none", "full")
 _LAYER_LOOPS = ("scan", "unrolled")
-_LOSS_IMPLS = ("auto", "plain", "chunked")
 _RMS_EPS = 1e-6
 
 # Logical names of activations (mapped to mesh axes by config.mesh.rules).
@@ -66,8 +65,8 @@ class ModelConfig:
   ('cudnn': cuDNN flash attention on NVIDIA GPUs, needs dtype bfloat16).
   `loss_impl`, for the loss of a call with targets: 'plain' builds the float32 logits
   [B, T, V] and takes `cross_entropy`; 'chunked' runs `fused_loss.head_loss` (sequence
-  chunks, the gradient in the same pass, no logits built); 'auto' = 'chunked' on GPU and on the
-  CPU fast path (`dense_impl` resolving to 'cpu_dw'), else 'plain'.
+  chunks, the gradient in the same pass, no logits built); 'auto' = 'chunked' on GPU and on
+  the CPU fast path (`fused_loss.resolve`), else 'plain'.
   `dense_impl` picks the dense-layer matmuls (`wsdjax.fast_dense`): 'xla' plain dots,
   'cpu_dw' a custom vjp with a faster weight gradient on XLA:CPU, 'auto' = 'cpu_dw' on
   CPU and 'xla' elsewhere. Values and gradients agree to float32 rounding.
@@ -120,8 +119,8 @@ class ModelConfig:
           f"got {self.attention_impl!r}")
     check(self.dense_impl in fast_dense.IMPLS,
           f"dense_impl must be one of {fast_dense.IMPLS}, got {self.dense_impl!r}")
-    check(self.loss_impl in _LOSS_IMPLS,
-          f"loss_impl must be one of {_LOSS_IMPLS}, got {self.loss_impl!r}")
+    check(self.loss_impl in fused_loss.IMPLS,
+          f"loss_impl must be one of {fused_loss.IMPLS}, got {self.loss_impl!r}")
     check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
 
@@ -325,9 +324,7 @@ class Transformer(nn.Module):
     else:
       head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                     nn.initializers.normal(cfg.init_std)).astype(dt)
-    chunked = cfg.loss_impl == "chunked" or (cfg.loss_impl == "auto" and (
-        fast_dense.resolve(cfg.dense_impl) == "cpu_dw" or jax.default_backend() == "gpu"))
-    if targets is not None and chunked:
+    if targets is not None and fused_loss.resolve(cfg.loss_impl, cfg.dense_impl) == "chunked":
       return fused_loss.head_loss(x, head, targets, tied=cfg.tie_embeddings)
     if cfg.tie_embeddings:
       logits = fast_dense.dense_t(x, head, cfg.dense_impl)
