@@ -25,9 +25,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from wsdjax import faults
+from wsdjax import idle_thread
 from wsdjax.plan import MAIN, StateRef
 
 MANIFEST = "manifest.json"
+WRITE_PRIORITIES = ("idle", "normal")
 _BRANCH_RE = re.compile(r"^(main|decay-\d+)$")
 
 
@@ -89,9 +91,16 @@ def _entry_key(entry: dict) -> tuple[str, int]:
 class CheckpointTree:
   """Saves, lists, restores and prunes the states of every branch of one run."""
 
-  def __init__(self, workdir, async_save: bool = True, read_only: bool = False):
+  def __init__(self, workdir, async_save: bool = True, read_only: bool = False,
+               write_priority: str = "normal"):
+    """`write_priority` 'idle': Orbax's save() runs on an `idle_thread.IdleThread`, so the
+    background write uses only CPU the train step leaves idle; 'normal': on the caller."""
+    if write_priority not in WRITE_PRIORITIES:
+      raise ValueError(f"write_priority: {write_priority!r} is not one of {WRITE_PRIORITIES}")
     self.root = checkpoint_dir(workdir)
     self.async_save = async_save
+    self.write_priority = write_priority
+    self._writer: idle_thread.IdleThread | None = None
     self.read_only = read_only
     self.is_primary = jax.process_index() == 0
     if not read_only:
@@ -187,13 +196,26 @@ class CheckpointTree:
       if flags and (ref.branch, ref.step) in self._entries:
         self.update_entry(ref, **flags)
       return
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     with _save_errors(self, ref):
-      mgr.save(ref.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)), force=True)
+      self._call_writer(lambda: mgr.save(ref.step, args=args, force=True))
     self._pending.append((ref.branch, ref.step, meta["entry"]))
     faults.in_save(ref.branch, ref.step)
     if not self.async_save:
       self.poll()
+
+  def _call_writer(self, fn):
+    """fn() where saves start: the idle-priority thread, or the caller's ('normal')."""
+    if self.write_priority == "normal":
+      return fn()
+    if self._writer is None:
+      self._writer = idle_thread.IdleThread("wsdjax-checkpoint")
+    return self._writer.call(fn)
+
+  @property
+  def writes_at_idle_priority(self) -> bool:
+    """Whether saves so far started on a thread the OS put at idle priority."""
+    return self._writer is not None and self._writer.lowered
 
   def poll(self) -> list[dict]:
     """Entries of saves that finished since the last call (now in the manifest)."""
@@ -340,15 +362,20 @@ class CheckpointTree:
     return deleted
 
   def close(self) -> None:
-    if not self._failed:
-      self.wait()
-    for mgr in self._managers.values():
-      try:
-        mgr.close()
-      except Exception:  # noqa: BLE001 - a failed save was already reported as SaveError
-        if not self._failed:
-          raise
-    self._managers.clear()
+    try:
+      if not self._failed:
+        self.wait()
+      for mgr in self._managers.values():
+        try:
+          mgr.close()
+        except Exception:  # noqa: BLE001 - a failed save was already reported as SaveError
+          if not self._failed:
+            raise
+      self._managers.clear()
+    finally:
+      if self._writer is not None:
+        self._writer.close()
+        self._writer = None
 
 
 class _save_errors:

@@ -161,6 +161,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   # Write checkpoints in the background while training goes on.
   c.checkpoint.async_save = True
+  # CPU priority of the checkpoint write: 'normal', or 'idle' (Linux SCHED_IDLE: it runs
+  # only on cores nothing else wants, so on a CPU-only host the run has to itself the
+  # background write slows the train step about half as much). Only on such a host: where
+  # other processes keep every core busy, an idle write waits for them, and training waits
+  # for the write (a synchronous save, the next save). Without SCHED_IDLE: normal priority.
+  c.checkpoint.write_priority = "normal"
 
   # ---- device mesh (wsdjax/sharding.py) ----
   c.mesh = ml_collections.ConfigDict()
@@ -260,6 +266,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _choice(flat, "model.attention_impl", ("auto", "blocked", "xla", "cudnn"))
   _choice(flat, "model.layer_loop", ("scan", "unrolled"))
   _choice(flat, "model.loss_impl", ("auto", "plain", "chunked"))
+  _choice(flat, "checkpoint.write_priority", ("idle", "normal"))
 
   d = cfg.data
   _choice(flat, "data.source", SOURCES)
@@ -418,6 +425,7 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
 # Fields a resumed run may change without rewriting history.
 MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
                   "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
+                  "checkpoint.write_priority",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
                   "model.remat", "model.dense_impl", "model.attention_impl",
                   "model.layer_loop", "model.loss_impl")
