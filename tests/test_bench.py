@@ -22,6 +22,7 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 2 and r["peak_flops"] > 0
   assert r["model_flops_per_token"] > 0 and math.isfinite(r["train_loss"])
   assert 0 <= r["host_share"] < 1 and "ckpt_stall_s" in r and r["ckpt_save_call_s"] > 0
+  assert math.isfinite(r["ckpt_stall_mean_s"]) and r["ckpt_write_priority"] == "normal"
   # Forking a branch copies nothing: every buffer is shared, main survives its first step.
   assert r["fork_copy_bytes"] == 0
   assert r["fork_shared_buffers"] == r["state_buffers"] > 0
@@ -33,9 +34,19 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   assert 0 < sum(op["share"] for op in top) <= 1 + 1e-9
   text = bench.table(r)
   for word in ("compile", "step time", "tokens/s", "MFU", "host time", "checkpoint", "fork",
-               "memory", "top ops"):
+               "memory", "top ops", "write priority normal"):
     assert word in text
   json.dumps(r)  # JSON-able as written by --json
+
+
+def test_the_write_priority_is_reported_as_it_ran():
+  class Tree:
+    def __init__(self, asked, lowered):
+      self.write_priority, self.writes_at_idle_priority = asked, lowered
+
+  assert bench._write_priority(Tree("normal", False)) == "normal"
+  assert bench._write_priority(Tree("idle", True)) == "idle"
+  assert bench._write_priority(Tree("idle", False)) == "normal (no SCHED_IDLE here)"
 
 
 def test_trace_top_sums_device_ops_per_step(tmp_path):

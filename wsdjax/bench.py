@@ -16,7 +16,8 @@ pipeline, metric logging and `CheckpointTree` async save; the FLOPs of
                   `train.log_every` steps) / step time
   checkpoint      stall of an async save: save() plus the steps that run while it writes,
                   minus as many plain steps (the mean of the plain steps just before and
-                  after), per save (median over --saves), as a share of a step
+                  after), per save (median over --saves, and the mean), as a share of a
+                  step; with the write priority it ran at (`checkpoint.write_priority`)
   fork            forking a decay branch (holding main while the branch trains from the
                   same arrays, its first step not donating): bytes copied, shared buffers
   memory          the compiled step's memory analysis, and the process's peak RSS (CPU)
@@ -284,7 +285,9 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
   trainer.tree.wait()
   if stalls:
     res.update(ckpt_stall_s=statistics.median(s[0] for s in stalls),
+               ckpt_stall_mean_s=statistics.mean(s[0] for s in stalls),
                ckpt_save_call_s=statistics.median(s[1] for s in stalls),
+               ckpt_write_priority=_write_priority(trainer.tree),
                ckpt_steps_while_saving=[s[2] for s in stalls],
                ckpt_stall_all_s=[s[0] for s in stalls])
     res["ckpt_stall_share"] = res["ckpt_stall_s"] / med
@@ -327,6 +330,13 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
   return res
 
 
+def _write_priority(tree) -> str:
+  """The checkpoint write's CPU priority as it ran: 'normal', 'idle', or why not idle."""
+  if tree.write_priority == "normal":
+    return "normal"
+  return "idle" if tree.writes_at_idle_priority else "normal (no SCHED_IDLE here)"
+
+
 # ---- report ----------------------------------------------------------------------------
 
 
@@ -361,8 +371,10 @@ def table(r: dict) -> str:
   if "ckpt_stall_s" in r:
     rows.append(("checkpoint", f"async save stall {r['ckpt_stall_s']:+.3f} s/save = "
                                f"{100 * r['ckpt_stall_share']:+.1f}% of a step (median of "
-                               f"{len(r['ckpt_stall_all_s'])} saves; save() returns in "
-                               f"{1e3 * r['ckpt_save_call_s']:.0f} ms)"))
+                               f"{len(r['ckpt_stall_all_s'])} saves, mean "
+                               f"{r['ckpt_stall_mean_s']:+.3f} s; save() returns in "
+                               f"{1e3 * r['ckpt_save_call_s']:.0f} ms; write priority "
+                               f"{r['ckpt_write_priority']})"))
   rows += [
       ("fork", f"{r['fork_copy_bytes']:,} bytes copied, {r['fork_shared_buffers']}/"
                f"{r['state_buffers']} buffers shared, {1e6 * r['fork_s']:.0f} us; first "
