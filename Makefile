@@ -24,8 +24,9 @@ run: $(STAMP)
 # file's shared fixtures run once). glibc.malloc.hugetlb=1: XLA:CPU's large temporaries on
 # transparent huge pages, as the CLIs do for themselves (wsdjax/hugepages.py).
 TEST_ENV := GLIBC_TUNABLES=$(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.malloc.hugetlb=1
+# --durations: the slowest tests, to keep the suite inside its 15 minutes on 2 cores.
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=12
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP)
