@@ -5,12 +5,14 @@ normal threads leave idle, and a normal thread that wakes up takes the core back
 Threads inherit the policy of the thread that starts them, so everything a call made on
 `IdleThread` starts runs at idle priority too: Orbax's background save threads and
 TensorStore's worker pool (its overseer and workers are started by the thread that first
-hands it work, and exit after 20 s idle). `checkpoint.py` makes Orbax's save() calls here,
-so the background write of a checkpoint takes CPU time the train step leaves over, instead
-of taking it from the step.
+hands it work, and exit after 20 s idle). With `checkpoint.write_priority='idle'`,
+`checkpoint.py` makes Orbax's save() calls here, so the background write of a checkpoint
+takes CPU time the train step leaves over, instead of taking it from the step.
 
 The caller blocks until its call returns: what the call must do before the next step may
-run (Orbax's device-to-host copy) runs while the cores are idle anyway.
+run (Orbax's device-to-host copy) runs while the step's cores are idle anyway. Idle
+priority yields to every process on the host, and an unprivileged thread cannot leave it:
+where other processes keep every core busy, these calls (and what they start) wait.
 """
 
 from __future__ import annotations
