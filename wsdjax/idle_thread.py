@@ -17,9 +17,8 @@ where other processes keep every core busy, these calls (and what they start) wa
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
-import queue
-import threading
 from typing import Any, Callable
 
 
@@ -42,47 +41,27 @@ def current_policy() -> int | None:
 
 
 class IdleThread:
-  """One daemon thread at idle priority that runs the calls given to `call`, in order."""
+  """One thread at idle priority that runs the calls given to `call`, in order: a
+  one-worker `ThreadPoolExecutor` whose initializer lowers its thread."""
 
   def __init__(self, name: str = "wsdjax-idle"):
-    self._calls: queue.SimpleQueue = queue.SimpleQueue()
-    self._ready = threading.Event()
     self.lowered = False  # whether the OS accepted SCHED_IDLE (else: normal priority)
-    self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-    self._thread.start()
-    self._ready.wait()
+    self._closed = False
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=name, initializer=self._lower)
+    self._pool.submit(lambda: None).result()  # start the thread now, so `lowered` is known
 
-  def _serve(self) -> None:
+  def _lower(self) -> None:
     self.lowered = lower_current_thread()
-    self._ready.set()
-    while True:
-      item = self._calls.get()
-      if item is None:
-        return
-      fn, done, result = item
-      try:
-        result.append((True, fn()))
-      except BaseException as error:  # noqa: BLE001 - handed to the caller, raised there
-        result.append((False, error))
-      done.set()
 
   def call(self, fn: Callable[[], Any]) -> Any:
     """fn() on the idle thread; blocks until it returns, then returns its value or raises
     its exception in the caller."""
-    if threading.current_thread() is self._thread:
-      return fn()
-    if not self._thread.is_alive():
+    if self._closed:
       raise RuntimeError("IdleThread: call() after close()")
-    done, result = threading.Event(), []
-    self._calls.put((fn, done, result))
-    done.wait()
-    ok, value = result[0]
-    if ok:
-      return value
-    raise value
+    return self._pool.submit(fn).result()
 
   def close(self) -> None:
     """Stop the thread once the calls queued before this one have run."""
-    if self._thread.is_alive():
-      self._calls.put(None)
-      self._thread.join()
+    self._closed = True
+    self._pool.shutdown(wait=True)
