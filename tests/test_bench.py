@@ -32,9 +32,13 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   top = r["profile_top"]
   assert top and all(a["ms_per_step"] >= b["ms_per_step"] for a, b in zip(top, top[1:]))
   assert 0 < sum(op["share"] for op in top) <= 1 + 1e-9
+  assert r["profile_ops"][:len(top)] == top and abs(math.fsum(op["share"] for op in
+                                                          r["profile_ops"]) - 1) < 1e-6
+  assert math.isclose(sum(r["profile_ms_by_kind"].values()),
+                      math.fsum(op["ms_per_step"] for op in r["profile_ops"]))
   text = bench.table(r)
   for word in ("compile", "step time", "tokens/s", "MFU", "host time", "checkpoint", "fork",
-               "memory", "top ops", "write priority normal"):
+               "memory", "top ops", "device time", "write priority normal"):
     assert word in text
   json.dumps(r)  # JSON-able as written by --json
 
@@ -76,6 +80,11 @@ def test_trace_top_sums_device_ops_per_step(tmp_path):
       ("dot.2", "sm90_gemm", 0.5)]
   assert math.isclose(top[0]["share"], 6 / 9)
   assert bench.trace_top(str(tmp_path / "none"), steps=2) == []
+  # The split of device time: cuBLAS/Triton gemms, cuDNN attention, everything else.
+  ops = top + [{"op": "custom-call.3", "kernel": "cudnn_generated_fort_native_sdpa_sm90",
+                "ms_per_step": 0.25, "share": 0.0}]
+  assert [bench.op_kind(o) for o in ops] == ["matmul", "other", "matmul", "attention"]
+  assert bench.time_by_kind(ops) == {"matmul": 3.5, "attention": 0.25, "other": 1.0}
 
 
 def test_cli_bad_arguments_are_one_line_errors(tmp_path):

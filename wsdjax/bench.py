@@ -106,8 +106,30 @@ def _compiled_stats(compiled) -> dict:
   return out
 
 
-def trace_top(profile_dir: str, steps: int, n: int = 12) -> list[dict]:
-  """The `n` ops that took the most device time in the Perfetto trace under `profile_dir`
+_KINDS = (("attention", ("cudnn", "fmha", "sdpa", "flash", "attention")),
+          ("matmul", ("gemm", "nvjet", "cublas", "cutlass", "dot", "matmul")))
+
+
+def op_kind(op: dict) -> str:
+  """'attention', 'matmul' or 'other' (elementwise, reductions, copies) for an op of
+  `trace_top`, by the names of its HLO op and kernel."""
+  names = f"{op['op']} {op['kernel']}".lower()
+  for kind, marks in _KINDS:
+    if any(m in names for m in marks):
+      return kind
+  return "other"
+
+
+def time_by_kind(ops: list[dict]) -> dict[str, float]:
+  """Device ms per step of each `op_kind` over all of `ops`."""
+  out = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+  for op in ops:
+    out[op_kind(op)] += op["ms_per_step"]
+  return out
+
+
+def trace_top(profile_dir: str, steps: int, n: int | None = 12) -> list[dict]:
+  """The `n` ops (None: all) that took the most device time in the Perfetto trace under `profile_dir`
   (`jax.profiler.trace(..., create_perfetto_trace=True)`) of `steps` steps: op (the HLO op
   where the event names one, else the event's name), its longest kernel's name, ms per
   step and share of all device op time. Device ops are the events of the '/device:...'
@@ -324,7 +346,10 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
         state, _, _, _ = one_step(state, step)
         step += 1
     res["profile_dir"] = profile_dir
-    res["profile_top"] = trace_top(profile_dir, _PROFILED_STEPS)
+    ops = trace_top(profile_dir, _PROFILED_STEPS, n=None)
+    res["profile_top"] = ops[:12]
+    res["profile_ops"] = ops
+    res["profile_ms_by_kind"] = time_by_kind(ops)
   it.close()
   res["peak_memory_bytes"], res["peak_memory_source"] = _peak_memory()
   return res
@@ -383,6 +408,9 @@ def table(r: dict) -> str:
       ("memory", f"{_mib(r['peak_memory_bytes'])} ({r['peak_memory_source']}); compiled "
                  "step: " + ", ".join(f"{k} {_mib(v)}" for k, v in r["compiled_bytes"].items())),
   ]
+  if "profile_ms_by_kind" in r:
+    rows.append(("device time", ", ".join(f"{k} {v:.2f} ms" for k, v in
+                                          r["profile_ms_by_kind"].items()) + " per step"))
   for i, op in enumerate(r.get("profile_top", [])):
     rows.append(("top ops" if i == 0 else "", f"{op['ms_per_step']:9.2f} ms/step "
                  f"{100 * op['share']:5.1f}%  {op['op'][:40]}"
