@@ -90,6 +90,7 @@ BAD_CONFIG = [
     ("model.layer_loop", "vmap", "model.layer_loop", "unknown value"),
     ("model.attention_impl", "flash", "model.attention_impl", "unknown value"),
     ("model.loss_impl", "fused", "model.loss_impl", "unknown value"),
+    ("model.swiglu_impl", "triton", "model.swiglu_impl", "unknown value"),
     ("checkpoint.write_priority", "low", "checkpoint.write_priority", "unknown value"),
     ("mesh.tensor", 3, "mesh.data", "cannot fill"),
     ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),

@@ -73,6 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
   # LM head + loss: 'auto' (chunked on CPU and GPU, plain on TPU) | 'plain' (the [B, T, V]
   # logits, then cross-entropy) | 'chunked' (over sequence chunks, the logits never built).
   c.model.loss_impl = "auto"
+  # SwiGLU's backward: 'auto' (the Pallas kernel on GPU, autodiff elsewhere) | 'xla'
+  # (autodiff) | 'vjp' (one float32 expression for both gradients) | 'pallas' (that
+  # expression as one Pallas kernel: reads its inputs once; interpreted off the GPU).
+  c.model.swiglu_impl = "auto"
 
   # ---- data (wsdjax/data/) ----
   c.data = ml_collections.ConfigDict()
@@ -266,6 +270,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _choice(flat, "model.attention_impl", ("auto", "blocked", "xla", "cudnn"))
   _choice(flat, "model.layer_loop", ("scan", "unrolled"))
   _choice(flat, "model.loss_impl", ("auto", "plain", "chunked"))
+  _choice(flat, "model.swiglu_impl", ("auto", "xla", "vjp", "pallas"))
   _choice(flat, "checkpoint.write_priority", ("idle", "normal"))
 
   d = cfg.data
@@ -428,7 +433,7 @@ MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_ba
                   "checkpoint.write_priority",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
                   "model.remat", "model.dense_impl", "model.attention_impl",
-                  "model.layer_loop", "model.loss_impl")
+                  "model.layer_loop", "model.loss_impl", "model.swiglu_impl")
 
 
 def resume_conflicts(old, new) -> list[str]:

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsdjax import attention, fast_dense, fused_loss
+from wsdjax import attention, fast_dense, fused_loss, swiglu
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _REMAT = ("none", "full")
@@ -70,6 +70,9 @@ class ModelConfig:
   `dense_impl` picks the dense-layer matmuls (`wsdjax.fast_dense`): 'xla' plain dots,
   'cpu_dw' a custom vjp with a faster weight gradient on XLA:CPU, 'auto' = 'cpu_dw' on
   CPU and 'xla' elsewhere. Values and gradients agree to float32 rounding.
+  `swiglu_impl` picks the SwiGLU gate's backward (`wsdjax.swiglu`): 'xla' autodiff, 'vjp'
+  one float32 expression, 'pallas' one Pallas kernel (per shard under a mesh), 'auto' =
+  'pallas' on GPU, 'xla' elsewhere.
   `layer_loop` (with scan_layers, the stacked 'layers' parameters): 'scan' runs the
   blocks in a `lax.scan` (one compiled body: fast compiles at any depth); 'unrolled' in a
   Python loop over the slices of the same parameters, which on XLA:CPU avoids the scan's
@@ -94,6 +97,7 @@ class ModelConfig:
   attention_impl: str | None = "auto"
   dense_impl: str = "auto"
   loss_impl: str = "auto"
+  swiglu_impl: str = "auto"
 
   def __post_init__(self):
     def check(ok: bool, msg: str):
@@ -121,6 +125,8 @@ class ModelConfig:
           f"dense_impl must be one of {fast_dense.IMPLS}, got {self.dense_impl!r}")
     check(self.loss_impl in fused_loss.IMPLS,
           f"loss_impl must be one of {fused_loss.IMPLS}, got {self.loss_impl!r}")
+    check(self.swiglu_impl in swiglu.IMPLS,
+          f"swiglu_impl must be one of {swiglu.IMPLS}, got {self.swiglu_impl!r}")
     check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
 
@@ -238,7 +244,8 @@ class MLP(nn.Module):
     mm = lambda a, w: fast_dense.dense(a, w.astype(dt), cfg.dense_impl)  # noqa: E731
     gate = nn.with_logical_constraint(mm(x, w_gate), MLP_HIDDEN)
     up = nn.with_logical_constraint(mm(x, w_up), MLP_HIDDEN)
-    hidden = nn.with_logical_constraint(nn.silu(gate) * up, MLP_HIDDEN)
+    hidden = swiglu.swiglu(gate, up, cfg.swiglu_impl, MLP_HIDDEN)
+    hidden = nn.with_logical_constraint(hidden, MLP_HIDDEN)
     return mm(hidden, w_down)
 
 

@@ -1,0 +1,134 @@
+"""The SwiGLU gate h = silu(a) * u, with a backward pass that reads its inputs once.
+
+    silu(a) = a s,  s = sigmoid(a)
+    dh/da   = g u s (1 + a (1 - s)),   dh/du = g silu(a)     (g: the gradient of h)
+
+XLA's autodiff computes du and da in two passes over the [B, T, F] arrays: 8 GB a layer,
+forward and backward, at GPT-2 small's batch (docs/performance.md). `model.swiglu_impl`:
+- 'xla': autodiff.
+- 'vjp': a custom vjp that computes both gradients from one float32 expression, rounded
+  once (XLA still fuses it as it likes: on an H100 as fast as 'xla').
+- 'pallas': that vjp with its backward as one Pallas kernel that reads g, a, u and writes
+  da, du once: 1.6% faster steps for GPT-2 small on an H100. Under a device mesh it runs
+  per shard (`jax.shard_map` over the hidden activations' logical sharding). Off the GPU
+  it runs interpreted (slow: for tests).
+- 'auto': 'pallas' on GPU while jax ships Pallas' Triton backend (deprecated in jax 0.11),
+  else 'vjp' on GPU; 'xla' elsewhere.
+Values are the same in every impl; gradients agree to float32 rounding (tests/test_swiglu.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wsdjax import sharding
+
+IMPLS = ("auto", "xla", "vjp", "pallas")
+
+# jax 0.11 warns at every lowering that Pallas' Triton backend is deprecated; 'auto' moves
+# to 'vjp' once jax no longer has it (`_has_pallas_triton`), so the warning is not the
+# user's to act on.
+warnings.filterwarnings("ignore", message="The Pallas Triton backend is deprecated",
+                        category=DeprecationWarning)
+
+
+def _has_pallas_triton() -> bool:
+  try:
+    from jax.experimental.pallas import triton  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def resolve(impl: str) -> str:
+  """'xla', 'vjp' or 'pallas' for `model.swiglu_impl` = `impl` on this backend."""
+  if impl not in IMPLS:
+    raise ValueError(f"model: swiglu_impl must be one of {IMPLS}, got {impl!r}")
+  if impl != "auto":
+    return impl
+  if jax.default_backend() != "gpu":
+    return "xla"
+  return "pallas" if _has_pallas_triton() else "vjp"
+
+
+def _grads(g, a, u):
+  """(da, du) in float32 math, returned in the dtypes of a and u."""
+  g, a32, u32 = g.astype(jnp.float32), a.astype(jnp.float32), u.astype(jnp.float32)
+  s = jax.nn.sigmoid(a32)
+  da = g * u32 * s * (1.0 + a32 * (1.0 - s))
+  du = g * a32 * s
+  return da.astype(a.dtype), du.astype(u.dtype)
+
+
+def _pallas_grads(g, a, u):
+  """`_grads` as one Pallas kernel over (rows, columns) blocks of the [M, F] views."""
+  from jax.experimental import pallas as pl
+
+  interpret = jax.default_backend() != "gpu"
+  shape, f = a.shape, a.shape[-1]
+  g2, a2, u2 = (x.reshape(-1, f) for x in (g, a, u))
+  m = a2.shape[0]
+  bf = next(b for b in (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1) if f % b == 0)
+  bm = next(b for b in (8, 4, 2, 1) if m % b == 0)
+
+  def kernel(g_ref, a_ref, u_ref, da_ref, du_ref):
+    da, du = _grads(g_ref[...], a_ref[...], u_ref[...])
+    da_ref[...] = da
+    du_ref[...] = du
+
+  kwargs = {}
+  if not interpret:
+    from jax.experimental.pallas import triton as plgpu
+    kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=4)
+  spec = pl.BlockSpec((bm, bf), lambda i, j: (i, j))
+  da, du = pl.pallas_call(
+      kernel, grid=(m // bm, f // bf), in_specs=[spec, spec, spec], out_specs=[spec, spec],
+      out_shape=[jax.ShapeDtypeStruct(a2.shape, a.dtype),
+                 jax.ShapeDtypeStruct(u2.shape, u.dtype)],
+      interpret=interpret, name="swiglu_bwd", **kwargs)(g2, a2, u2)
+  return da.reshape(shape), du.reshape(shape)
+
+
+def _per_shard(fn, names, *xs):
+  """fn(*xs) for an elementwise fn, run on each shard (`jax.shard_map`) when a mesh of
+  several devices is set; the shards follow the logical axis `names` of the arrays."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1 or names is None:
+    return fn(*xs)
+  spec = sharding.fit_spec(nn.logical_to_mesh_axes(names), xs[0].shape, mesh)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(xs), out_specs=(spec, spec),
+                       check_vma=False)(*xs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _swiglu(a, u, impl, names):
+  return jax.nn.silu(a) * u
+
+
+def _fwd(a, u, impl, names):
+  return jax.nn.silu(a) * u, (a, u)
+
+
+def _bwd(impl, names, res, g):
+  a, u = res
+  if impl == "pallas":
+    return _per_shard(_pallas_grads, names, g, a, u)
+  return _grads(g, a, u)
+
+
+_swiglu.defvjp(_fwd, _bwd)
+
+
+def swiglu(a: jax.Array, u: jax.Array, impl: str = "auto",
+           names: tuple[str | None, ...] | None = None) -> jax.Array:
+  """silu(a) * u; `impl` as `model.swiglu_impl` (module doc); `names`, the logical axes of
+  a and u, shard the Pallas backward under a mesh."""
+  impl = resolve(impl)
+  if impl == "xla":
+    return jax.nn.silu(a) * u
+  return _swiglu(a, u, impl, names)
