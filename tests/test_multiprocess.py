@@ -31,23 +31,10 @@ OVERRIDES = ["--config.schedule.budgets=(4,12)", "--config.schedule.decay_fracti
 DECAYED = ("decay-4", "decay-13")
 
 
-CACHE_ENV = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """One persistent jax compilation cache for the module's launches: the 2 x 4 job is
-  launched 4 times with the same shapes, and compiling is most of a launch's CPU time
-  on 2 cores (cached executables give bitwise the same results)."""
-  CACHE_ENV.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  yield
-  CACHE_ENV.clear()
-
-
 def env():
-  return subprocess_env() | CACHE_ENV
+  """The tests' subprocess environment, with conftest's shared compilation cache: the
+  2 x 4 job is launched 4 times with the same shapes."""
+  return subprocess_env()
 
 
 def launch_cmd(processes, devices, workdir, *extra):
