@@ -129,10 +129,10 @@ def time_by_kind(ops: list[dict]) -> dict[str, float]:
 
 
 def trace_top(profile_dir: str, steps: int, n: int | None = 12) -> list[dict]:
-  """The `n` ops (None: all) that took the most device time in the Perfetto trace under `profile_dir`
-  (`jax.profiler.trace(..., create_perfetto_trace=True)`) of `steps` steps: op (the HLO op
-  where the event names one, else the event's name), its longest kernel's name, ms per
-  step and share of all device op time. Device ops are the events of the '/device:...'
+  """The `n` ops (None: all) that took the most device time in the Perfetto trace under
+  `profile_dir` (`jax.profiler.trace(..., create_perfetto_trace=True)`) of `steps` steps:
+  op (the HLO op where the event names one, else the event's name), its longest kernel's
+  name, ms per step and share of all device op time. Device ops are the events of the '/device:...'
   processes (GPU streams, TPU cores); on CPU, those of XLA's worker threads."""
   import collections
   import glob
