@@ -7,10 +7,12 @@
 # (--config.a=1, --profile=DIR: a trace of 3 steps and the ops that took the most GPU
 # time) or XLA_FLAGS=... for that variant's process. The default variants are the ones
 # docs/performance.md reports for configs/gpt2_124m.py:
-#   base       the config as it is (unrolled layers, attention_impl auto = cuDNN flash)
-#   scan_mb2   layer_loop=scan, which needs 2 micro-batches to fit 80 GB
-#   xla_attn   attention_impl=xla, whose [B, H, T, T] scores need 4 micro-batches
-#   chunked    loss_impl=chunked (no [B, T, V] logits)
+#   base        the config as it is (unrolled layers, cuDNN flash attention, the chunked
+#               loss and the Pallas SwiGLU backward: the 'auto' picks on GPU)
+#   scan_mb2    layer_loop=scan, which needs 2 micro-batches to fit 80 GB
+#   xla_attn    attention_impl=xla, whose [B, H, T, T] scores need 4 micro-batches
+#   plain_loss  loss_impl=plain (the [B, T, V] float32 logits)
+#   xla_swiglu  swiglu_impl=xla (autodiff's two-pass SwiGLU backward)
 # Each variant writes OUT_DIR/NAME.json and NAME.log. Environment:
 #   CONFIG=configs/gpt2_124m.py  STEPS=20  SAVES=1  DEADLINE_S=0 (no new variant after
 #   this many seconds; 0 = none)  PYTHON=python3
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$out" || exit 1
 [ $# -gt 0 ] || set -- base "scan_mb2:--config.model.layer_loop=scan,--config.train.micro_batches=2" \
   "xla_attn:--config.model.attention_impl=xla,--config.train.micro_batches=4" \
-  "chunked:--config.model.loss_impl=chunked"
+  "plain_loss:--config.model.loss_impl=plain" "xla_swiglu:--config.model.swiglu_impl=xla"
 
 start=$SECONDS
 for variant in "$@"; do

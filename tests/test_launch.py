@@ -175,3 +175,47 @@ def test_train_cli_refuses_incomplete_distributed_flags(tmp_path):
                        timeout=120)
   assert out.returncode == 2, out.stderr
   assert out.stderr.strip().startswith("wsdjax: distributed: a coordinator address needs")
+
+
+FAKE_BENCH = r"""#!/usr/bin/env python3
+# Stands in for python in launch/gpu_bench.sh: `-m wsdjax.bench ...` records its arguments
+# and XLA_FLAGS, writes a bench JSON and a table line; anything else runs the real python.
+import json, os, sys
+if sys.argv[1:3] != ["-m", "wsdjax.bench"]:
+  os.execv(os.environ["REAL_PYTHON"], [os.environ["REAL_PYTHON"], *sys.argv[1:]])
+args = sys.argv[3:]
+out = args[args.index("--json") + 1]
+with open(os.environ["FAKE_BENCH_LOG"], "a") as f:
+  f.write(json.dumps({"args": args, "xla_flags": os.environ.get("XLA_FLAGS")}) + "\n")
+json.dump({"step_s_median": 0.25, "tokens_per_s": 5e5, "mfu": 0.43,
+           "peak_memory_bytes": 2**30, "compile_s": 9.0, "ckpt_stall_share": 0.1}, open(out, "w"))
+print("config       fake")
+print("step time    median 0.250 s")
+"""
+
+
+def test_gpu_bench_runs_each_variant_in_its_own_process(tmp_path):
+  """launch/gpu_bench.sh: a variant's --config/--profile flags go to the bench, its
+  XLA_FLAGS=... (spaces kept) to that process alone; a JSON per variant and a summary."""
+  fake = tmp_path / "python"
+  fake.write_text(FAKE_BENCH)
+  fake.chmod(0o755)
+  log = tmp_path / "calls.jsonl"
+  env = subprocess_env() | {"PYTHON": str(fake), "REAL_PYTHON": sys.executable,
+                            "FAKE_BENCH_LOG": str(log), "STEPS": "3", "SAVES": "0"}
+  env.pop("XLA_FLAGS")
+  out = subprocess.run(
+      ["bash", os.path.join(REPO, "launch", "gpu_bench.sh"), str(tmp_path / "out"),
+       "a:--config.model.swiglu_impl=xla,XLA_FLAGS=--xla_x=1 --xla_y=2,--profile=/tmp/p", "b"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  calls = [json.loads(line) for line in log.read_text().splitlines()]
+  assert [c["xla_flags"] for c in calls] == ["--xla_x=1 --xla_y=2", None]
+  a, b = (c["args"] for c in calls)
+  assert a[:4] == ["--config", "configs/gpt2_124m.py", "--steps", "3"]
+  assert a[-2:] == ["--config.model.swiglu_impl=xla", "--profile=/tmp/p"]
+  assert b[-2:] == ["--json", str(tmp_path / "out" / "b.json")]
+  assert "== a (" in out.stdout and "exit 0" in out.stdout
+  summary = out.stdout[out.stdout.index("variant"):].splitlines()
+  assert [row.split()[0] for row in summary[1:]] == ["a", "b"]
+  assert summary[1].split()[1:4] == ["0.250", "500,000", "43.0"]
