@@ -11,12 +11,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent jax compilation cache for the tests and every process they start: many
 # tests compile the same small shapes again, in-process or in a `python -m wsdjax...`
 # launch, where compiling is most of the time on 2 cores (a tiny WSD run: 34 s -> 12 s).
-# Cached executables compute bitwise the same results.
+# Cached executables compute bitwise the same results. A size limit turns on jax's file lock
+# around cache reads and writes (without one, a process can read an entry that another,
+# e.g. the other xdist worker, is still writing).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="wsdjax-tests-jax-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -219,3 +219,17 @@ def test_gpu_bench_runs_each_variant_in_its_own_process(tmp_path):
   summary = out.stdout[out.stdout.index("variant"):].splitlines()
   assert [row.split()[0] for row in summary[1:]] == ["a", "b"]
   assert summary[1].split()[1:4] == ["0.250", "500,000", "43.0"]
+
+  # No variants: the ones docs/performance.md reports, each with its flags.
+  log.unlink()
+  out = subprocess.run(["bash", os.path.join(REPO, "launch", "gpu_bench.sh"),
+                        str(tmp_path / "defaults")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  calls = [json.loads(line)["args"] for line in log.read_text().splitlines()]
+  names = [os.path.basename(c[c.index("--json") + 1])[:-5] for c in calls]
+  assert names == ["base", "scan_mb2", "xla_attn", "plain_loss", "xla_swiglu"]
+  assert [c[c.index("--json") + 2:] for c in calls] == [
+      [], ["--config.model.layer_loop=scan", "--config.train.micro_batches=2"],
+      ["--config.model.attention_impl=xla", "--config.train.micro_batches=4"],
+      ["--config.model.loss_impl=plain"], ["--config.model.swiglu_impl=xla"]]

@@ -275,3 +275,25 @@ def test_sharded_pallas_swiglu_gradients_match_single_device(layout, reference_g
   assert "shard_map" in hlo or "sdy.manual_computation" in hlo  # the kernel ran per shard
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                grads, reference_grads)
+
+
+@pytest.mark.parametrize("width, per_shard", [(128, True), (100, False)])
+def test_pallas_swiglu_runs_per_shard_only_where_the_rules_shard_evenly(width, per_shard):
+  """Hidden width 128 over tensor=8: the kernel runs per shard. Width 100 (8 does not
+  divide it): the rules' tensor axis would be dropped and a shard_map would gather the
+  arrays whole, so the backward is XLA's float32 expression, still sharded by GSPMD."""
+  from wsdjax import swiglu
+  mesh, rules = mesh_and_rules((1, 1, 8))
+  keys = jax.random.split(jax.random.key(2), 3)
+  a, u, g = (jax.random.normal(k, (BATCH, 16, width)) for k in keys)
+
+  def grads(impl):
+    f = lambda a, u: swiglu.swiglu(a, u, impl, M.MLP_HIDDEN)
+    return jax.jit(lambda a, u, g: jax.vjp(f, a, u)[1](g))
+
+  with S.with_rules(mesh, rules):
+    hlo = grads("pallas").lower(a, u, g).as_text()
+    got = grads("pallas")(a, u, g)
+  assert (("shard_map" in hlo or "sdy.manual_computation" in hlo) == per_shard)
+  for x, y in zip(got, grads("vjp")(a, u, g)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)

@@ -30,7 +30,7 @@ KERNELS = ("xla", "vjp", "pallas")  # the impls 'auto' resolves to
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_swiglu_values_and_gradients(impl, dtype):
   keys = jax.random.split(jax.random.key(7), 3)
-  shape = (2, 24, 96)  # 48 rows of 96: the Pallas kernel's blocks tile both axes
+  shape = (2, 24, 96)  # 48 rows of 96: the Pallas kernel's blocks (8 x 32) tile both axes
   a = (3 * jax.random.normal(keys[0], shape)).astype(dtype)
   u, g = (jax.random.normal(k, shape).astype(dtype) for k in keys[1:])
   h, vjp = jax.vjp(lambda a, u: S.swiglu(a, u, impl), a, u)
@@ -86,3 +86,14 @@ def test_auto_is_the_pallas_kernel_on_gpu_only(monkeypatch):
   assert S.resolve("auto") == "xla"
   with pytest.raises(ValueError, match="swiglu_impl must be one of"):
     S.resolve("triton")
+
+
+def test_kernel_blocks_and_the_gpu_fallback():
+  """Blocks of up to 8 rows x 1024 columns that divide the array; on a GPU, None (XLA's
+  expression instead of the kernel) where only blocks under 8 x 128 would fit."""
+  assert S.blocks(131072, 3072, on_gpu=True) == (8, 1024)
+  assert S.blocks(4096, 384, on_gpu=True) == (8, 128)
+  assert S.blocks(48, 96, on_gpu=False) == (8, 32)
+  assert S.blocks(4096, 2730, on_gpu=True) is None  # 2730 = 2 x 1365
+  assert S.blocks(4, 4096, on_gpu=True) is None
+  assert S.blocks(4096, 2730, on_gpu=False) == (8, 2)

@@ -10,8 +10,10 @@ forward and backward, at GPT-2 small's batch (docs/performance.md). `model.swigl
   once (XLA still fuses it as it likes: on an H100 as fast as 'xla').
 - 'pallas': that vjp with its backward as one Pallas kernel that reads g, a, u and writes
   da, du once: 1.6% faster steps for GPT-2 small on an H100. Under a device mesh it runs
-  per shard (`jax.shard_map` over the hidden activations' logical sharding). Off the GPU
-  it runs interpreted (slow: for tests).
+  per shard (`jax.shard_map` over the hidden activations' logical sharding); where those
+  axes don't divide the arrays evenly, or F allows only blocks under 128 columns on a GPU,
+  the backward is the 'vjp' expression instead. Off the GPU it runs interpreted (slow:
+  for tests).
 - 'auto': 'pallas' on GPU while jax ships Pallas' Triton backend (deprecated in jax 0.11),
   else 'vjp' on GPU; 'xla' elsewhere.
 Values are the same in every impl; gradients agree to float32 rounding (tests/test_swiglu.py).
@@ -20,7 +22,6 @@ Values are the same in every impl; gradients agree to float32 rounding (tests/te
 from __future__ import annotations
 
 import functools
-import warnings
 
 import flax.linen as nn
 import jax
@@ -29,13 +30,6 @@ import jax.numpy as jnp
 from wsdjax import sharding
 
 IMPLS = ("auto", "xla", "vjp", "pallas")
-
-# jax 0.11 warns at every lowering that Pallas' Triton backend is deprecated; 'auto' moves
-# to 'vjp' once jax no longer has it (`_has_pallas_triton`), so the warning is not the
-# user's to act on.
-warnings.filterwarnings("ignore", message="The Pallas Triton backend is deprecated",
-                        category=DeprecationWarning)
-
 
 def _has_pallas_triton() -> bool:
   try:
@@ -65,16 +59,32 @@ def _grads(g, a, u):
   return da.astype(a.dtype), du.astype(u.dtype)
 
 
+_MIN_GPU_BLOCK = (8, 128)  # smaller blocks of rows x columns run slower than XLA's passes
+
+
+def blocks(m: int, f: int, on_gpu: bool) -> tuple[int, int] | None:
+  """The kernel's (rows, columns) block for an [m, f] array: the largest of 8 rows and
+  1024 columns that divide it; None (use XLA) where that is under 8 x 128 on a GPU."""
+  bf = next(b for b in (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1) if f % b == 0)
+  bm = next(b for b in (8, 4, 2, 1) if m % b == 0)
+  if on_gpu and (bm < _MIN_GPU_BLOCK[0] or bf < _MIN_GPU_BLOCK[1]):
+    return None
+  return bm, bf
+
+
 def _pallas_grads(g, a, u):
-  """`_grads` as one Pallas kernel over (rows, columns) blocks of the [M, F] views."""
+  """`_grads` as one Pallas kernel over (rows, columns) blocks of the [M, F] views; XLA's
+  `_grads` where the shape allows only small blocks."""
   from jax.experimental import pallas as pl
 
   interpret = jax.default_backend() != "gpu"
   shape, f = a.shape, a.shape[-1]
   g2, a2, u2 = (x.reshape(-1, f) for x in (g, a, u))
   m = a2.shape[0]
-  bf = next(b for b in (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1) if f % b == 0)
-  bm = next(b for b in (8, 4, 2, 1) if m % b == 0)
+  block = blocks(m, f, on_gpu=not interpret)
+  if block is None:
+    return _grads(g, a, u)
+  bm, bf = block
 
   def kernel(g_ref, a_ref, u_ref, da_ref, du_ref):
     da, du = _grads(g_ref[...], a_ref[...], u_ref[...])
@@ -94,15 +104,23 @@ def _pallas_grads(g, a, u):
   return da.reshape(shape), du.reshape(shape)
 
 
-def _per_shard(fn, names, *xs):
-  """fn(*xs) for an elementwise fn, run on each shard (`jax.shard_map`) when a mesh of
-  several devices is set; the shards follow the logical axis `names` of the arrays."""
+def _per_shard(names, g, a, u):
+  """`_pallas_grads` on each shard (`jax.shard_map`) when a mesh of several devices is
+  set and the logical axis `names` of the arrays shard them evenly; XLA's `_grads` where
+  they would not (a shard_map would gather such arrays whole onto every device)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1 or names is None:
-    return fn(*xs)
-  spec = sharding.fit_spec(nn.logical_to_mesh_axes(names), xs[0].shape, mesh)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(xs), out_specs=(spec, spec),
-                       check_vma=False)(*xs)
+  if mesh.empty or mesh.size == 1:
+    return _pallas_grads(g, a, u)
+  if names is None:
+    return _grads(g, a, u)
+  asked = nn.logical_to_mesh_axes(names)
+  spec = sharding.fit_spec(asked, a.shape, mesh)
+  dropped = any(want not in (None, sharding.UNCONSTRAINED) and got is None
+                for want, got in zip(asked, spec))
+  if dropped or all(axes is None for axes in spec):
+    return _grads(g, a, u)
+  return jax.shard_map(_pallas_grads, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec, spec),
+                       check_vma=False)(g, a, u)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -117,7 +135,7 @@ def _fwd(a, u, impl, names):
 def _bwd(impl, names, res, g):
   a, u = res
   if impl == "pallas":
-    return _per_shard(_pallas_grads, names, g, a, u)
+    return _per_shard(names, g, a, u)
   return _grads(g, a, u)
 
 
