@@ -31,19 +31,13 @@ OVERRIDES = ["--config.schedule.budgets=(4,12)", "--config.schedule.decay_fracti
 DECAYED = ("decay-4", "decay-13")
 
 
-def env():
-  """The tests' subprocess environment, with conftest's shared compilation cache: the
-  2 x 4 job is launched 4 times with the same shapes."""
-  return subprocess_env()
-
-
 def launch_cmd(processes, devices, workdir, *extra):
   return [sys.executable, LAUNCH, str(processes), "configs/tiny.py", str(workdir),
           f"--devices={devices}", "--heartbeat=10", *extra, *OVERRIDES]
 
 
 def run_launch(processes, devices, workdir, timeout=480):
-  out = subprocess.run(launch_cmd(processes, devices, workdir), cwd=REPO, env=env(),
+  out = subprocess.run(launch_cmd(processes, devices, workdir), cwd=REPO, env=subprocess_env(),
                        capture_output=True, text=True, timeout=timeout)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout
@@ -112,7 +106,7 @@ def signal_process_1(workdir, sig, when, grace=120, timeout=150):
   """Launch the 2 x 4 job, send `sig` to process 1 on the first output line matching
   `when`, and return (exit status, seconds from the signal to the end, output)."""
   proc = subprocess.Popen(launch_cmd(2, 4, workdir, f"--grace={grace}"), cwd=REPO,
-                          env=env(), stdout=subprocess.PIPE,
+                          env=subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines, pids = [], None
   try:

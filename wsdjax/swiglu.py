@@ -31,6 +31,7 @@ from wsdjax import sharding
 
 IMPLS = ("auto", "xla", "vjp", "pallas")
 
+
 def _has_pallas_triton() -> bool:
   try:
     from jax.experimental.pallas import triton  # noqa: F401
