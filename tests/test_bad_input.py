@@ -92,6 +92,7 @@ BAD_CONFIG = [
     ("model.loss_impl", "fused", "model.loss_impl", "unknown value"),
     ("model.swiglu_impl", "triton", "model.swiglu_impl", "unknown value"),
     ("checkpoint.write_priority", "low", "checkpoint.write_priority", "unknown value"),
+    ("checkpoint.compression", "lz4", "checkpoint.compression", "unknown value"),
     ("mesh.tensor", 3, "mesh.data", "cannot fill"),
     ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),
     ("mesh.data", 0, "mesh.data", "-1 or >= 1"),

@@ -23,6 +23,7 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   assert r["model_flops_per_token"] > 0 and math.isfinite(r["train_loss"])
   assert 0 <= r["host_share"] < 1 and "ckpt_stall_s" in r and r["ckpt_save_call_s"] > 0
   assert math.isfinite(r["ckpt_stall_mean_s"]) and r["ckpt_write_priority"] == "normal"
+  assert r["ckpt_compression"] == "none"  # 'auto' on the CPU backend
   # Forking a branch copies nothing: every buffer is shared, main survives its first step.
   assert r["fork_copy_bytes"] == 0
   assert r["fork_shared_buffers"] == r["state_buffers"] > 0
@@ -38,7 +39,8 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
                       math.fsum(op["ms_per_step"] for op in r["profile_ops"]))
   text = bench.table(r)
   for word in ("compile", "step time", "tokens/s", "MFU", "host time", "checkpoint", "fork",
-               "memory", "top ops", "device time", "write priority normal"):
+               "memory", "top ops", "device time", "write priority normal",
+               "compression none"):
     assert word in text
   json.dumps(r)  # JSON-able as written by --json
 

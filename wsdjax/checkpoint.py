@@ -9,6 +9,9 @@ entry of that state, plus the data position). The manifest is an index derived f
 metas of finished saves, written atomically; if a crash loses a manifest update, it is
 rebuilt from the metas on the next open. A save is reported (and enters the manifest) only
 once Orbax has finalised it on disk.
+
+The state's arrays are zarr chunks in Orbax's OCDBT layout, zstd-compressed or raw
+(`compression`); a restore reads either, so a run may change it between saves.
 """
 
 from __future__ import annotations
@@ -30,7 +33,28 @@ from wsdjax.plan import MAIN, StateRef
 
 MANIFEST = "manifest.json"
 WRITE_PRIORITIES = ("idle", "normal")
+COMPRESSIONS = ("zstd", "none")
 _BRANCH_RE = re.compile(r"^(main|decay-\d+)$")
+
+
+def resolve_compression(setting: str, backend: str, write_priority: str = "normal") -> str:
+  """`checkpoint.compression` as written: 'auto' is 'none' on the CPU backend at normal write
+  priority, else 'zstd'.
+
+  On the CPU backend the write shares its cores with the train step. At normal priority its
+  CPU time comes out of the step, and zstd (level 1) spends ~0.18 CPU-s per 100 MB to shrink
+  a trained float32 state (weights, Adam moments) by only ~10%. At idle priority the write
+  fills the step's idle gaps, and raw writes stalled the step more than zstd ones did (most
+  of a raw write is the kernel's page-cache copy, likely not interrupted for the step's
+  threads the way user-space compression is). Accelerator hosts have idle cores for zstd,
+  and the bytes it saves matter more on network storage. docs/performance.md has the
+  measurements.
+  """
+  if setting == "auto":
+    return "none" if backend == "cpu" and write_priority == "normal" else "zstd"
+  if setting not in COMPRESSIONS:
+    raise ValueError(f"compression: {setting!r} is not one of {('auto',) + COMPRESSIONS}")
+  return setting
 
 
 class CheckpointError(RuntimeError):
@@ -92,11 +116,15 @@ class CheckpointTree:
   """Saves, lists, restores and prunes the states of every branch of one run."""
 
   def __init__(self, workdir, async_save: bool = True, read_only: bool = False,
-               write_priority: str = "normal"):
+               write_priority: str = "normal", compression: str = "zstd"):
     """`write_priority` 'idle': Orbax's save() runs on an `idle_thread.IdleThread`, so the
-    background write uses only CPU the train step leaves idle; 'normal': on the caller."""
+    background write uses only CPU the train step leaves idle; 'normal': on the caller.
+    `compression`: how new saves store the state's arrays, 'zstd' or 'none' (raw)."""
     if write_priority not in WRITE_PRIORITIES:
       raise ValueError(f"write_priority: {write_priority!r} is not one of {WRITE_PRIORITIES}")
+    if compression not in COMPRESSIONS:
+      raise ValueError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
+    self.compression = compression
     self.root = checkpoint_dir(workdir)
     self.async_save = async_save
     self.write_priority = write_priority
@@ -126,8 +154,11 @@ class CheckpointTree:
           max_to_keep=None, create=not self.read_only,
           cleanup_tmp_directories=not self.read_only and self.is_primary,
           enable_async_checkpointing=self.async_save)
+      handlers = {"state": ocp.PyTreeCheckpointHandler(
+                      use_compression=self.compression == "zstd"),
+                  "meta": ocp.JsonCheckpointHandler()}
       self._managers[branch] = ocp.CheckpointManager(
-          self.root / branch, options=options, item_names=("state", "meta"))
+          self.root / branch, options=options, item_handlers=handlers)
     return self._managers[branch]
 
   def steps(self, branch: str) -> list[int]:
@@ -196,7 +227,7 @@ class CheckpointTree:
       if flags and (ref.branch, ref.step) in self._entries:
         self.update_entry(ref, **flags)
       return
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta))
     with _save_errors(self, ref):
       self._call_writer(lambda: mgr.save(ref.step, args=args, force=True))
     self._pending.append((ref.branch, ref.step, meta["entry"]))
@@ -319,8 +350,10 @@ class CheckpointTree:
       raise BrokenCheckpoint(ref, damage)
     mgr = self._manager(ref.branch)
     try:
+      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
       out = mgr.restore(ref.step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+          state=ocp.args.PyTreeRestore(target, restore_args=restore_args),
+          meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001
       damage = self.damage(ref)
       if damage:
