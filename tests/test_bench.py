@@ -42,7 +42,14 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
                "memory", "top ops", "device time", "write priority normal",
                "compression none"):
     assert word in text
+  assert r["ckpt_stall_se_s"] is None and "+-" not in text  # one save: no standard error
+  assert "+- 0.050 s" in bench.table(dict(r, ckpt_stall_se_s=0.05))
   json.dumps(r)  # JSON-able as written by --json
+
+
+def test_the_stall_has_a_standard_error_from_two_saves_on():
+  assert bench._standard_error([0.1]) is None
+  assert math.isclose(bench._standard_error([0.1, 0.2, 0.3]), 0.1 / math.sqrt(3))
 
 
 def test_the_write_priority_is_reported_as_it_ran():

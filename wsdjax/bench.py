@@ -16,7 +16,8 @@ pipeline, metric logging and `CheckpointTree` async save; the FLOPs of
                   `train.log_every` steps) / step time
   checkpoint      stall of an async save: save() plus the steps that run while it writes,
                   minus as many plain steps (the mean of the plain steps just before and
-                  after), per save (median over --saves, and the mean), as a share of a
+                  after), per save (median over --saves, and the mean +- its standard
+                  error: single steps vary by ~10% on a busy CPU), as a share of a
                   step; with the write priority it ran at (`checkpoint.write_priority`)
                   and the arrays' compression (`checkpoint.compression`)
   fork            forking a decay branch (holding main while the branch trains from the
@@ -309,6 +310,7 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
   if stalls:
     res.update(ckpt_stall_s=statistics.median(s[0] for s in stalls),
                ckpt_stall_mean_s=statistics.mean(s[0] for s in stalls),
+               ckpt_stall_se_s=_standard_error([s[0] for s in stalls]),
                ckpt_save_call_s=statistics.median(s[1] for s in stalls),
                ckpt_write_priority=_write_priority(trainer.tree),
                ckpt_compression=trainer.tree.compression,
@@ -357,6 +359,11 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
   return res
 
 
+def _standard_error(xs: list[float]) -> float | None:
+  """Standard error of the mean of `xs` (sample stdev / sqrt(n)); None for fewer than 2."""
+  return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) >= 2 else None
+
+
 def _write_priority(tree) -> str:
   """The checkpoint write's CPU priority as it ran: 'normal', 'idle', or why not idle."""
   if tree.write_priority == "normal":
@@ -396,10 +403,11 @@ def table(r: dict) -> str:
                     f"{100 * r['host_share']:.2f}% of a step"),
   ]
   if "ckpt_stall_s" in r:
+    se = "" if r["ckpt_stall_se_s"] is None else f" +- {r['ckpt_stall_se_s']:.3f}"
     rows.append(("checkpoint", f"async save stall {r['ckpt_stall_s']:+.3f} s/save = "
                                f"{100 * r['ckpt_stall_share']:+.1f}% of a step (median of "
                                f"{len(r['ckpt_stall_all_s'])} saves, mean "
-                               f"{r['ckpt_stall_mean_s']:+.3f} s; save() returns in "
+                               f"{r['ckpt_stall_mean_s']:+.3f}{se} s; save() returns in "
                                f"{1e3 * r['ckpt_save_call_s']:.0f} ms; write priority "
                                f"{r['ckpt_write_priority']}, compression "
                                f"{r['ckpt_compression']})"))
