@@ -96,18 +96,12 @@ def test_saves_written_with_orbaxs_standard_handler_still_restore(tmp_path):
 def test_the_trainer_resolves_auto_for_its_backend_and_write_priority(tiny_config, tmp_path):
   config_lib.validate(tiny_config, 1)
   assert tiny_config.checkpoint.compression == "auto"
-  trainer = trainer_lib.Trainer(tiny_config, tmp_path, mesh=one_device_mesh(),
-                                stream=io.StringIO())
-  try:
-    assert trainer.tree.compression == "none"  # the tests run on the CPU backend
-  finally:
-    trainer.writer.close()
-    trainer.tree.close()
-  tiny_config.checkpoint.write_priority = "idle"
-  trainer = trainer_lib.Trainer(tiny_config, tmp_path, mesh=one_device_mesh(),
-                                stream=io.StringIO())
-  try:
-    assert trainer.tree.compression == "zstd"
-  finally:
-    trainer.writer.close()
-    trainer.tree.close()
+  for priority, expected in (("normal", "none"), ("idle", "zstd")):  # on the CPU backend
+    tiny_config.checkpoint.write_priority = priority
+    trainer = trainer_lib.Trainer(tiny_config, tmp_path, mesh=one_device_mesh(),
+                                  stream=io.StringIO())
+    try:
+      assert trainer.tree.compression == expected
+    finally:
+      trainer.writer.close()
+      trainer.tree.close()

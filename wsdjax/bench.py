@@ -308,14 +308,15 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
     stalls.append((spent - n * (before + after) / 2, save_call, n))
   trainer.tree.wait()
   if stalls:
-    res.update(ckpt_stall_s=statistics.median(s[0] for s in stalls),
-               ckpt_stall_mean_s=statistics.mean(s[0] for s in stalls),
-               ckpt_stall_se_s=_standard_error([s[0] for s in stalls]),
+    stall_s = [s[0] for s in stalls]
+    res.update(ckpt_stall_s=statistics.median(stall_s),
+               ckpt_stall_mean_s=statistics.mean(stall_s),
+               ckpt_stall_se_s=_standard_error(stall_s),
                ckpt_save_call_s=statistics.median(s[1] for s in stalls),
                ckpt_write_priority=_write_priority(trainer.tree),
                ckpt_compression=trainer.tree.compression,
                ckpt_steps_while_saving=[s[2] for s in stalls],
-               ckpt_stall_all_s=[s[0] for s in stalls])
+               ckpt_stall_all_s=stall_s)
     res["ckpt_stall_share"] = res["ckpt_stall_s"] / med
 
   # Fork: the branch starts from main's arrays; its first step does not donate them.
