@@ -93,6 +93,7 @@ BAD_CONFIG = [
     ("model.swiglu_impl", "triton", "model.swiglu_impl", "unknown value"),
     ("checkpoint.write_priority", "low", "checkpoint.write_priority", "unknown value"),
     ("checkpoint.compression", "lz4", "checkpoint.compression", "unknown value"),
+    ("checkpoint.writer", "tensorstore", "checkpoint.writer", "unknown value"),
     ("mesh.tensor", 3, "mesh.data", "cannot fill"),
     ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),
     ("mesh.data", 0, "mesh.data", "-1 or >= 1"),

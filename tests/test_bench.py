@@ -24,6 +24,7 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   assert 0 <= r["host_share"] < 1 and "ckpt_stall_s" in r and r["ckpt_save_call_s"] > 0
   assert math.isfinite(r["ckpt_stall_mean_s"]) and r["ckpt_write_priority"] == "normal"
   assert r["ckpt_compression"] == "none"  # 'auto' on the CPU backend
+  assert r["ckpt_writer"] == "direct"  # 'auto' on the CPU backend, a local workdir
   # Forking a branch copies nothing: every buffer is shared, main survives its first step.
   assert r["fork_copy_bytes"] == 0
   assert r["fork_shared_buffers"] == r["state_buffers"] > 0
@@ -40,7 +41,7 @@ def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):
   text = bench.table(r)
   for word in ("compile", "step time", "tokens/s", "MFU", "host time", "checkpoint", "fork",
                "memory", "top ops", "device time", "write priority normal",
-               "compression none"):
+               "writer direct", "compression none"):
     assert word in text
   assert r["ckpt_stall_se_s"] is None and "+-" not in text  # one save: no standard error
   assert "+- 0.050 s" in bench.table(dict(r, ckpt_stall_se_s=0.05))

@@ -1,7 +1,9 @@
-"""How CheckpointTree stores a state's arrays (`checkpoint.compression`): zstd or raw, each
-read back by a tree of either setting, and saves written before the setting existed."""
+"""How CheckpointTree stores a state's arrays (`checkpoint.writer`, `checkpoint.compression`):
+Orbax's zstd or raw chunks, or the direct-I/O writer's raw arrays, each read back by a tree
+of any setting, and saves written before the settings existed."""
 
 import io
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -95,13 +97,79 @@ def test_saves_written_with_orbaxs_standard_handler_still_restore(tmp_path):
 
 def test_the_trainer_resolves_auto_for_its_backend_and_write_priority(tiny_config, tmp_path):
   config_lib.validate(tiny_config, 1)
-  assert tiny_config.checkpoint.compression == "auto"
-  for priority, expected in (("normal", "none"), ("idle", "zstd")):  # on the CPU backend
+  assert tiny_config.checkpoint.compression == "auto" and tiny_config.checkpoint.writer == "auto"
+  for priority, compression, writer, expected in (  # on the CPU backend, a local workdir
+      ("normal", "auto", "direct", "none"), ("idle", "auto", "direct", "none"),
+      ("normal", "zstd", "orbax", "zstd")):
     tiny_config.checkpoint.write_priority = priority
-    trainer = trainer_lib.Trainer(tiny_config, tmp_path, mesh=one_device_mesh(),
-                                  stream=io.StringIO())
+    tiny_config.checkpoint.compression = compression
+    trainer = trainer_lib.Trainer(tiny_config, tmp_path / priority / compression,
+                                  mesh=one_device_mesh(), stream=io.StringIO())
     try:
-      assert trainer.tree.compression == expected
+      assert (trainer.tree.writer, trainer.tree.compression) == (writer, expected)
     finally:
       trainer.writer.close()
       trainer.tree.close()
+
+
+@pytest.mark.parametrize("backend, compression, workdir, expected", [
+    ("cpu", "auto", "/runs/a", "direct"), ("cpu", "none", "runs/a", "direct"),
+    ("cpu", "zstd", "/runs/a", "orbax"), ("cpu", "auto", "gs://bucket/a", "orbax"),
+    ("gpu", "auto", "/runs/a", "orbax"), ("tpu", "none", "/runs/a", "orbax")])
+def test_auto_writer_is_direct_only_for_raw_arrays_on_a_local_cpu_run(
+    backend, compression, workdir, expected):
+  assert ckpt.resolve_writer("auto", backend, compression, workdir) == expected
+  assert ckpt.resolve_writer("orbax", backend, compression, workdir) == "orbax"
+
+
+def test_a_direct_writer_that_cannot_work_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="writer: 'tensorstore'"):
+    ckpt.resolve_writer("tensorstore", "cpu", "auto", tmp_path)
+  with pytest.raises(ValueError, match="compression to 'auto' or 'none'"):
+    ckpt.resolve_writer("direct", "cpu", "zstd", tmp_path)
+  with pytest.raises(ckpt.CheckpointError, match="needs a local workdir"):
+    ckpt.resolve_writer("direct", "gpu", "auto", "gs://bucket/run")
+  with pytest.raises(ValueError, match="writer"):
+    ckpt.CheckpointTree(tmp_path, writer="auto")  # resolved before the tree
+
+
+def test_a_config_asking_the_direct_writer_for_zstd_is_refused(tiny_config):
+  tiny_config.checkpoint.writer = "direct"
+  tiny_config.checkpoint.compression = "zstd"
+  with pytest.raises(config_lib.ConfigError, match=r"^checkpoint.writer: .*compression"):
+    config_lib.validate(tiny_config, 1)
+  tiny_config.checkpoint.compression = "none"
+  config_lib.validate(tiny_config, 1)
+
+
+def test_the_direct_writer_saves_raw_files_and_trees_of_either_writer_read_both(tmp_path):
+  state = _state()
+  direct = ckpt.CheckpointTree(tmp_path, writer="direct")
+  assert direct.compression == "none"
+  _save(direct, 1, state)
+  files = sorted(p.name for p in (tmp_path / "checkpoints" / "main" / "1" / "state").iterdir())
+  assert {"raw-0.bin", "raw-0.json", "raw_tree.json"} <= set(files)
+  assert not any("ocdbt" in f or f.startswith("_") for f in files)
+  direct.close()
+  orbax = ckpt.CheckpointTree(tmp_path, writer="orbax", compression="zstd")
+  _save(orbax, 2, state)
+  for step in (1, 2):
+    _assert_same(orbax.restore(StateRef("main", step), state)[0], state)
+  orbax.close()
+  again = ckpt.CheckpointTree(tmp_path, writer="direct", read_only=True)
+  target = {k: np.zeros(v.shape, v.dtype) for k, v in state.items()}
+  for step in (1, 2):
+    restored, meta = again.restore(StateRef("main", step), target)
+    _assert_same(restored, state)
+    assert meta["entry"]["step"] == step
+
+
+def test_a_truncated_direct_save_is_reported_broken(tmp_path):
+  tree = ckpt.CheckpointTree(tmp_path, writer="direct")
+  _save(tree, 3, _state())
+  tree.close()
+  data = tmp_path / "checkpoints" / "main" / "3" / "state" / "raw-0.bin"
+  os.truncate(data, 4096)
+  again = ckpt.CheckpointTree(tmp_path, writer="direct", read_only=True)
+  with pytest.raises(ckpt.BrokenCheckpoint, match="raw-0.bin"):
+    again.restore(StateRef("main", 3), _state())

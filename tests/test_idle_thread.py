@@ -86,7 +86,7 @@ def test_checkpoint_tree_starts_saves_at_its_write_priority(tmp_path, priority):
   restored, _ = tree.restore(StateRef("main", 7), state)
   np.testing.assert_array_equal(restored["w"], state["w"])
   tree.close()
-  assert tree._writer is None  # the thread is stopped with the tree
+  assert tree._idle_thread is None  # the thread is stopped with the tree
 
 
 def test_an_unknown_write_priority_is_refused(tmp_path):

@@ -19,7 +19,8 @@ pipeline, metric logging and `CheckpointTree` async save; the FLOPs of
                   after), per save (median over --saves, and the mean +- its standard
                   error: single steps vary by ~10% on a busy CPU), as a share of a
                   step; with the write priority it ran at (`checkpoint.write_priority`)
-                  and the arrays' compression (`checkpoint.compression`)
+                  and who wrote the arrays, how compressed (`checkpoint.writer`,
+                  `checkpoint.compression`)
   fork            forking a decay branch (holding main while the branch trains from the
                   same arrays, its first step not donating): bytes copied, shared buffers
   memory          the compiled step's memory analysis, and the process's peak RSS (CPU)
@@ -315,6 +316,7 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
                ckpt_save_call_s=statistics.median(s[1] for s in stalls),
                ckpt_write_priority=_write_priority(trainer.tree),
                ckpt_compression=trainer.tree.compression,
+               ckpt_writer=trainer.tree.writer,
                ckpt_steps_while_saving=[s[2] for s in stalls],
                ckpt_stall_all_s=stall_s)
     res["ckpt_stall_share"] = res["ckpt_stall_s"] / med
@@ -410,8 +412,8 @@ def table(r: dict) -> str:
                                f"{len(r['ckpt_stall_all_s'])} saves, mean "
                                f"{r['ckpt_stall_mean_s']:+.3f}{se} s; save() returns in "
                                f"{1e3 * r['ckpt_save_call_s']:.0f} ms; write priority "
-                               f"{r['ckpt_write_priority']}, compression "
-                               f"{r['ckpt_compression']})"))
+                               f"{r['ckpt_write_priority']}, writer "
+                               f"{r['ckpt_writer']}, compression {r['ckpt_compression']})"))
   rows += [
       ("fork", f"{r['fork_copy_bytes']:,} bytes copied, {r['fork_shared_buffers']}/"
                f"{r['state_buffers']} buffers shared, {1e6 * r['fork_s']:.0f} us; first "

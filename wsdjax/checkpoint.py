@@ -10,8 +10,10 @@ metas of finished saves, written atomically; if a crash loses a manifest update,
 rebuilt from the metas on the next open. A save is reported (and enters the manifest) only
 once Orbax has finalised it on disk.
 
-The state's arrays are zarr chunks in Orbax's OCDBT layout, zstd-compressed or raw
-(`compression`); a restore reads either, so a run may change it between saves.
+The `state` item is written by `state_handler.StateHandler`: Orbax's OCDBT layout of zarr
+chunks, zstd-compressed or raw (`writer` 'orbax', `compression`), or raw arrays written
+with direct I/O (`writer` 'direct', `raw_arrays`). A restore reads any of them, so a run
+may change either setting between saves.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from etils import epath
 
 from wsdjax import faults
 from wsdjax import idle_thread
+from wsdjax import raw_arrays
+from wsdjax import state_handler
 from wsdjax.plan import MAIN, StateRef
 
 MANIFEST = "manifest.json"
 WRITE_PRIORITIES = ("idle", "normal")
 COMPRESSIONS = ("zstd", "none")
+WRITERS = state_handler.WRITERS
 _BRANCH_RE = re.compile(r"^(main|decay-\d+)$")
 
 
@@ -54,6 +59,31 @@ def resolve_compression(setting: str, backend: str, write_priority: str = "norma
     return "none" if backend == "cpu" and write_priority == "normal" else "zstd"
   if setting not in COMPRESSIONS:
     raise ValueError(f"compression: {setting!r} is not one of {('auto',) + COMPRESSIONS}")
+  return setting
+
+
+def resolve_writer(setting: str, backend: str, compression: str, workdir) -> str:
+  """`checkpoint.writer` as written: 'auto' is 'direct' on the CPU backend for a local
+  workdir unless `checkpoint.compression` asks for 'zstd', else 'orbax'.
+
+  On the CPU backend the write shares its cores with the train step. Orbax's TensorStore
+  writes through the page cache, and on this project's 2-core VM filling 100 MB of fresh
+  page cache costs ~0.2 CPU-s, 8-12% of a `configs/small.py` step per save; the direct
+  writer's O_DIRECT write costs ~0.01 CPU-s and its copy into a reused buffer ~0.02 s
+  (docs/performance.md). Accelerator hosts have idle cores for Orbax's writer, which also
+  writes to cloud storage.
+  """
+  if setting == "auto":
+    local = "://" not in str(workdir)
+    return "direct" if backend == "cpu" and local and compression != "zstd" else "orbax"
+  if setting not in WRITERS:
+    raise ValueError(f"writer: {setting!r} is not one of {('auto',) + WRITERS}")
+  if setting == "direct" and compression == "zstd":
+    raise ValueError("writer: 'direct' writes raw arrays; set checkpoint.compression to "
+                     "'auto' or 'none', or checkpoint.writer to 'orbax' for zstd")
+  if setting == "direct" and "://" in str(workdir):
+    raise CheckpointError(f"checkpoint.writer: 'direct' needs a local workdir, not "
+                          f"{workdir}; set --config.checkpoint.writer=auto (or orbax)")
   return setting
 
 
@@ -116,19 +146,25 @@ class CheckpointTree:
   """Saves, lists, restores and prunes the states of every branch of one run."""
 
   def __init__(self, workdir, async_save: bool = True, read_only: bool = False,
-               write_priority: str = "normal", compression: str = "zstd"):
+               write_priority: str = "normal", compression: str = "zstd",
+               writer: str = "orbax"):
     """`write_priority` 'idle': Orbax's save() runs on an `idle_thread.IdleThread`, so the
     background write uses only CPU the train step leaves idle; 'normal': on the caller.
-    `compression`: how new saves store the state's arrays, 'zstd' or 'none' (raw)."""
+    `writer`: who writes new saves' arrays, 'orbax' (compressed by `compression`, 'zstd'
+    or 'none') or 'direct' (raw, `raw_arrays`; local paths only)."""
     if write_priority not in WRITE_PRIORITIES:
       raise ValueError(f"write_priority: {write_priority!r} is not one of {WRITE_PRIORITIES}")
     if compression not in COMPRESSIONS:
       raise ValueError(f"compression: {compression!r} is not one of {COMPRESSIONS}")
-    self.compression = compression
+    if writer not in WRITERS:
+      raise ValueError(f"writer: {writer!r} is not one of {WRITERS}")
+    self.writer = writer
+    self.compression = "none" if writer == "direct" else compression
+    self._staging = raw_arrays.StagingPool()  # the direct writer's buffers, for all branches
     self.root = checkpoint_dir(workdir)
     self.async_save = async_save
     self.write_priority = write_priority
-    self._writer: idle_thread.IdleThread | None = None
+    self._idle_thread: idle_thread.IdleThread | None = None
     self.read_only = read_only
     self.is_primary = jax.process_index() == 0
     if not read_only:
@@ -154,9 +190,8 @@ class CheckpointTree:
           max_to_keep=None, create=not self.read_only,
           cleanup_tmp_directories=not self.read_only and self.is_primary,
           enable_async_checkpointing=self.async_save)
-      handlers = {"state": ocp.PyTreeCheckpointHandler(
-                      use_compression=self.compression == "zstd"),
-                  "meta": ocp.JsonCheckpointHandler()}
+      state = state_handler.StateHandler(self.writer, self.compression, self._staging)
+      handlers = {"state": state, "meta": ocp.JsonCheckpointHandler()}
       self._managers[branch] = ocp.CheckpointManager(
           self.root / branch, options=options, item_handlers=handlers)
     return self._managers[branch]
@@ -227,7 +262,8 @@ class CheckpointTree:
       if flags and (ref.branch, ref.step) in self._entries:
         self.update_entry(ref, **flags)
       return
-    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(state=state_handler.StateSave(state),
+                              meta=ocp.args.JsonSave(meta))
     with _save_errors(self, ref):
       self._call_writer(lambda: mgr.save(ref.step, args=args, force=True))
     self._pending.append((ref.branch, ref.step, meta["entry"]))
@@ -239,14 +275,14 @@ class CheckpointTree:
     """fn() where saves start: the idle-priority thread, or the caller's ('normal')."""
     if self.write_priority == "normal":
       return fn()
-    if self._writer is None:
-      self._writer = idle_thread.IdleThread("wsdjax-checkpoint")
-    return self._writer.call(fn)
+    if self._idle_thread is None:
+      self._idle_thread = idle_thread.IdleThread("wsdjax-checkpoint")
+    return self._idle_thread.call(fn)
 
   @property
   def writes_at_idle_priority(self) -> bool:
     """Whether saves so far started on a thread the OS put at idle priority."""
-    return self._writer is not None and self._writer.lowered
+    return self._idle_thread is not None and self._idle_thread.lowered
 
   def poll(self) -> list[dict]:
     """Entries of saves that finished since the last call (now in the manifest)."""
@@ -350,9 +386,8 @@ class CheckpointTree:
       raise BrokenCheckpoint(ref, damage)
     mgr = self._manager(ref.branch)
     try:
-      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
       out = mgr.restore(ref.step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(target, restore_args=restore_args),
+          state=state_handler.StateRestore(target),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001
       damage = self.damage(ref)
@@ -406,9 +441,9 @@ class CheckpointTree:
             raise
       self._managers.clear()
     finally:
-      if self._writer is not None:
-        self._writer.close()
-        self._writer = None
+      if self._idle_thread is not None:
+        self._idle_thread.close()
+        self._idle_thread = None
 
 
 class _save_errors:

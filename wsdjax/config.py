@@ -176,6 +176,12 @@ def base_config() -> ml_collections.ConfigDict:
   # the step, for a trained float32 state only ~10% smaller), else 'zstd'. Restores read
   # either.
   c.checkpoint.compression = "auto"
+  # Who writes the state's arrays: 'orbax' (TensorStore, through the page cache, any
+  # storage Orbax reaches), 'direct' (wsdjax's raw arrays written with O_DIRECT from a
+  # reused host buffer: ~0.03 CPU-s per 100 MB instead of ~0.35; local paths only), or
+  # 'auto': 'direct' on the CPU backend for a local workdir unless compression is 'zstd',
+  # else 'orbax'. Restores read either.
+  c.checkpoint.writer = "auto"
 
   # ---- device mesh (wsdjax/sharding.py) ----
   c.mesh = ml_collections.ConfigDict()
@@ -278,6 +284,11 @@ def validate(cfg, device_count: int | None = None) -> None:
   _choice(flat, "model.swiglu_impl", ("auto", "xla", "vjp", "pallas"))
   _choice(flat, "checkpoint.write_priority", ("idle", "normal"))
   _choice(flat, "checkpoint.compression", ("auto", "zstd", "none"))
+  _choice(flat, "checkpoint.writer", ("auto", "orbax", "direct"))
+  _require(not (cfg.checkpoint.writer == "direct" and cfg.checkpoint.compression == "zstd"),
+           "checkpoint.writer", "'direct' writes raw arrays but checkpoint.compression is "
+           "'zstd'", "set checkpoint.compression to 'auto' or 'none', or checkpoint.writer "
+           "to 'orbax'")
 
   d = cfg.data
   _choice(flat, "data.source", SOURCES)
@@ -436,7 +447,7 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
 # Fields a resumed run may change without rewriting history.
 MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
                   "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
-                  "checkpoint.write_priority", "checkpoint.compression",
+                  "checkpoint.write_priority", "checkpoint.compression", "checkpoint.writer",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
                   "model.remat", "model.dense_impl", "model.attention_impl",
                   "model.layer_loop", "model.loss_impl", "model.swiglu_impl")

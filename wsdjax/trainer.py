@@ -253,11 +253,14 @@ class Trainer:
     self.plan = plan_lib.make_plan(cfg.schedule)
     self.data = data_lib.build_pipeline(cfg, workdir=str(self.workdir))
     self.writer = metrics_lib.MetricWriter(self.workdir, stream=stream)
+    backend = jax.default_backend()
     self.tree = ckpt.CheckpointTree(
         self.workdir, async_save=cfg.checkpoint.async_save,
         write_priority=cfg.checkpoint.write_priority,
-        compression=ckpt.resolve_compression(cfg.checkpoint.compression, jax.default_backend(),
-                                             cfg.checkpoint.write_priority))
+        compression=ckpt.resolve_compression(cfg.checkpoint.compression, backend,
+                                             cfg.checkpoint.write_priority),
+        writer=ckpt.resolve_writer(cfg.checkpoint.writer, backend,
+                                   cfg.checkpoint.compression, self.workdir))
     self.steps = StepCache(cfg, self.mesh, self.model)
     self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
     self.flops_per_token = model_lib.flops_per_token(cfg.model)
