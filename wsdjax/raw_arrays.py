@@ -191,7 +191,8 @@ def _write_direct(path: str, buffer, nbytes: int) -> None:
 
 
 class _Stored:
-  """The shards of one directory, read lazily (each shard file region once)."""
+  """The shards of one directory, read lazily: each shard once per leaf being restored
+  (`forget` drops them when the leaf is done, so a restore holds one leaf's shards)."""
 
   def __init__(self, directory):
     self.directory = os.fspath(directory)
@@ -223,6 +224,9 @@ class _Stored:
                          f"byte {shard['offset']})")
       self._loaded[slot] = np.frombuffer(raw, dtype, count=count).reshape(shape)
     return self._loaded[slot]
+
+  def forget(self) -> None:
+    self._loaded.clear()
 
   def region(self, key: str, bounds: list[tuple[int, int]]) -> np.ndarray:
     """The stored values of leaf `key` in [start, stop) per dimension."""
@@ -265,11 +269,11 @@ def read(directory, target):
     sharding = getattr(want, "sharding", None)
     if sharding is None:
       out.append(stored.region(key, [(0, n) for n in shape]).astype(dtype, copy=False))
-      continue
+    else:
+      def piece(index, key=key, shape=shape, dtype=dtype):
+        bounds = [s.indices(n)[:2] for s, n in zip(index, shape)]
+        return stored.region(key, bounds).astype(dtype, copy=False)
 
-    def piece(index, key=key, shape=shape, dtype=dtype):
-      bounds = [s.indices(n)[:2] for s, n in zip(index, shape)]
-      return stored.region(key, bounds).astype(dtype, copy=False)
-
-    out.append(jax.make_array_from_callback(shape, sharding, piece))
+      out.append(jax.make_array_from_callback(shape, sharding, piece))
+    stored.forget()
   return jax.tree_util.tree_unflatten(treedef, out)
