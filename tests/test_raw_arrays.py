@@ -180,6 +180,70 @@ def test_a_filesystem_without_o_direct_gets_a_buffered_write(tmp_path, monkeypat
     assert len(opened) == 2 and opened[0] & os.O_DIRECT and not opened[1] & os.O_DIRECT
 
 
+def test_a_disk_that_refuses_an_o_direct_write_gets_the_file_rewritten_buffered(
+    tmp_path, monkeypatch):
+  real_write, calls = os.write, []
+
+  def refuse_first(fd, data):
+    calls.append(len(data))
+    if len(calls) == 1:
+      raise OSError(errno.EINVAL, "Invalid argument")  # e.g. 8 KiB logical blocks
+    return real_write(fd, data)
+
+  monkeypatch.setattr(os, "write", refuse_first)
+  tree = {"a": jnp.arange(5000, dtype=jnp.float32)}
+  _save(tree, tmp_path)
+  monkeypatch.undo()
+  _equal(raw_arrays.read(tmp_path, {"a": np.zeros(5000, np.float32)})["a"], tree["a"])
+  assert calls[0] == calls[1] == 20480  # the whole (aligned) shard again, from the start
+
+
+def test_a_failed_write_leaves_the_pool_usable(tmp_path, monkeypatch):
+  pool = raw_arrays.StagingPool(keep=1)
+  tree = {"a": jnp.ones((100, 100))}
+  first, second = raw_arrays.snapshot(tree, pool), raw_arrays.snapshot(tree, pool)
+
+  def full_disk(fd, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "write", full_disk)
+  failures = []
+  for snap in (first, second):  # two saves in flight (main and a decay branch)
+    try:
+      snap.write(tmp_path)
+    except OSError as e:
+      failures.append(e)  # kept alive, as Orbax keeps a failed commit's exception
+    finally:
+      snap.release()
+  monkeypatch.undo()
+  assert [e.errno for e in failures] == [errno.ENOSPC] * 2
+  assert len(pool._free) == 1
+  _save(tree, tmp_path / "again", pool)  # and the next save works
+
+
+def test_host_leaves_of_either_byte_order_round_trip(tmp_path):
+  tree = {"big": np.arange(3, dtype=">i4"), "little": np.arange(3, dtype="<f8")}
+  _save(tree, tmp_path)
+  back = raw_arrays.read(tmp_path, tree)
+  np.testing.assert_array_equal(back["big"], [0, 1, 2])
+  np.testing.assert_array_equal(back["little"], [0.0, 1.0, 2.0])
+
+
+def test_a_typed_prng_key_is_refused_naming_the_leaf():
+  with pytest.raises(TypeError, match=r"\['rng'\] is a typed PRNG key.*key_data"):
+    raw_arrays.snapshot({"rng": jax.random.key(0)}, raw_arrays.StagingPool())
+
+
+def test_process_local_copies_of_one_array_are_stored_once(tmp_path):
+  """Each process may save its own single-device copy of a value (replica 0 each): a
+  reader keeps one copy of every stored slice."""
+  _save({"x": jnp.arange(4.0)}, tmp_path)
+  shards = json.loads((tmp_path / "raw-0.json").read_text())
+  (tmp_path / "raw-1.json").write_text(json.dumps(shards))  # as written by a 2nd process
+  (tmp_path / "raw-1.bin").write_bytes((tmp_path / "raw-0.bin").read_bytes())
+  _equal(raw_arrays.read(tmp_path, {"x": np.zeros(4, np.float32)})["x"], np.arange(4.0))
+
+
 def test_damaged_or_mismatched_files_are_clear_errors(tmp_path):
   tree = _tree()
   _save(tree, tmp_path)
@@ -188,6 +252,8 @@ def test_damaged_or_mismatched_files_are_clear_errors(tmp_path):
     raw_arrays.read(tmp_path, {**host, "extra": np.zeros(2)})
   with pytest.raises(ValueError, match=r"\['step'\] has shape \(\) in the checkpoint"):
     raw_arrays.read(tmp_path, {**host, "step": np.zeros(3, np.int32)})
+  with pytest.raises(ValueError, match=r"target has no leaf \['mask'\] of the checkpoint"):
+    raw_arrays.read(tmp_path, {k: v for k, v in host.items() if k != "mask"})
   shards = json.loads((tmp_path / "raw-0.json").read_text())
   first = [s for s in shards["shards"] if s["key"] == "['sharded']"][0]
   shards["shards"].remove(first)  # as if one process's shard list were missing

@@ -73,9 +73,13 @@ class StagingPool:
     with self._lock:
       self._free.append(buf)
       self._free.sort(key=len, reverse=True)
-      for extra in self._free[self._keep:]:
-        extra.close()
+      extras = self._free[self._keep:]
       del self._free[self._keep:]
+    for extra in extras:
+      try:
+        extra.close()
+      except BufferError:  # still viewed (e.g. by a failed write's traceback): left to gc
+        pass
 
 
 def _leaf_key(path) -> str:
@@ -86,9 +90,6 @@ def _local_pieces(x) -> list[tuple[list[list[int]], Any]]:
   """([start, stop) per dimension, host-readable data) of the shards of `x` this process
   writes: replica 0 of each addressable shard of a jax.Array; a host value by process 0."""
   if isinstance(x, jax.Array):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      raise TypeError("raw arrays: typed PRNG keys are not supported; store "
-                      "jax.random.key_data(key) instead")
     pieces = []
     for shard in x.addressable_shards:
       if shard.replica_id != 0:
@@ -134,17 +135,22 @@ def snapshot(tree, pool: StagingPool) -> Snapshot:
   leaves, plan, offset = [], [], 0
   for path, x in flat:
     key = _leaf_key(path)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      raise TypeError(f"raw arrays: {key} is a typed PRNG key, which this format does not "
+                      "store; save jax.random.key_data(key) instead")
     dtype = jnp.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+    if not dtype.isnative:  # bytes are written in this host's order
+      dtype = dtype.newbyteorder("=")
     leaves.append({"key": key, "shape": list(np.shape(x)), "dtype": dtype.name})
     for bounds, data in _local_pieces(x):
       nbytes = int(np.prod([b - a for a, b in bounds], dtype=np.int64)) * dtype.itemsize
-      plan.append((key, bounds, data, offset, nbytes))
+      plan.append((key, bounds, data, dtype, offset, nbytes))
       offset += _aligned(nbytes)
   buffer = pool.take(offset)  # on an error below it is dropped, not given back
   shards = []
-  for key, bounds, data, at, nbytes in plan:
+  for key, bounds, data, dtype, at, nbytes in plan:
     if nbytes:
-      host = np.ascontiguousarray(np.asarray(data))
+      host = np.ascontiguousarray(np.asarray(data), dtype=dtype)
       np.frombuffer(buffer, np.uint8, count=nbytes, offset=at)[:] = (
           host.reshape(-1).view(np.uint8))
     shards.append({"key": key, "index": bounds, "offset": at, "nbytes": nbytes})
@@ -174,20 +180,23 @@ def _write_direct(path: str, buffer, nbytes: int) -> None:
     fd = os.open(path, flags, 0o644)
     direct = 0
   try:
-    view = memoryview(buffer)[:nbytes]
-    done = 0
-    while done < nbytes:
-      try:
-        done += os.write(fd, view[done:done + _CHUNK])
-      except OSError as e:
-        if not (direct and e.errno == errno.EINVAL):
-          raise
-        os.close(fd)  # the disk wants a larger alignment: write it through the page cache
-        fd = os.open(path, flags, 0o644)
-        direct, done = 0, 0
+    with memoryview(buffer) as view:
+      done = 0
+      while done < nbytes:
+        try:
+          with view[done:min(nbytes, done + _CHUNK)] as chunk:
+            done += os.write(fd, chunk)
+        except OSError as e:
+          if not (direct and e.errno == errno.EINVAL):
+            raise
+          closing, fd = fd, None  # the disk wants a larger alignment: the page cache then
+          os.close(closing)
+          fd = os.open(path, flags, 0o644)
+          direct, done = 0, 0
     os.fsync(fd)
   finally:
-    os.close(fd)
+    if fd is not None:
+      os.close(fd)
 
 
 class _Stored:
@@ -208,7 +217,9 @@ class _Stored:
         with open(os.path.join(self.directory, name)) as f:
           data = name[:-len(".json")] + ".bin"
           for shard in json.load(f)["shards"]:
-            self.shards.setdefault(shard["key"], []).append((data, shard))
+            same = self.shards.setdefault(shard["key"], [])
+            if all(other["index"] != shard["index"] for _, other in same):  # one copy each
+              same.append((data, shard))
     self._loaded: dict[tuple[str, int], np.ndarray] = {}
 
   def _shard(self, data: str, shard: dict, dtype) -> np.ndarray:
@@ -254,6 +265,10 @@ def read(directory, target):
   numpy array; values are cast to the target leaf's dtype."""
   stored = _Stored(directory)
   flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+  extra = sorted(set(stored.leaves) - {_leaf_key(path) for path, _ in flat})
+  if extra:
+    raise ValueError(f"raw arrays: the target has no leaf {extra[0]} of the checkpoint "
+                     f"({len(extra)} such); restore into the structure that was saved")
   out = []
   for path, want in flat:
     key = _leaf_key(path)

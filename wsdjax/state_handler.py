@@ -8,6 +8,7 @@ both (and saves from before the option existed).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 from typing import Any
 
@@ -48,7 +49,13 @@ class StateHandler(ocp.AsyncCheckpointHandler):
     async def run():
       for f in await self.async_save(directory, args) or []:
         f.result()
-    asyncio.run(run())
+    try:
+      asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread: the usual case
+      asyncio.run(run())
+      return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # not inside a running loop
+      pool.submit(asyncio.run, run()).result()
 
   def restore(self, directory, args: "StateRestore"):
     if raw_arrays.is_raw(directory):
