@@ -74,14 +74,14 @@ def resolve_writer(setting: str, backend: str, compression: str, workdir) -> str
   writes to cloud storage.
   """
   if setting == "auto":
-    local = "://" not in str(workdir)
+    local = is_local(workdir)
     return "direct" if backend == "cpu" and local and compression != "zstd" else "orbax"
   if setting not in WRITERS:
     raise ValueError(f"writer: {setting!r} is not one of {('auto',) + WRITERS}")
   if setting == "direct" and compression == "zstd":
     raise ValueError("writer: 'direct' writes raw arrays; set checkpoint.compression to "
                      "'auto' or 'none', or checkpoint.writer to 'orbax' for zstd")
-  if setting == "direct" and "://" in str(workdir):
+  if setting == "direct" and not is_local(workdir):
     raise CheckpointError(f"checkpoint.writer: 'direct' needs a local workdir, not "
                           f"{workdir}; set --config.checkpoint.writer=auto (or orbax)")
   return setting
@@ -107,9 +107,14 @@ BROKEN = "broken"  # WORKDIR/checkpoints/broken/<branch>-<step>-<n>: unreadable 
 INTEGRITY = "integrity"  # WORKDIR/checkpoints/integrity/<branch>-<step>.json: file sizes
 
 
+def is_local(path) -> bool:
+  """Whether `path` is on a local filesystem (not a URL such as gs://bucket/run)."""
+  return "://" not in str(path)
+
+
 def checkpoint_dir(workdir) -> epath.Path:
   """WORKDIR/checkpoints; a local path made absolute (Orbax refuses relative paths)."""
-  if "://" not in str(workdir):
+  if is_local(workdir):
     workdir = os.path.abspath(os.fspath(workdir))
   return epath.Path(workdir) / "checkpoints"
 

@@ -171,10 +171,10 @@ def base_config() -> ml_collections.ConfigDict:
   # other processes keep every core busy, an idle write waits for them, and training waits
   # for the write (a synchronous save, the next save). Without SCHED_IDLE: normal priority.
   c.checkpoint.write_priority = "normal"
-  # How saves store the state's arrays: 'zstd' (level 1), 'none' (raw), or 'auto': 'none' on
-  # the CPU backend at normal write priority (there zstd's ~0.18 CPU-s per 100 MB come out of
-  # the step, for a trained float32 state only ~10% smaller), else 'zstd'. Restores read
-  # either.
+  # How Orbax's writer (checkpoint.writer) stores the state's arrays: 'zstd' (level 1),
+  # 'none' (raw), or 'auto': 'none' on the CPU backend at normal write priority (there
+  # zstd's ~0.18 CPU-s per 100 MB come out of the step, for a trained float32 state only
+  # ~10% smaller), else 'zstd'. Restores read either.
   c.checkpoint.compression = "auto"
   # Who writes the state's arrays: 'orbax' (TensorStore, through the page cache, any
   # storage Orbax reaches), 'direct' (wsdjax's raw arrays written with O_DIRECT from a

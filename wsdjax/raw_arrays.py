@@ -265,13 +265,13 @@ def read(directory, target):
   numpy array; values are cast to the target leaf's dtype."""
   stored = _Stored(directory)
   flat, treedef = jax.tree_util.tree_flatten_with_path(target)
-  extra = sorted(set(stored.leaves) - {_leaf_key(path) for path, _ in flat})
+  keys = [_leaf_key(path) for path, _ in flat]
+  extra = sorted(set(stored.leaves) - set(keys))
   if extra:
     raise ValueError(f"raw arrays: the target has no leaf {extra[0]} of the checkpoint "
                      f"({len(extra)} such); restore into the structure that was saved")
   out = []
-  for path, want in flat:
-    key = _leaf_key(path)
+  for key, (_, want) in zip(keys, flat):
     leaf = stored.leaves.get(key)
     if leaf is None:
       raise ValueError(f"raw arrays: the checkpoint has no leaf {key} (it has "
