@@ -68,7 +68,7 @@ def test_model_loss_fast_path_equals_plain_path():
                              layer_loop="unrolled")
   plain = dataclasses.replace(base, dense_impl="xla", attention_impl="xla", layer_loop="scan")
   toks = np.random.default_rng(1).integers(0, 48, (4, 17)).astype(np.int32)
-  params = nn.unbox(M.build_model(plain).init(jax.random.key(0), toks[:, :-1]))["params"]
+  params = nn.unbox(jax.jit(M.build_model(plain).init)(jax.random.key(0), toks[:, :-1]))["params"]
   # layer_loop='unrolled' keeps the stacked 'layers' tree of the scan (same checkpoints).
   shapes = lambda cfg: jax.eval_shape(M.build_model(cfg).init, jax.random.key(0), toks[:, :-1])
   assert jax.tree.structure(shapes(fast)) == jax.tree.structure(shapes(plain))
@@ -81,7 +81,7 @@ def test_model_loss_fast_path_equals_plain_path():
 
   (l_fast, g_fast), (l_plain, g_plain) = jax.jit(
       lambda: (loss_and_grads(fast), loss_and_grads(plain)))()
-  logits = M.build_model(plain).apply({"params": params}, toks[:, :-1])
+  logits = jax.jit(M.build_model(plain).apply)({"params": params}, toks[:, :-1])
   np.testing.assert_allclose(l_plain, M.cross_entropy(logits, toks[:, 1:]), rtol=1e-6)
   np.testing.assert_allclose(l_fast, l_plain, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
@@ -98,7 +98,7 @@ def test_loss_impl_chunked_off_the_cpu_path_equals_plain(dtype):
   base = M.ModelConfig(n_layers=1, d_model=32, n_heads=4, d_ff=64, vocab_size=40,
                        seq_len=16, dtype=dtype, dense_impl="xla", attention_impl="xla")
   toks = np.random.default_rng(2).integers(0, 40, (4, 17)).astype(np.int32)
-  params = nn.unbox(M.build_model(base).init(jax.random.key(3), toks[:, :-1]))["params"]
+  params = nn.unbox(jax.jit(M.build_model(base).init)(jax.random.key(3), toks[:, :-1]))["params"]
 
   def loss_and_grads(cfg):
     model = M.build_model(cfg)
@@ -124,11 +124,12 @@ def test_loss_impl_auto_is_chunked_on_gpu(monkeypatch):
   cfg = M.ModelConfig(n_layers=1, d_model=16, n_heads=2, n_kv_heads=2, d_ff=32, vocab_size=24,
                       seq_len=8, dense_impl="xla", attention_impl="xla")
   toks = jnp.zeros((2, 8), jnp.int32)
-  params = M.build_model(cfg).init(jax.random.key(0), toks)
+  params = jax.jit(M.build_model(cfg).init)(jax.random.key(0), toks)
   calls = []
   monkeypatch.setattr(F, "head_loss", lambda *a, **k: calls.append(1) or jnp.float32(0))
   for backend, chunked in (("gpu", True), ("tpu", False)):
     monkeypatch.setattr(M.jax, "default_backend", lambda b=backend: b)
     calls.clear()
-    M.build_model(cfg).apply(params, toks, toks)
+    # A new function each time, so jit traces again (the backend is read when traced).
+    jax.jit(lambda p, t: M.build_model(cfg).apply(p, t, t))(params, toks)
     assert bool(calls) == chunked, backend
