@@ -11,7 +11,14 @@ import tempfile
 # 62 -> 35 s). XLA's HLO passes (fusion, layout, sharding) are the same at every level;
 # only the machine code of the fused loops is unoptimised. Users' runs keep XLA's default.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
+
+
+def xla_flags_for_tests(devices: int) -> str:
+  """XLA_FLAGS of a test process: `devices` fake CPU devices, TEST_XLA_FLAGS."""
+  return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags_for_tests(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent jax compilation cache for the tests and every process they start: many
 # tests compile the same small shapes again, in-process or in a `python -m wsdjax...`
@@ -69,7 +76,7 @@ def subprocess_env(devices: int = 1) -> dict:
   """Environment for a `python -m wsdjax...` subprocess on `devices` fake CPU devices
   (with the tests' compilation cache, from os.environ)."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
+  env["XLA_FLAGS"] = xla_flags_for_tests(devices)
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONUNBUFFERED"] = "1"
   return env

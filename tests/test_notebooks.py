@@ -6,7 +6,7 @@ import os
 import nbformat
 import pytest
 
-from conftest import REPO, TEST_XLA_FLAGS
+from conftest import REPO, xla_flags_for_tests
 
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 SMALL = {
@@ -34,7 +34,7 @@ def with_parameters(nb, source: str):
 def execute(name, tmp_path, monkeypatch):
   from nbclient import NotebookClient
   # The kernel inherits the environment: one CPU device, as a user's notebook has.
-  monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=1 {TEST_XLA_FLAGS}")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags_for_tests(1))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nb = with_parameters(load(name), SMALL[name])
   NotebookClient(nb, timeout=600, kernel_name="python3",
