@@ -5,7 +5,7 @@
   create  --accelerator-type v4-64 [--version IMAGE] [--spot]   make the TPU VM
   setup   [--repo URL [--ref REF]]     copy this checkout (default) or clone URL to every
                                        worker; install wsdjax with the TPU jax extra in a venv
-  run     --config CONFIG --workdir gs://BUCKET/run [--config.a.b=value ...]
+  run     --config CONFIG --workdir gs://BUCKET/run [--workers N] [--config.a.b=value ...]
                                        start `python -m wsdjax.train` on every worker,
                                        detached (nohup), one log per worker
   logs    [--worker N] [--lines L] [--follow]    tail a worker's log
@@ -13,9 +13,12 @@
           with the same arguments resumes
   delete  delete the TPU VM
 
-Every worker runs the same command; jax.distributed finds the pod's other workers itself
-(`wsdjax.distributed.initialize`). A pod's workers share nothing but the network, so the
-workdir must be on GCS (checkpoints, manifest, TensorBoard events and metrics go there).
+Every worker runs the same command, with WSDJAX_TPU_WORKERS set to the slice's worker
+count (`--workers N`, else read from `gcloud ... describe`: its network endpoints, one a
+worker). With several workers each one starts jax.distributed, which finds the others
+itself (`wsdjax.distributed.initialize`); a single-host TPU VM never waits for peers. A
+pod's workers share nothing but the network, so the workdir must be on GCS (checkpoints,
+manifest, TensorBoard events and metrics go there).
 `--dry-run` prints the exact commands instead of running them. NAME and ZONE default to
 $TPU_NAME and $TPU_ZONE; the project to gcloud's default.
 """
@@ -23,6 +26,7 @@ $TPU_NAME and $TPU_ZONE; the project to gcloud's default.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -40,6 +44,8 @@ VERSIONS = (("v6e", "v2-alpha-tpuv6e"), ("v5p", "v2-alpha-tpuv5"),
             ("v2", "tpu-ubuntu2204-base"))
 # The images ship Python 3.10; wsdjax needs >= 3.11, so setup installs 3.11 from Ubuntu.
 REMOTE_PYTHON = "python3.11"
+# The trainer's signal of how many workers the slice has (wsdjax/distributed.py reads it).
+WORKERS_ENV = "WSDJAX_TPU_WORKERS"
 
 
 def fail(message: str) -> None:
@@ -70,6 +76,31 @@ class Gcloud:
 
   def scp(self, local: str, remote: str, worker: str = "all") -> list[str]:
     return self.tpu_vm("scp", local, f"{self.name}:{remote}", f"--worker={worker}")
+
+  def worker_count(self) -> int | None:
+    """The TPU VM's worker count: its network endpoints in `gcloud ... describe` (one a
+    worker). Prints the query; with --dry-run runs nothing and returns None."""
+    cmd = self.tpu_vm("describe", self.name, "--format=json")
+    print(shlex.join(cmd), flush=True)
+    if self.dry_run:
+      return None
+    try:
+      out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+      fail("gcloud: not found on PATH; install the Google Cloud CLI "
+           "(cloud.google.com/sdk/docs/install) and run gcloud auth login")
+    if out.returncode:
+      fail(f"gcloud: describe {self.name} failed with status {out.returncode}; check "
+           f"--name, --zone and --project, or pass --workers N")
+    try:
+      info = json.loads(out.stdout)
+    except ValueError:
+      fail(f"gcloud: describe {self.name} did not print JSON; pass --workers N")
+    workers = len(info.get("networkEndpoints") or [])
+    if workers < 1:
+      fail(f"gcloud: TPU VM {self.name} lists no workers (state {info.get('state', '?')}); "
+           f"wait until it is READY, or pass --workers N")
+    return workers
 
   def run(self, *commands: list[str]) -> int:
     for cmd in commands:
@@ -143,21 +174,35 @@ def setup_commands(g: Gcloud, args, archive: str) -> list[list[str]]:
   return fetch + [g.ssh(install_script(args.extra))]
 
 
-def train_script(config: str, workdir: str, overrides: list[str]) -> str:
-  """Shell run on every worker: the trainer in the background, its pid and log kept."""
+def train_script(config: str, workdir: str, overrides: list[str], workers: int | str) -> str:
+  """Shell run on every worker: the trainer in the background with WORKERS_ENV=`workers`
+  (the same on every worker), its pid and log kept."""
   train = shlex.join([".venv/bin/python", "-m", "wsdjax.train", f"--config={config}",
                       f"--workdir={workdir}", *overrides])
   return (f"mkdir -p {LOG_DIR} && cd {REMOTE_DIR} && "
-          f"(nohup {train} >> {LOG_DIR}/train.log 2>&1 < /dev/null & "
+          f"({WORKERS_ENV}={workers} nohup {train} >> {LOG_DIR}/train.log 2>&1 < /dev/null & "
           f"echo $! > {LOG_DIR}/train.pid) && "
           f"echo \"$(hostname): started pid $(cat {LOG_DIR}/train.pid), log {LOG_DIR}/train.log\"")
 
 
-def run_commands(g: Gcloud, args, overrides: list[str]) -> list[list[str]]:
+def check_workdir(args) -> None:
   if not args.workdir.startswith("gs://") and not args.local_workdir:
     fail(f"--workdir: {args.workdir!r} is not on GCS, but a pod's workers share no disk; "
          f"pass --workdir gs://BUCKET/PATH (or --local-workdir on a single-host TPU VM)")
-  return [g.ssh(train_script(args.config, args.workdir, overrides))]
+
+
+def run_commands(g: Gcloud, args, overrides: list[str], workers: int | None) -> list[list[str]]:
+  """The trainer on every worker (`--worker=all`), told the slice has `workers` workers
+  (None: unknown in a dry run, printed as <workers>)."""
+  if workers is not None and workers > 1 and args.local_workdir:
+    fail(f"--local-workdir: the TPU VM has {workers} workers, which share no disk; pass "
+         f"--workdir gs://BUCKET/PATH")
+  if workers is None:
+    print("# <workers>: the number of networkEndpoints the describe above lists "
+          "(--workers N skips it)", flush=True)
+  script = train_script(args.config, args.workdir, overrides,
+                        "<workers>" if workers is None else workers)
+  return [g.ssh(script)]
 
 
 def logs_commands(g: Gcloud, args) -> list[list[str]]:
@@ -198,6 +243,8 @@ def parser() -> argparse.ArgumentParser:
   r.add_argument("--workdir", required=True, help="gs://BUCKET/PATH shared by the workers")
   r.add_argument("--local-workdir", action="store_true",
                  help="allow a workdir on the worker's disk (single-host TPU VMs only)")
+  r.add_argument("--workers", type=int, default=None,
+                 help="the TPU VM's worker count (default: from gcloud ... describe)")
   lg = sub.add_parser("logs", help="tail a worker's training log")
   lg.add_argument("--worker", type=int, default=0)
   lg.add_argument("--lines", type=int, default=50)
@@ -228,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
   builders = {"create": create_commands, "logs": logs_commands, "stop": stop_commands,
               "delete": delete_commands}
   if args.command == "run":
-    return g.run(*run_commands(g, args, rest))
+    check_workdir(args)
+    if args.workers is not None and args.workers < 1:
+      fail(f"--workers: {args.workers} is not a count >= 1")
+    workers = args.workers or g.worker_count()
+    return g.run(*run_commands(g, args, rest, workers))
   if args.command == "setup":
     return g.run(*setup_commands(g, args, ""))
   return g.run(*builders[args.command](g, args))

@@ -1,6 +1,7 @@
 """launch/tpu_vm.py against a fake `gcloud` on PATH that records its arguments (nothing
-reaches the network), launch/local.py's plumbing, and multi-process detection in
-wsdjax.distributed (without starting the runtime)."""
+reaches the network), launch/local.py's plumbing, and wsdjax.distributed's explicit
+coordinator settings (without starting the runtime). Detection of TPU slices, GKE and
+Cloud TPU VMs: tests/test_distributed_env.py."""
 
 import json
 import os
@@ -20,6 +21,11 @@ with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
   f.write(json.dumps(sys.argv[1:]) + "\\n")
 if sys.argv[1:5] == ["compute", "tpus", "tpu-vm", "scp"]:  # keep what would be copied
   shutil.copy(sys.argv[5], os.environ["FAKE_GCLOUD_LOG"] + ".scp")
+if sys.argv[1:5] == ["compute", "tpus", "tpu-vm", "describe"]:  # a TPU VM of N workers
+  workers = int(os.environ.get("FAKE_TPU_WORKERS", "8"))
+  print(json.dumps({{"acceleratorType": "v4-64", "state": "READY", "networkEndpoints": [
+      {{"ipAddress": f"10.0.0.{{i}}", "port": 8470}} for i in range(workers)]}}))
+  sys.exit(int(os.environ.get("FAKE_GCLOUD_STATUS", "0")))
 """
 
 
@@ -37,8 +43,8 @@ def gcloud(tmp_path):
   for key in ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT"):
     env.pop(key, None)
 
-  def run(*args):
-    return subprocess.run([sys.executable, TPU_VM, *args], cwd=REPO, env=env,
+  def run(*args, launcher=(sys.executable, TPU_VM), **extra_env):
+    return subprocess.run([*launcher, *args], cwd=REPO, env=env | extra_env,
                           capture_output=True, text=True, timeout=60)
 
   def calls():
@@ -60,12 +66,13 @@ def test_create_run_logs_stop_delete(gcloud):
                ["logs", "--worker", "3", "--lines", "20"], ["stop"], ["delete"]):
     out = run(*BASE, *args)
     assert out.returncode == 0, out.stderr
-  create, start, logs, stop, delete = calls()
+  create, describe, start, logs, stop, delete = calls()
   assert create == VM + ["create", "wsd", "--accelerator-type=v4-64",
                          "--version=tpu-ubuntu2204-base", "--spot"] + TAIL
+  assert describe == VM + ["describe", "wsd", "--format=json"] + TAIL
   assert start[:6] == VM + ["ssh", "wsd", "--worker=all"] and start[7:] == TAIL
   remote = start[6].removeprefix("--command=")
-  assert ("cd ~/wsdjax && (nohup .venv/bin/python -m wsdjax.train "
+  assert ("cd ~/wsdjax && (WSDJAX_TPU_WORKERS=8 nohup .venv/bin/python -m wsdjax.train "
           "--config=configs/paper_0.1b.py --workdir=gs://b/run "
           "'--config.schedule.budgets=(100,200)' >> ~/wsdjax_logs/train.log 2>&1 < /dev/null &"
           in remote)
@@ -111,6 +118,84 @@ def test_setup_clone_and_dry_run_prints_without_running(gcloud):
   assert calls() == []
 
 
+RUN = ["run", "--config", "configs/paper_0.1b.py", "--workdir", "gs://b/run"]
+
+
+def worker_env(ssh_call: list[str]) -> dict:
+  """The environment assignments before `nohup` in a `run` ssh command (what every worker
+  gets), as a dict."""
+  remote = ssh_call[6].removeprefix("--command=")
+  words = remote[remote.index("(") + 1:remote.index(" nohup ")].split()
+  return dict(w.split("=", 1) for w in words)
+
+
+@pytest.mark.parametrize("workers, multiprocess", [(1, False), (2, True), (16, True)])
+def test_run_tells_every_worker_the_slice_size(gcloud, workers, multiprocess):
+  """`run` reads the worker count from `gcloud ... describe` and sets WSDJAX_TPU_WORKERS in
+  the one command every worker runs (--worker=all); wsdjax.distributed then starts
+  jax.distributed exactly on a multi-host slice, without TPU_WORKER_HOSTNAMES or metadata."""
+  run, calls, _ = gcloud
+  out = run(*BASE, *RUN, FAKE_TPU_WORKERS=str(workers))
+  assert out.returncode == 0, out.stderr
+  describe, start = calls()
+  assert describe[3] == "describe" and start[3:6] == ["ssh", "wsd", "--worker=all"]
+  env = worker_env(start)
+  assert env == {"WSDJAX_TPU_WORKERS": str(workers)}
+
+  def no_metadata(key):
+    raise AssertionError(f"metadata queried for {key}")
+
+  assert distributed.is_multiprocess_environment(
+      env, metadata=no_metadata, on_tpu_vm=True) is multiprocess
+
+
+def test_run_dry_run_through_tpu_vm_sh(gcloud):
+  """launch/tpu_vm.sh --dry-run run prints the exact command every worker gets."""
+  run, calls, _ = gcloud
+  sh = ("bash", os.path.join(REPO, "launch", "tpu_vm.sh"))
+  out = run(*BASE, "--dry-run", *RUN, "--workers", "4", "--config.seed=3", launcher=sh,
+            PYTHON=sys.executable)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == [
+      "gcloud compute tpus tpu-vm ssh wsd --worker=all '--command=mkdir -p ~/wsdjax_logs && "
+      "cd ~/wsdjax && (WSDJAX_TPU_WORKERS=4 nohup .venv/bin/python -m wsdjax.train "
+      "--config=configs/paper_0.1b.py --workdir=gs://b/run --config.seed=3 >> "
+      "~/wsdjax_logs/train.log 2>&1 < /dev/null & echo $! > ~/wsdjax_logs/train.pid) && "
+      "echo \"$(hostname): started pid $(cat ~/wsdjax_logs/train.pid), log "
+      "~/wsdjax_logs/train.log\"' --zone=us-central2-b --project=proj"]
+  # Without --workers the count comes from the describe the dry run prints, not runs.
+  out = run(*BASE, "--dry-run", *RUN, launcher=sh, PYTHON=sys.executable)
+  assert out.returncode == 0, out.stderr
+  describe, note, ssh = out.stdout.splitlines()
+  assert describe == ("gcloud compute tpus tpu-vm describe wsd --format=json "
+                      "--zone=us-central2-b --project=proj")
+  assert note.startswith("# <workers>: ") and "(WSDJAX_TPU_WORKERS=<workers> nohup " in ssh
+  assert calls() == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (RUN[:-1] + ["/tmp/w", "--local-workdir"], "wsdjax: --local-workdir: the TPU VM has 8 "
+     "workers"),
+    (RUN + ["--workers", "0"], "wsdjax: --workers: 0 is not a count >= 1"),
+])
+def test_run_refuses(gcloud, args, message):
+  run, _, _ = gcloud
+  out = run(*BASE, *args)
+  assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"FAKE_GCLOUD_STATUS": "1"}, "wsdjax: gcloud: describe wsd failed with status 1"),
+    ({"FAKE_TPU_WORKERS": "0"}, "wsdjax: gcloud: TPU VM wsd lists no workers (state READY)"),
+])
+def test_run_without_a_worker_count_starts_nothing(gcloud, extra, message):
+  run, calls, _ = gcloud
+  out = run(*BASE, *RUN, **extra)
+  assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
+  assert [c[3] for c in calls()] == ["describe"]  # no ssh
+
+
 @pytest.mark.parametrize("args, message", [
     (["--name", "n", "--zone", "z", "run", "--config", "c.py", "--workdir", "/tmp/w"],
      "wsdjax: --workdir: '/tmp/w' is not on GCS"),
@@ -153,15 +238,8 @@ def test_local_launcher_environment_and_arguments():
   assert out.returncode == 2 and out.stderr.startswith("wsdjax: N: must be >= 1")
 
 
-def test_multiprocess_detection_from_environment():
-  assert not distributed.is_multiprocess_environment({})
-  assert not distributed.is_multiprocess_environment({"TPU_WORKER_HOSTNAMES": "w0"})
-  assert distributed.is_multiprocess_environment({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"})
-  assert distributed.is_multiprocess_environment({"JAX_COORDINATOR_ADDRESS": "h:1"})
-  assert distributed.is_multiprocess_environment({"SLURM_NTASKS": "8"})
-  assert distributed.is_multiprocess_environment({"OMPI_COMM_WORLD_SIZE": "2"})
-  # A one-process "job" and a single host never start the runtime.
-  assert distributed.initialize(env={}) is False
+def test_explicit_coordinator_settings():
+  # A one-process "job" never starts the runtime.
   assert distributed.initialize(env={"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
                                      "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}) is False
   with pytest.raises(ValueError, match="--num_processes"):

@@ -72,14 +72,118 @@ def reached_preemption(step: int) -> bool:
   return bool(ocp_multihost.reached_preemption(_preemption_calls))
 
 
-def is_multiprocess_environment(env=None) -> bool:
-  """Whether the environment says this process is one of several: JAX_COORDINATOR_ADDRESS
-  (launch/local.sh), a TPU pod slice (several TPU worker hosts), SLURM, Open MPI."""
+TPU_WORKERS_ENV = "WSDJAX_TPU_WORKERS"  # set by launch/tpu_vm.py run on every worker
+METADATA_URL = "http://{host}/computeMetadata/v1/instance/attributes/{key}"
+METADATA_TIMEOUT_S = 2.0  # a query; up to METADATA_TRIES of them, 0.5 s apart
+METADATA_TRIES = 3
+
+
+def read_metadata(key: str) -> str | None:
+  """The Cloud TPU VM's metadata attribute `key` (e.g. worker-network-endpoints), None when
+  the VM has no such attribute. Raises OSError when the metadata server does not answer.
+
+  The server is GCE_METADATA_IP (as jax reads it) or metadata.google.internal, asked
+  without proxies, METADATA_TIMEOUT_S a try. Called only on a Cloud TPU VM (see
+  `tpu_worker_count`), never on laptops or CI machines.
+  """
+  import time
+  import urllib.error
+  import urllib.request
+  host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+  request = urllib.request.Request(METADATA_URL.format(host=host, key=key),
+                                   headers={"Metadata-Flavor": "Google"})
+  opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+  for attempt in range(METADATA_TRIES):
+    try:
+      with opener.open(request, timeout=METADATA_TIMEOUT_S) as response:
+        return response.read().decode()
+    except urllib.error.HTTPError as e:
+      if e.code == 404:
+        return None
+      error = e
+    except OSError as e:  # refused, unreachable, timed out
+      error = e
+    if attempt + 1 < METADATA_TRIES:
+      time.sleep(0.5)
+  raise error
+
+
+def on_cloud_tpu_vm() -> bool:
+  """Whether jax found this machine to be a Cloud TPU VM (libtpu and TPU chips on PCI),
+  as jax's own TPU cluster detection asks."""
+  from jax._src import cloud_tpu_init  # private: jax has no public spelling of this
+  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def _positive_int(env, key: str) -> int | None:
+  """env[key] as an int >= 1; None when unset or empty; ValueError (one line) otherwise."""
+  value = env.get(key, "")
+  if not value.strip():
+    return None
+  try:
+    count = int(value)
+  except ValueError:
+    count = 0
+  if count < 1:
+    raise ValueError(f"distributed: {key}={value!r} is not a count >= 1")
+  return count
+
+
+def _may_query_metadata(env, on_tpu_vm: bool | None) -> bool:
+  """A metadata query is allowed only on a Cloud TPU VM whose jax may use the TPU:
+  not with TPU_SKIP_MDS_QUERY (jax sets it where it found no TPU chips, GKE on its pods),
+  nor when JAX_PLATFORMS excludes tpu (e.g. CPU tests run on a TPU VM)."""
+  if "TPU_SKIP_MDS_QUERY" in env:
+    return False
+  platforms = [p.strip() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+  if platforms and "tpu" not in platforms:
+    return False
+  return on_cloud_tpu_vm() if on_tpu_vm is None else on_tpu_vm
+
+
+def tpu_worker_count(env=None, metadata=None, on_tpu_vm: bool | None = None) -> int:
+  """How many TPU worker hosts (one process each) this slice has; 1 when not on a TPU.
+
+  First found wins: WSDJAX_TPU_WORKERS (launch/tpu_vm.py run sets it on every worker, from
+  `gcloud ... describe` or --workers), TPU_PROCESS_ADDRESSES or TPU_WORKER_HOSTNAMES (GKE
+  sets them; the entries are the hosts), then, on a Cloud TPU VM only (see
+  `_may_query_metadata`), the entries of the VM's `worker-network-endpoints` metadata:
+  what jax's own detection reads there. `metadata(key) -> str | None` replaces
+  `read_metadata` (tests); `on_tpu_vm` replaces `on_cloud_tpu_vm()`. A metadata server that
+  does not answer is a ValueError naming WSDJAX_TPU_WORKERS, never a silent single host.
+  """
   env = os.environ if env is None else env
-  tpu_hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-  return bool(env.get("JAX_COORDINATOR_ADDRESS")) or len(tpu_hosts) > 1 \
-      or int(env.get("SLURM_NTASKS", "1") or 1) > 1 \
-      or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+  count = _positive_int(env, TPU_WORKERS_ENV)
+  if count is not None:
+    return count
+  for key in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES"):  # jax's order
+    if env.get(key) is not None:
+      return max(1, len([h for h in env[key].split(",") if h.strip()]))
+  if not _may_query_metadata(env, on_tpu_vm):
+    return 1
+  metadata = read_metadata if metadata is None else metadata
+  try:
+    endpoints = metadata("worker-network-endpoints")
+  except OSError as e:
+    raise ValueError(f"distributed: this Cloud TPU VM's metadata server did not answer "
+                     f"({e}); set {TPU_WORKERS_ENV} to the slice's worker count") from None
+  return max(1, len([w for w in (endpoints or "").split(",") if w.strip()]))
+
+
+def is_multiprocess_environment(env=None, metadata=None, on_tpu_vm: bool | None = None) -> bool:
+  """Whether the environment says this process is one of several, first found wins:
+  JAX_COORDINATOR_ADDRESS (launch/local.sh); SLURM_NTASKS > 1; OMPI_COMM_WORLD_SIZE > 1;
+  MEGASCALE_NUM_SLICES > 1 (a TPU multislice); a TPU slice of several worker hosts
+  (`tpu_worker_count`: the launcher's WSDJAX_TPU_WORKERS, GKE's TPU_WORKER_HOSTNAMES, or a
+  Cloud TPU VM's metadata). A single-host TPU VM and a machine without a TPU are not.
+  `metadata` and `on_tpu_vm` go to `tpu_worker_count` (tests inject them)."""
+  env = os.environ if env is None else env
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES"):
+    if int(env.get(key, "1") or 1) > 1:
+      return True
+  return tpu_worker_count(env, metadata, on_tpu_vm) > 1
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -88,12 +192,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
   Sources, first found wins: the arguments (train.py's --coordinator_address,
   --num_processes, --process_id), then JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES
-  and JAX_PROCESS_ID (launch/local.sh sets them), then jax's cluster auto-detection on a
-  TPU pod (several TPU workers), SLURM or Open MPI. Timeouts (seconds) from the
-  environment: JAX_INIT_TIMEOUT (all processes must connect in it; default 300) and
-  JAX_HEARTBEAT_TIMEOUT (a process silent this long is declared dead and the job ends;
-  default jax's, 100) and JAX_SHUTDOWN_TIMEOUT (how long a finishing process waits for
-  the others at exit; default jax's, 300). Returns whether the runtime was started.
+  and JAX_PROCESS_ID (launch/local.sh sets them), then jax's cluster auto-detection where
+  `is_multiprocess_environment` says this is one of several processes: a TPU slice of
+  several hosts (GKE, or a Cloud TPU VM: launch/tpu_vm.py's WSDJAX_TPU_WORKERS or the VM's
+  metadata), a TPU multislice, SLURM or Open MPI. A single-host TPU VM never starts it
+  (nothing to wait for). Timeouts (seconds) from the environment: JAX_INIT_TIMEOUT (all
+  processes must connect in it; default 300) and JAX_HEARTBEAT_TIMEOUT (a process silent
+  this long is declared dead and the job ends; default jax's, 100) and
+  JAX_SHUTDOWN_TIMEOUT (how long a finishing process waits for the others at exit;
+  default jax's, 300). Returns whether the runtime was started.
   """
   env = os.environ if env is None else env
   if jax.distributed.is_initialized():
@@ -117,7 +224,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                process_id=int(index), **timeouts)
     return True
   if is_multiprocess_environment(env):
-    jax.distributed.initialize(**timeouts)  # cluster auto-detection (TPU pod, SLURM, MPI)
+    jax.distributed.initialize(**timeouts)  # jax detects the cluster: TPU, SLURM, MPI
     return True
   return False
 
