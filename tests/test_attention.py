@@ -1,14 +1,20 @@
-"""Tests of wsdjax.attention: the query-blocked causal attention equals
-jax.nn.dot_product_attention (values and gradients, grouped-query heads included). The
-whole model with it: tests/test_fused_loss.py::test_model_loss_fast_path_equals_plain_path."""
+"""Tests of wsdjax.attention: the query-blocked causal attention and the Pallas splash kernel
+(in interpret mode on CPU, unsharded and per device under an 8-device mesh) equal
+jax.nn.dot_product_attention (values and gradients, grouped-query heads included); which
+implementation 'auto' picks per platform. The whole model with blocked attention:
+tests/test_fused_loss.py::test_model_loss_fast_path_equals_plain_path; the splash kernel
+compiled for TPU ahead of time: tests/test_tpu_attention.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from wsdjax import attention as A
+from wsdjax import config as config_lib
 from wsdjax import model as M
+from wsdjax import sharding
 
 
 def _rand(seed, *shape):
@@ -62,7 +68,7 @@ def test_auto_picks_cudnn_on_gpu_for_half_precision(monkeypatch):
   assert A.resolve("auto", jnp.zeros((2, 16, 4, 256), jnp.bfloat16)) is None  # Dh > 128
   assert A.resolve("auto") is None and A.resolve("xla", half) == "xla"
   monkeypatch.setattr(A.jax, "default_backend", lambda: "tpu")
-  assert A.resolve("auto", half) is None
+  assert A.resolve("auto", half) is None  # T 16: not a multiple of the splash block
 
 
 def test_auto_falls_back_to_xla_when_cudnn_refuses(monkeypatch):
@@ -86,3 +92,143 @@ def test_auto_falls_back_to_xla_when_cudnn_refuses(monkeypatch):
   np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
   with pytest.raises(RuntimeError, match="cuDNN"):
     A.causal_attention(q, k, v, "cudnn")
+
+
+# ---- splash attention (Pallas TPU kernel, interpret mode here) --------------------------
+
+
+def _plain(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+def _value_and_cotangents(f, q, k, v, g):
+  out, vjp = jax.vjp(f, q, k, v)
+  return (out, *vjp(g))
+
+
+def _inputs(b, t, heads, kv_heads, dh, dtype=jnp.float32):
+  shapes = [(b, t, heads, dh), (b, t, kv_heads, dh), (b, t, kv_heads, dh), (b, t, heads, dh)]
+  return [jnp.asarray(_rand(i, *s), dtype) for i, s in enumerate(shapes)]  # q, k, v, g
+
+
+def _assert_like_plain(got, args):
+  """`got` (output, dq, dk, dv) equals the plain path's at float32 rounding, or for
+  bfloat16 inputs: is as close to the float32 result as the plain path in bfloat16 is."""
+  f32 = lambda x: np.asarray(x, np.float32)
+  ref = jax.jit(lambda *a: _value_and_cotangents(_plain, *a))(*(a.astype(jnp.float32)
+                                                                for a in args))
+  if args[0].dtype == jnp.float32:
+    for a, w in zip(got, ref):
+      np.testing.assert_allclose(a, w, rtol=1e-5, atol=2e-5)
+    return
+  plain = jax.jit(lambda *a: _value_and_cotangents(_plain, *a))(*args)
+  for a, p, w in zip(got, plain, ref):
+    assert a.dtype == args[0].dtype
+    err, plain_err = np.abs(f32(a) - f32(w)), np.abs(f32(p) - f32(w))
+    assert err.max() <= 1.5 * plain_err.max() + 1e-3, (err.max(), plain_err.max())
+    assert err.mean() <= 1.5 * plain_err.mean() + 1e-5, (err.mean(), plain_err.mean())
+
+
+@pytest.mark.parametrize("kv_heads, dh, dtype, block", [
+    (4, 64, "float32", 128), (2, 64, "float32", 128), (1, 128, "float32", None),
+    (2, 64, "bfloat16", 128)])
+def test_splash_equals_plain_path(kv_heads, dh, dtype, block):
+  """The Pallas splash kernel (interpret mode: this is CPU) against jax's attention, values
+  and gradients. T 256 in blocks of 128: per head two diagonal blocks (masked inside), one
+  full block and one skipped; block None: the default, one 256-block."""
+  args = _inputs(2, 256, 4, kv_heads, dh, jnp.dtype(dtype))
+  splash = lambda q, k, v: A.splash_attention(q, k, v, block=block)
+  got = jax.jit(lambda *a: _value_and_cotangents(splash, *a))(*args)
+  _assert_like_plain(got, args)
+  # Causal: position 0 attends only to itself, so its output is v[0] of its kv head.
+  np.testing.assert_allclose(np.asarray(got[0][:, 0], np.float32),
+                             np.repeat(np.asarray(args[2][:, 0], np.float32), 4 // kv_heads,
+                                       axis=1), rtol=1e-6, atol=1e-6)
+
+
+def _mesh(shape=(2, 2, 2)):
+  auto = (jax.sharding.AxisType.Auto,) * 3
+  return jax.make_mesh(shape, sharding.MESH_AXES, axis_types=auto,
+                       devices=jax.devices()[:int(np.prod(shape))])
+
+
+RULES = sharding.rules_from_config(config_lib.base_config().mesh)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_splash_per_device_under_a_mesh_equals_plain_path(kv_heads):
+  """Under an 8-device mesh (data 2, fsdp 2, tensor 2) and the default logical rules the
+  kernel runs per device (shard_map): batch over data x fsdp, heads over tensor where it
+  divides H and K (kv_heads 2), else replicated over tensor (kv_heads 1); values and
+  gradients equal the unsharded plain path."""
+  args = _inputs(4, 256, 4, kv_heads, 64)
+  mesh = _mesh()
+  with sharding.with_rules(mesh, RULES):
+    f = jax.jit(lambda *a: _value_and_cotangents(
+        lambda q, k, v: A.causal_attention(q, k, v, "splash"), *a))
+    assert "shard_map" in str(jax.make_jaxpr(f)(*args))
+    got = f(*args)
+  _assert_like_plain(got, args)
+  heads = "tensor" if kv_heads == 2 else None
+  want = jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), None, heads))
+  assert all(x.sharding.is_equivalent_to(want, 4) for x in got[:2])
+
+
+def test_splash_shard_map_specs_follow_the_logical_rules():
+  """What `_local_specs` derives: batch over the 'act_batch' axes that divide B (in order),
+  heads over the 'act_heads' axes when they equal the 'act_kv_heads' ones and divide H and
+  K; the sequence never sharded; no rules in force: everything replicated."""
+  mesh = _mesh()
+  axes = frozenset(sharding.MESH_AXES)
+
+  def specs(b, h, kv):
+    q_spec, kv_spec = A._local_specs(mesh, (b, 256, h, 64), (b, 256, kv, 64), axes)
+    assert q_spec == kv_spec  # each shard holds whole query-head groups with their kv head
+    return q_spec
+
+  seq_rules = tuple((n, "tensor" if n == "act_length" else a) for n, a in RULES)
+  kv_rules = tuple((n, None if n == "act_kv_heads" else a) for n, a in RULES)
+  with sharding.with_rules(mesh, RULES):
+    assert specs(4, 4, 2) == P(("data", "fsdp"), None, "tensor", None)
+    assert specs(2, 4, 2) == P("data", None, "tensor", None)  # fsdp does not divide B 2
+    assert specs(3, 4, 1) == P(None, None, None, None)  # B 3, K 1: nothing divides
+    assert specs(4, 6, 3) == P(("data", "fsdp"), None, None, None)
+  with sharding.with_rules(mesh, seq_rules):  # a sequence-parallel rule is not followed
+    assert specs(4, 4, 2) == P(("data", "fsdp"), None, None, None)
+  with sharding.with_rules(mesh, kv_rules):  # kv heads not over tensor: no head sharding
+    assert specs(4, 4, 2) == P(("data", "fsdp"), None, None, None)
+  with jax.set_mesh(mesh):
+    assert specs(4, 4, 2) == P(None, None, None, None)
+
+
+def test_auto_per_platform_and_splash_shapes():
+  """'auto' per platform: 'blocked' on cpu, the cuDNN rules on gpu, 'splash' on tpu where
+  the kernel takes the shapes (T a multiple of 128), XLA's otherwise; the platform defaults
+  to the devices of the mesh in force, else jax.default_backend()."""
+  q = jnp.zeros((2, 256, 4, 64), jnp.bfloat16)
+  assert A.resolve("auto", q, platform="tpu") == "splash"
+  assert A.resolve("auto", q.astype(jnp.float32), platform="tpu") == "splash"
+  assert A.resolve("auto", jnp.zeros((2, 200, 4, 64)), platform="tpu") is None
+  assert A.resolve("auto", None, platform="tpu") is None
+  assert A.resolve("auto", q, platform="cpu") == "blocked"
+  assert A.resolve("auto", q, platform="gpu") == "cudnn"
+  assert A.resolve("auto", q.astype(jnp.float32), platform="gpu") is None
+  assert A.resolve("splash", q, platform="cpu") == "splash"
+  with sharding.with_rules(_mesh(), RULES):
+    assert A.current_platform() == "cpu" and A.resolve("auto", q) == "blocked"
+  assert A.splash_block(256) == 256 and A.splash_block(1024) == 512
+  assert A.splash_block(384) == 384 and A.splash_block(640) == 128
+  assert A.splash_block(1536) == 512 and A.splash_block(1024, 256) == 256
+  with pytest.raises(ValueError, match="multiple of 128, got 200"):
+    A.splash_block(200)
+  k = jnp.zeros((2, 256, 3, 64), jnp.bfloat16)
+  assert A.splash_fits(q) and not A.splash_fits(q, k)  # H 4 not a multiple of K 3
+  assert not A.splash_fits(q, k[:, :, :2].astype(jnp.float32))  # dtypes differ
+  assert not A.splash_fits(jnp.zeros((2, 256, 4, 64), jnp.int32))
+  with pytest.raises(ValueError, match="T a multiple of 128"):
+    A.causal_attention(q[:, :200], q[:, :200], q[:, :200], "splash")
+  with pytest.raises(ValueError, match="splash block 192 must be a multiple of 128"):
+    A.splash_attention(q, q, q, block=192)
+  x = jnp.asarray(_rand(0, 1, 200, 2, 8))  # 'auto' on tpu, T 200: XLA's attention
+  np.testing.assert_allclose(A.causal_attention(x, x, x, "auto", platform="tpu"),
+                             _plain(x, x, x), rtol=1e-6, atol=1e-6)

@@ -60,6 +60,9 @@ def test_dense_values_and_grads_match_plain_dots():
 
 def test_resolve_and_errors():
   assert fast_dense.resolve("auto") == ("cpu_dw" if jax.default_backend() == "cpu" else "xla")
+  # The platform compiled for decides, not this host's backend.
+  assert fast_dense.resolve("auto", "tpu") == "xla" and fast_dense.resolve("auto", "gpu") == "xla"
+  assert fast_dense.resolve("auto", "cpu") == "cpu_dw"
   assert fast_dense.resolve("xla") == "xla" and fast_dense.resolve("cpu_dw") == "cpu_dw"
   with pytest.raises(ValueError, match="dense_impl"):
     fast_dense.resolve("fast")

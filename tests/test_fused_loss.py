@@ -118,18 +118,58 @@ def test_loss_impl_chunked_off_the_cpu_path_equals_plain(dtype):
   assert F.chunk_len(4, 16, F.ACCELERATOR_CHUNK_ROWS) == 16
 
 
-def test_loss_impl_auto_is_chunked_on_gpu(monkeypatch):
-  """'auto' takes the chunked loss on GPU (no [B, T, V] logits: 10 GB less at GPT-2 small's
-  batch on an H100, docs/performance.md), the plain one on TPU."""
+def test_loss_impl_auto_is_chunked_on_accelerators(monkeypatch):
+  """'auto' takes the chunked loss on GPU and TPU (no [B, T, V] logits: 10 GB less at GPT-2
+  small's batch on an H100, docs/performance.md; 7.8 GiB a v5e chip for paper_0.1b), decided
+  by the platform the model is built for, not the host's backend; plain on CPU with XLA's
+  dense layers."""
   cfg = M.ModelConfig(n_layers=1, d_model=16, n_heads=2, n_kv_heads=2, d_ff=32, vocab_size=24,
                       seq_len=8, dense_impl="xla", attention_impl="xla")
   toks = jnp.zeros((2, 8), jnp.int32)
   params = jax.jit(M.build_model(cfg).init)(jax.random.key(0), toks)
   calls = []
   monkeypatch.setattr(F, "head_loss", lambda *a, **k: calls.append(1) or jnp.float32(0))
-  for backend, chunked in (("gpu", True), ("tpu", False)):
-    monkeypatch.setattr(M.jax, "default_backend", lambda b=backend: b)
+  for platform, chunked in (("gpu", True), ("tpu", True), ("cpu", False)):
     calls.clear()
-    # A new function each time, so jit traces again (the backend is read when traced).
-    jax.jit(lambda p, t: M.build_model(cfg).apply(p, t, t))(params, toks)
-    assert bool(calls) == chunked, backend
+    # A new function each time, so jit traces again (the kernel is chosen when traced).
+    jax.jit(lambda p, t: M.build_model(cfg, platform).apply(p, t, t))(params, toks)
+    assert bool(calls) == chunked, platform
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_head_loss_under_a_batch_sharded_mesh_reduces_dw_once(tied):
+  """Batch over 4 x 2 devices (data x fsdp, the head FSDP-sharded): the same loss and
+  gradients as one device, and dW is all-reduced once a step, not once a chunk (per-device
+  partial sums carried through the scan, `fused_loss._batch_split`)."""
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from wsdjax import config as config_lib
+  from wsdjax import sharding
+  from wsdjax.tpu import hlo
+
+  b, t, d, v = 8, 32, 16, 64
+  x = _rand(0, b, t, d)
+  w = _rand(1, v, d, scale=0.5) if tied else _rand(1, d, v, scale=0.5)
+  y = np.random.default_rng(2).integers(0, v, (b, t)).astype(np.int32)
+  rows = 16  # 16 rows = 2 positions of 8 sequences: 16 chunks
+  fused = lambda x, w: F.head_loss(x, w, y, tied=tied, chunk_rows=rows)  # noqa: E731
+  l_ref, g_ref = jax.jit(jax.value_and_grad(fused, (0, 1)))(x, w)
+
+  cfg = config_lib.base_config()
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 4, 2, 1
+  mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:8])
+  with sharding.with_rules(mesh, sharding.rules_from_config(cfg.mesh)):
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    head = NamedSharding(mesh, P("fsdp", None))  # FSDP-sharded weights
+    step = jax.jit(jax.value_and_grad(fused, (0, 1)), in_shardings=(batch, head))
+    assert F._batch_split(b) == (8, ("data", "fsdp"))
+    l_s, g_s = step(x, w)
+    program = step.lower(x, w).compile().as_text()
+  np.testing.assert_allclose(l_s, l_ref, rtol=1e-6)
+  for a, b_ in zip(g_s, g_ref):
+    np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
+  # dW is D x V float32 = 4 KiB; per chunk it would be 16 x that in all-reduces.
+  reduced = sum(n for kind, n in hlo.collective_bytes(program, 8).items()
+                if kind in ("all-reduce", "reduce-scatter"))
+  assert 0 < reduced <= 4 * d * v * 4, hlo.collective_bytes(program, 8)

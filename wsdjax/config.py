@@ -61,7 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   # depth) | 'unrolled' (a loop over the same stacked parameters: no stacked activation
   # buffers, faster CPU steps where huge pages are off; docs/performance.md).
   c.model.layer_loop = "scan"
-  # Rematerialise each block in the backward pass: 'none' | 'full' (saves memory at scale).
+  # What each block keeps for the backward pass (the rest is recomputed): 'none' (keep
+  # all: fastest, most memory) | 'dots' (keep the weight matmuls' outputs) |
+  # 'dots_offload' (those, parked in host memory) | 'full' (keep only the block's input:
+  # least memory). `python -m wsdjax.aot` shows what each costs on a TPU slice.
   c.model.remat = "none"
   # Std of the normal initialiser of weight matrices.
   c.model.init_std = 0.02
@@ -249,6 +252,12 @@ def _choice(cfg_flat, field: str, choices) -> None:
            f"use one of {', '.join(map(str, choices))}")
 
 
+def _model_choices(module: str, name: str) -> tuple:
+  """The choices of a model field, from the module that owns them (e.g. attention.IMPLS)."""
+  import importlib  # local: the model's modules import jax, which this module does not
+  return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
+
+
 def validate(cfg, device_count: int | None = None) -> None:
   """Check every field and cross-field rule; raise ConfigError on the first problem."""
   flat = _flat(cfg)
@@ -276,12 +285,12 @@ def validate(cfg, device_count: int | None = None) -> None:
            f"head dim {m.d_model // m.n_heads} is odd; rotary embeddings need an even head dim",
            "change d_model or n_heads")
   _choice(flat, "model.dtype", DTYPES)
-  _choice(flat, "model.remat", ("none", "full"))
-  _choice(flat, "model.dense_impl", ("auto", "xla", "cpu_dw"))
-  _choice(flat, "model.attention_impl", ("auto", "blocked", "xla", "cudnn"))
-  _choice(flat, "model.layer_loop", ("scan", "unrolled"))
-  _choice(flat, "model.loss_impl", ("auto", "plain", "chunked"))
-  _choice(flat, "model.swiglu_impl", ("auto", "xla", "vjp", "pallas"))
+  _choice(flat, "model.remat", _model_choices("model", "REMAT_POLICIES"))
+  _choice(flat, "model.dense_impl", _model_choices("fast_dense", "IMPLS"))
+  _choice(flat, "model.attention_impl", _model_choices("attention", "IMPLS"))
+  _choice(flat, "model.layer_loop", _model_choices("model", "LAYER_LOOPS"))
+  _choice(flat, "model.loss_impl", _model_choices("fused_loss", "IMPLS"))
+  _choice(flat, "model.swiglu_impl", _model_choices("swiglu", "IMPLS"))
   _choice(flat, "checkpoint.write_priority", ("idle", "normal"))
   _choice(flat, "checkpoint.compression", ("auto", "zstd", "none"))
   _choice(flat, "checkpoint.writer", ("auto", "orbax", "direct"))

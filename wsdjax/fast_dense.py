@@ -11,7 +11,7 @@ row-major matmul instead. Of x and g, the one with fewer columns is transposed (
 values and gradients equal those of `x @ w` up to float32 rounding.
 
 `model.dense_impl` picks the implementation: 'xla' (plain `x @ w`, for TPU/GPU), 'cpu_dw'
-(the custom vjp), or 'auto' = 'cpu_dw' when the default backend is CPU, else 'xla'.
+(the custom vjp), or 'auto' = 'cpu_dw' when the devices compiled for are CPUs, else 'xla'.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import jax
 IMPLS = ("auto", "xla", "cpu_dw")
 
 
-def resolve(impl: str) -> str:
-  """'xla' or 'cpu_dw' for a `model.dense_impl` value ('auto' looks at the backend)."""
+def resolve(impl: str, platform: str | None = None) -> str:
+  """'xla' or 'cpu_dw' for a `model.dense_impl` value; 'auto' looks at `platform`, the
+  platform of the devices compiled for (None: jax.default_backend())."""
   if impl not in IMPLS:
     raise ValueError(f"model: dense_impl must be one of {IMPLS}, got {impl!r}")
   if impl == "auto":
-    return "cpu_dw" if jax.default_backend() == "cpu" else "xla"
+    return "cpu_dw" if (platform or jax.default_backend()) == "cpu" else "xla"
   return impl
 
 
@@ -81,16 +82,18 @@ def _dense_t_cpu_bwd(res, g):
 _dense_t_cpu.defvjp(_dense_t_cpu_fwd, _dense_t_cpu_bwd)
 
 
-def dense(x: jax.Array, w: jax.Array, impl: str = "auto") -> jax.Array:
-  """x [..., K] @ w [K, N] -> [..., N]; `impl` as `model.dense_impl`."""
-  if resolve(impl) == "cpu_dw":
+def dense(x: jax.Array, w: jax.Array, impl: str = "auto",
+          platform: str | None = None) -> jax.Array:
+  """x [..., K] @ w [K, N] -> [..., N]; `impl` as `model.dense_impl` on `platform`."""
+  if resolve(impl, platform) == "cpu_dw":
     return _dense_cpu(x, w)
   return x @ w
 
 
-def dense_t(x: jax.Array, w: jax.Array, impl: str = "auto") -> jax.Array:
-  """x [..., K] @ w[N, K]^T -> [..., N] (a tied LM head: x @ E^T); `impl` as `dense`."""
-  if resolve(impl) == "cpu_dw":
+def dense_t(x: jax.Array, w: jax.Array, impl: str = "auto",
+            platform: str | None = None) -> jax.Array:
+  """x [..., K] @ w[N, K]^T -> [..., N] (a tied LM head: x @ E^T); as `dense`."""
+  if resolve(impl, platform) == "cpu_dw":
     return _dense_t_cpu(x, w)
   return x @ w.T
 

@@ -12,7 +12,7 @@ scales them by the incoming cotangent. No [B, T, V] array is ever built, and eac
 logits stay in cache. dW uses the row-major form of `fast_dense` (x^T materialised).
 Chunking the sequence axis, not the batch, keeps each chunk spread over the data devices.
 
-Used with `model.loss_impl='chunked'`, which 'auto' picks on GPU and on the CPU fast path
+Used with `model.loss_impl='chunked'`, which 'auto' picks on GPU, TPU and the CPU fast path
 (`model.dense_impl` resolving to 'cpu_dw'); values and
 gradients agree with `cross_entropy(x @ W, y)` to float32 rounding (tests/test_fused_loss.py).
 """
@@ -20,9 +20,13 @@ gradients agree with `cross_entropy(x @ W, y)` to float32 rounding (tests/test_f
 from __future__ import annotations
 
 import functools
+import math
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from wsdjax import fast_dense
 
@@ -31,18 +35,20 @@ CHUNK_ROWS = 512  # rows (B x c) per chunk: measured best of 256..2048 on Zen 3 
 ACCELERATOR_CHUNK_ROWS = 16384  # on GPU/TPU: 1 GB of float32 logits a chunk at V = 16k.
 
 
-def resolve(loss_impl: str, dense_impl: str) -> str:
-  """'chunked' or 'plain' for `model.loss_impl`: 'auto' = 'chunked' on GPU and on the CPU
-  fast path (`dense_impl` resolving to 'cpu_dw'), else 'plain'."""
+def resolve(loss_impl: str, dense_impl: str, platform: str | None = None) -> str:
+  """'chunked' or 'plain' for `model.loss_impl` on devices of `platform` (None:
+  jax.default_backend()): 'auto' = 'chunked' on GPU and TPU (the [B, T, V] float32 logits
+  of a 32k vocabulary would take half a v5e chip's HBM) and on the CPU fast path
+  (`dense_impl` resolving to 'cpu_dw'); 'plain' on CPU with XLA's dense layers."""
   if loss_impl != "auto":
     return loss_impl
-  fast_cpu = fast_dense.resolve(dense_impl) == "cpu_dw"
-  return "chunked" if fast_cpu or jax.default_backend() == "gpu" else "plain"
+  fast_cpu = fast_dense.resolve(dense_impl, platform) == "cpu_dw"
+  return "chunked" if fast_cpu or (platform or jax.default_backend()) != "cpu" else "plain"
 
 
-def default_chunk_rows() -> int:
+def default_chunk_rows(platform: str | None = None) -> int:
   """CHUNK_ROWS on CPU (chunks that stay in cache), else ACCELERATOR_CHUNK_ROWS."""
-  return CHUNK_ROWS if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_ROWS
+  return CHUNK_ROWS if (platform or jax.default_backend()) == "cpu" else ACCELERATOR_CHUNK_ROWS
 
 
 def chunk_len(batch: int, seq_len: int, rows: int) -> int:
@@ -82,6 +88,8 @@ def _lse_and_target(z: jax.Array, yc: jax.Array) -> tuple[jax.Array, jax.Array, 
 
 
 def _loss_only(x, w, y, tied, c):
+  w = _gathered_head(w, tied, _batch_split(x.shape[0])[1])
+
   def body(total, inp):
     xc, yc = inp
     _, _, loss = _lse_and_target(_logits(xc, w, tied), yc)
@@ -91,26 +99,65 @@ def _loss_only(x, w, y, tied, c):
   return total / y.size
 
 
+def _batch_split(batch: int) -> tuple[int, Any]:
+  """(S, axes): the batch rows are spread over S devices along mesh `axes` (the logical
+  rules' 'act_batch') under the current mesh; (1, None) without one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return 1, None
+  axes = nn.logical_to_mesh_axes(("act_batch",))[0]
+  names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  names = tuple(a for a in names if a in mesh.shape)
+  size = math.prod(mesh.shape[a] for a in names)
+  return (size, names) if size > 1 and batch % size == 0 else (1, None)
+
+
+def _gathered_head(w: jax.Array, tied: bool, split_axes) -> jax.Array:
+  """w gathered over the batch axes once, before the scan (else every chunk all-gathers an
+  FSDP-sharded head again); a 'vocab' sharding (tensor parallelism) is kept."""
+  if split_axes is None:
+    return w
+  vocab = nn.logical_to_mesh_axes(("vocab",))[0]
+  return jax.lax.with_sharding_constraint(w, P(vocab, None) if tied else P(None, vocab))
+
+
 def _loss_and_grads(x, w, y, tied, c):
-  """(mean loss, dloss/dx, dloss/dw) in one scan over chunks."""
+  """(mean loss, dloss/dx, dloss/dw) in one scan over chunks.
+
+  With the batch rows spread over S > 1 devices, each device sums x^T dz over its own rows
+  (a [S, D, V] carry, one slice per device) and the S partial sums are added once after
+  the scan: one reduction of dW per step instead of one per chunk.
+  """
   d, v = x.shape[-1], w.shape[0] if tied else w.shape[1]
   bar = jax.lax.optimization_barrier
+  split, axes = _batch_split(x.shape[0])
+  w = _gathered_head(w, tied, axes)
+
+  def partial_dw(xc, dz):
+    if split == 1:  # x^T dz as a row-major matmul (module doc)
+      return (bar(xc.reshape(-1, d).T) @ dz.reshape(-1, v)).astype(jnp.float32)[None]
+    xs = xc.reshape(split, -1, d)
+    zs = dz.reshape(split, -1, v)
+    part = jnp.einsum("srd,srv->sdv", xs, zs, preferred_element_type=jnp.float32)
+    return jax.lax.with_sharding_constraint(part, P(axes, None, None))
 
   def body(carry, inp):
-    total, dw_t = carry  # dw_t: x^T dz summed over chunks, [D, V]
+    total, dw_parts = carry  # dw_parts: x^T dz summed over chunks, per device [S, D, V]
     xc, yc = inp
     z = _logits(xc, w, tied)
     e, s, loss = _lse_and_target(z, yc)
     dz = e / s - jax.nn.one_hot(yc, v, dtype=jnp.float32)  # sum-loss gradient, [B, c, V]
     dz = dz.astype(w.dtype)
     dxc = dz @ w if tied else dz @ w.T
-    x2, dz2 = xc.reshape(-1, d), dz.reshape(-1, v)
-    dw_t = dw_t + (bar(x2.T) @ dz2).astype(jnp.float32)
-    return (total + jnp.sum(loss), dw_t), dxc.astype(x.dtype)
+    return (total + jnp.sum(loss), dw_parts + partial_dw(xc, dz)), dxc.astype(x.dtype)
 
-  init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))
-  (total, dw_t), dx = jax.lax.scan(body, init, (_chunks(x, c), _chunks(y, c)))
+  zeros = jnp.zeros((split, d, v), jnp.float32)
+  if axes is not None:
+    zeros = jax.lax.with_sharding_constraint(zeros, P(axes, None, None))
+  init = (jnp.zeros((), jnp.float32), zeros)
+  (total, dw_parts), dx = jax.lax.scan(body, init, (_chunks(x, c), _chunks(y, c)))
   n = y.size
+  dw_t = jnp.sum(dw_parts, axis=0)
   dw = (dw_t.T if tied else dw_t) / n
   return total / n, _unchunk(dx) / n, dw.astype(w.dtype)
 

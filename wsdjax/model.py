@@ -43,9 +43,21 @@ import jax.numpy as jnp
 from wsdjax import attention, fast_dense, fused_loss, swiglu
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_REMAT = ("none", "full")
-_LAYER_LOOPS = ("scan", "unrolled")
+# model.remat: what each block keeps for the backward pass (the rest is recomputed).
+REMAT_POLICIES = {
+    "none": None,   # keep everything autodiff saves (no recompute)
+    "full": None,   # keep only the block's input; recompute the whole block
+    # keep the outputs of the weight matmuls (projections, MLP), recompute the rest
+    "dots": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # those matmul outputs moved to host memory during the forward pass, fetched back
+    # for the backward (TPU/GPU hosts with pinned memory)
+    "dots_offload": lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims(
+        "device", "pinned_host"),
+}
+_REMAT = tuple(REMAT_POLICIES)
+LAYER_LOOPS = ("scan", "unrolled")
 _RMS_EPS = 1e-6
+PLATFORMS = (None, "cpu", "gpu", "tpu")
 
 # Logical names of activations (mapped to mesh axes by config.mesh.rules).
 RESIDUAL = ("act_batch", "act_length", "act_embed")
@@ -60,19 +72,27 @@ class ModelConfig:
   """Model sizes and numerics; the fields of `config.model` (configs/default.py).
 
   `attention_impl` (`wsdjax.attention`): 'auto' = 'blocked' (query-blocked causal
-  attention, faster on XLA:CPU) on CPU, cuDNN flash attention on GPU where it applies, XLA's
+  attention, faster on XLA:CPU) on CPU, cuDNN flash attention on GPU where it applies, the
+  Pallas splash (flash) kernel on TPU ('splash', per device under the mesh), XLA's
   elsewhere; None, 'xla' or 'cudnn' go to `jax.nn.dot_product_attention(implementation=...)`
   ('cudnn': cuDNN flash attention on NVIDIA GPUs, needs dtype bfloat16).
   `loss_impl`, for the loss of a call with targets: 'plain' builds the float32 logits
   [B, T, V] and takes `cross_entropy`; 'chunked' runs `fused_loss.head_loss` (sequence
-  chunks, the gradient in the same pass, no logits built); 'auto' = 'chunked' on GPU and on
-  the CPU fast path (`fused_loss.resolve`), else 'plain'.
+  chunks, the gradient in the same pass, no logits built); 'auto' = 'chunked' on GPU, TPU
+  and the CPU fast path (`fused_loss.resolve`), else 'plain'.
+  `remat` (REMAT_POLICIES): what each block keeps for the backward pass: 'none' all,
+  'dots' the weight matmuls' outputs, 'dots_offload' those in host memory, 'full' only the
+  block's input (the rest is recomputed).
   `dense_impl` picks the dense-layer matmuls (`wsdjax.fast_dense`): 'xla' plain dots,
   'cpu_dw' a custom vjp with a faster weight gradient on XLA:CPU, 'auto' = 'cpu_dw' on
   CPU and 'xla' elsewhere. Values and gradients agree to float32 rounding.
   `swiglu_impl` picks the SwiGLU gate's backward (`wsdjax.swiglu`): 'xla' autodiff, 'vjp'
   one float32 expression, 'pallas' one Pallas kernel (per shard under a mesh), 'auto' =
   'pallas' on GPU, 'xla' elsewhere.
+  `platform` ('cpu', 'gpu', 'tpu'; None = `jax.default_backend()`) is the platform of the
+  devices the model is compiled for: every 'auto' above decides by it, so a TPU program
+  compiled on a CPU host gets the TPU kernels. It is not a config field: `build_model`
+  sets it (the trainer passes its mesh's platform, `sharding.platform_of`).
   `layer_loop` (with scan_layers, the stacked 'layers' parameters): 'scan' runs the
   blocks in a `lax.scan` (one compiled body: fast compiles at any depth); 'unrolled' in a
   Python loop over the slices of the same parameters, which on XLA:CPU avoids the scan's
@@ -98,6 +118,7 @@ class ModelConfig:
   dense_impl: str = "auto"
   loss_impl: str = "auto"
   swiglu_impl: str = "auto"
+  platform: str | None = None
 
   def __post_init__(self):
     def check(ok: bool, msg: str):
@@ -116,8 +137,8 @@ class ModelConfig:
           f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
     check(self.dtype in _DTYPES, f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
     check(self.remat in _REMAT, f"remat must be one of {_REMAT}, got {self.remat!r}")
-    check(self.layer_loop in _LAYER_LOOPS,
-          f"layer_loop must be one of {_LAYER_LOOPS}, got {self.layer_loop!r}")
+    check(self.layer_loop in LAYER_LOOPS,
+          f"layer_loop must be one of {LAYER_LOOPS}, got {self.layer_loop!r}")
     check(self.attention_impl is None or self.attention_impl in attention.IMPLS,
           f"attention_impl must be None or one of {attention.IMPLS}, "
           f"got {self.attention_impl!r}")
@@ -127,6 +148,8 @@ class ModelConfig:
           f"loss_impl must be one of {fused_loss.IMPLS}, got {self.loss_impl!r}")
     check(self.swiglu_impl in swiglu.IMPLS,
           f"swiglu_impl must be one of {swiglu.IMPLS}, got {self.swiglu_impl!r}")
+    check(self.platform in PLATFORMS,
+          f"platform must be one of {PLATFORMS}, got {self.platform!r}")
     check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
 
@@ -208,7 +231,7 @@ class Attention(nn.Module):
     wv = _param(self, "value", (d, kv, dh), ("embed", "kv_heads", "head_dim"), init)
     wo = _param(self, "out", (h, dh, d), ("heads", "head_dim", "embed"), init)
     dt = cfg.compute_dtype
-    impl = fast_dense.resolve(cfg.dense_impl)
+    impl = fast_dense.resolve(cfg.dense_impl, cfg.platform)
 
     if impl == "xla":
       q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dt))
@@ -221,7 +244,7 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(rope(q, cfg.rope_theta), HEADS)
     k = nn.with_logical_constraint(rope(k, cfg.rope_theta), KV_HEADS)
     v = nn.with_logical_constraint(v, KV_HEADS)
-    o = causal_attention(q, k, v, cfg.attention_impl)
+    o = causal_attention(q, k, v, cfg.attention_impl, cfg.platform)
     o = nn.with_logical_constraint(o, HEADS)
     if impl == "xla":
       return jnp.einsum("bthk,hkd->btd", o, wo.astype(dt))
@@ -241,10 +264,10 @@ class MLP(nn.Module):
     w_gate = _param(self, "gate", (d, f), ("embed", "mlp"), init)
     w_up = _param(self, "up", (d, f), ("embed", "mlp"), init)
     w_down = _param(self, "down", (f, d), ("mlp", "embed"), init)
-    mm = lambda a, w: fast_dense.dense(a, w.astype(dt), cfg.dense_impl)  # noqa: E731
+    mm = lambda a, w: fast_dense.dense(a, w.astype(dt), cfg.dense_impl, cfg.platform)  # noqa: E731
     gate = nn.with_logical_constraint(mm(x, w_gate), MLP_HIDDEN)
     up = nn.with_logical_constraint(mm(x, w_up), MLP_HIDDEN)
-    hidden = swiglu.swiglu(gate, up, cfg.swiglu_impl, MLP_HIDDEN)
+    hidden = swiglu.swiglu(gate, up, cfg.swiglu_impl, MLP_HIDDEN, cfg.platform)
     hidden = nn.with_logical_constraint(hidden, MLP_HIDDEN)
     return mm(hidden, w_down)
 
@@ -286,11 +309,13 @@ class Block(nn.Module):
 
 
 def _block_class(cfg: ModelConfig) -> type[nn.Module]:
-  """Block, wrapped in nn.remat when cfg.remat == 'full' (recompute all in backward)."""
-  if cfg.remat == "full":
-    # prevent_cse is only needed outside scan (scan already stops CSE across steps).
-    return nn.remat(Block, prevent_cse=not cfg.scan_layers)
-  return Block
+  """Block, wrapped in nn.remat with the policy of `cfg.remat` (REMAT_POLICIES)."""
+  if cfg.remat == "none":
+    return Block
+  policy = REMAT_POLICIES[cfg.remat]
+  # prevent_cse is only needed outside scan (scan already stops CSE across steps).
+  return nn.remat(Block, prevent_cse=not cfg.scan_layers,
+                  policy=policy() if policy is not None else None)
 
 
 class Transformer(nn.Module):
@@ -331,12 +356,14 @@ class Transformer(nn.Module):
     else:
       head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                     nn.initializers.normal(cfg.init_std)).astype(dt)
-    if targets is not None and fused_loss.resolve(cfg.loss_impl, cfg.dense_impl) == "chunked":
-      return fused_loss.head_loss(x, head, targets, tied=cfg.tie_embeddings)
+    loss_impl = fused_loss.resolve(cfg.loss_impl, cfg.dense_impl, cfg.platform)
+    if targets is not None and loss_impl == "chunked":
+      return fused_loss.head_loss(x, head, targets, tied=cfg.tie_embeddings,
+                                  chunk_rows=fused_loss.default_chunk_rows(cfg.platform))
     if cfg.tie_embeddings:
-      logits = fast_dense.dense_t(x, head, cfg.dense_impl)
+      logits = fast_dense.dense_t(x, head, cfg.dense_impl, cfg.platform)
     else:
-      logits = fast_dense.dense(x, head, cfg.dense_impl)
+      logits = fast_dense.dense(x, head, cfg.dense_impl, cfg.platform)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), LOGITS)
     if targets is not None:
       return cross_entropy(logits, targets)
@@ -346,9 +373,13 @@ class Transformer(nn.Module):
 # ---- public helpers --------------------------------------------------------------------
 
 
-def build_model(model_cfg: ModelConfig | Any) -> Transformer:
-  """The Transformer for `model_cfg` (a ModelConfig or `config.model`)."""
-  return Transformer(ModelConfig.from_config(model_cfg))
+def build_model(model_cfg: ModelConfig | Any, platform: str | None = None) -> Transformer:
+  """The Transformer for `model_cfg` (a ModelConfig or `config.model`), its kernels chosen
+  for devices of `platform` ('cpu' / 'gpu' / 'tpu'; None = jax.default_backend())."""
+  cfg = ModelConfig.from_config(model_cfg)
+  if platform is not None:
+    cfg = dataclasses.replace(cfg, platform=platform)
+  return Transformer(cfg)
 
 
 def param_count(model_cfg: ModelConfig | Any, include_embedding: bool = True) -> int:

@@ -47,6 +47,14 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
+def platform_of(mesh: Mesh) -> str:
+  """The platform ('cpu', 'gpu', 'tpu') of the mesh's devices: what its programs are
+  compiled for, which need not be this host's backend (a TPU slice compiled on a CPU host).
+  jax calls NVIDIA and AMD devices 'cuda' / 'rocm'; both are 'gpu' here."""
+  platform = mesh.devices.flat[0].platform
+  return "gpu" if platform in ("cuda", "rocm", "gpu") else platform
+
+
 def _as_axes(x: Any) -> str | tuple[str, ...] | None:
   if x is None or isinstance(x, str):
     return x

@@ -40,13 +40,14 @@ def _has_pallas_triton() -> bool:
   return True
 
 
-def resolve(impl: str) -> str:
-  """'xla', 'vjp' or 'pallas' for `model.swiglu_impl` = `impl` on this backend."""
+def resolve(impl: str, platform: str | None = None) -> str:
+  """'xla', 'vjp' or 'pallas' for `model.swiglu_impl` = `impl` on devices of `platform`
+  (None: jax.default_backend())."""
   if impl not in IMPLS:
     raise ValueError(f"model: swiglu_impl must be one of {IMPLS}, got {impl!r}")
   if impl != "auto":
     return impl
-  if jax.default_backend() != "gpu":
+  if (platform or jax.default_backend()) != "gpu":
     return "xla"
   return "pallas" if _has_pallas_triton() else "vjp"
 
@@ -73,12 +74,12 @@ def blocks(m: int, f: int, on_gpu: bool) -> tuple[int, int] | None:
   return bm, bf
 
 
-def _pallas_grads(g, a, u):
+def _pallas_grads(g, a, u, platform=None):
   """`_grads` as one Pallas kernel over (rows, columns) blocks of the [M, F] views; XLA's
-  `_grads` where the shape allows only small blocks."""
+  `_grads` where the shape allows only small blocks. Interpreted off the GPU."""
   from jax.experimental import pallas as pl
 
-  interpret = jax.default_backend() != "gpu"
+  interpret = (platform or jax.default_backend()) != "gpu"
   shape, f = a.shape, a.shape[-1]
   g2, a2, u2 = (x.reshape(-1, f) for x in (g, a, u))
   m = a2.shape[0]
@@ -105,13 +106,14 @@ def _pallas_grads(g, a, u):
   return da.reshape(shape), du.reshape(shape)
 
 
-def _per_shard(names, g, a, u):
+def _per_shard(names, platform, g, a, u):
   """`_pallas_grads` on each shard (`jax.shard_map`) when a mesh of several devices is
   set and the logical axis `names` of the arrays shard them evenly; XLA's `_grads` where
   they would not (a shard_map would gather such arrays whole onto every device)."""
+  kernel = functools.partial(_pallas_grads, platform=platform)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return _pallas_grads(g, a, u)
+    return kernel(g, a, u)
   if names is None:
     return _grads(g, a, u)
   asked = nn.logical_to_mesh_axes(names)
@@ -120,23 +122,23 @@ def _per_shard(names, g, a, u):
                 for want, got in zip(asked, spec))
   if dropped or all(axes is None for axes in spec):
     return _grads(g, a, u)
-  return jax.shard_map(_pallas_grads, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec, spec),
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec,) * 3, out_specs=(spec, spec),
                        check_vma=False)(g, a, u)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _swiglu(a, u, impl, names):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _swiglu(a, u, impl, names, platform):
   return jax.nn.silu(a) * u
 
 
-def _fwd(a, u, impl, names):
+def _fwd(a, u, impl, names, platform):
   return jax.nn.silu(a) * u, (a, u)
 
 
-def _bwd(impl, names, res, g):
+def _bwd(impl, names, platform, res, g):
   a, u = res
   if impl == "pallas":
-    return _per_shard(names, g, a, u)
+    return _per_shard(names, platform, g, a, u)
   return _grads(g, a, u)
 
 
@@ -144,10 +146,11 @@ _swiglu.defvjp(_fwd, _bwd)
 
 
 def swiglu(a: jax.Array, u: jax.Array, impl: str = "auto",
-           names: tuple[str | None, ...] | None = None) -> jax.Array:
-  """silu(a) * u; `impl` as `model.swiglu_impl` (module doc); `names`, the logical axes of
-  a and u, shard the Pallas backward under a mesh."""
-  impl = resolve(impl)
+           names: tuple[str | None, ...] | None = None,
+           platform: str | None = None) -> jax.Array:
+  """silu(a) * u; `impl` as `model.swiglu_impl` (module doc) for devices of `platform`;
+  `names`, the logical axes of a and u, shard the Pallas backward under a mesh."""
+  impl = resolve(impl, platform)
   if impl == "xla":
     return jax.nn.silu(a) * u
-  return _swiglu(a, u, impl, names)
+  return _swiglu(a, u, impl, names, platform)

@@ -249,17 +249,17 @@ class Trainer:
     self.workdir = epath.Path(workdir)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)
     self.rules = sharding.rules_from_config(cfg.mesh)
-    self.model = model_lib.build_model(cfg.model)
+    platform = sharding.platform_of(self.mesh)
+    self.model = model_lib.build_model(cfg.model, platform)
     self.plan = plan_lib.make_plan(cfg.schedule)
     self.data = data_lib.build_pipeline(cfg, workdir=str(self.workdir))
     self.writer = metrics_lib.MetricWriter(self.workdir, stream=stream)
-    backend = jax.default_backend()
     self.tree = ckpt.CheckpointTree(
         self.workdir, async_save=cfg.checkpoint.async_save,
         write_priority=cfg.checkpoint.write_priority,
-        compression=ckpt.resolve_compression(cfg.checkpoint.compression, backend,
+        compression=ckpt.resolve_compression(cfg.checkpoint.compression, platform,
                                              cfg.checkpoint.write_priority),
-        writer=ckpt.resolve_writer(cfg.checkpoint.writer, backend,
+        writer=ckpt.resolve_writer(cfg.checkpoint.writer, platform,
                                    cfg.checkpoint.compression, self.workdir))
     self.steps = StepCache(cfg, self.mesh, self.model)
     self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
