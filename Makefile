@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+TEST_STAMP := $(VENV)/.installed-test-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 WORKDIR ?= runs/quickstart
 
 .PHONY: run test test-fast venv clean
@@ -12,6 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+# The tests also compile TPU programs ahead of time (tests/test_aot.py): libtpu, pinned to
+# the installed jax by jax's own [tpu] extra. `make run` does not need it.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,tpu]'
+	touch $@
 
 venv: $(STAMP)
 
@@ -25,11 +32,11 @@ run: $(STAMP)
 # transparent huge pages, as the CLIs do for themselves (wsdjax/hugepages.py).
 TEST_ENV := GLIBC_TUNABLES=$(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.malloc.hugetlb=1
 # --durations: the slowest tests, to keep the suite inside its 15 minutes on 2 cores.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=12
 
 # Everything but the tests marked slow.
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 clean:
