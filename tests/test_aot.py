@@ -77,11 +77,12 @@ def test_tiny_config_compiles_for_small_slices(tmp_path, topology, mesh):
   assert r["kernels"]["attention"] == "splash" and r["kernels"]["dense"] == "xla"
   assert r["kernels"]["loss"] == "chunked"
   assert 0 < r["state_bytes"] <= r["total_bytes"] < 0.9 * r["hbm_bytes"]
-  # model FLOPs: 6N + 6LTD per token; the compiled matmuls do about as much (no remat;
-  # attention runs in the splash kernel, which the HLO does not show).
+  # model FLOPs: 6N + 6LTD per token; the compiled program does a little more (no remat;
+  # the splash kernels' backward recomputes the scores, and every score block of T 128 is
+  # visited, masked or not).
   assert r["model_flops"] == pytest.approx(
       model_lib.flops_per_token(dict(_tiny_model(seq_len=128))) * 16 * 128)
-  assert 0.6 * r["model_flops"] < r["xla_flops"] < 1.4 * r["model_flops"]
+  assert r["model_flops"] < r["xla_flops"] < 1.5 * r["model_flops"]
   traffic = r["collective_bytes"]
   if mesh["fsdp"] > 1:
     assert traffic["all-gather"] > 0 and traffic["reduce-scatter"] + traffic["all-reduce"] > 0
@@ -232,10 +233,13 @@ def test_cpu_only_without_tpu(tmp_path):
   assert host.cpu_only_without_tpu(env, sys_root=str(tmp_path)) is False and env == {}
 
 
+# compile_for_slice turns jax's persistent cache off; the tests' cache may be in use already
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache")
 def test_remat_policies_change_what_the_tpu_step_recomputes_and_keeps():
-  """model.remat compiled for a v5litepod-4: 'full' recomputes the blocks' matmuls in the
-  backward pass (more matmul FLOPs than 'none'), 'dots' keeps them (the same FLOPs as
-  'none'), 'dots_offload' keeps them in host memory (host bytes, which no other has)."""
+  """model.remat compiled for a v5litepod-4: 'dots' keeps the weight matmuls' and the
+  attention kernel's outputs and recomputes only elementwise work (the matmul and kernel
+  FLOPs of 'none'); 'dots_offload' the same, its kept outputs in host memory (host bytes,
+  which no other has); 'full' recomputes the matmuls and the kernel's forward too."""
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import tiny
 
@@ -248,7 +252,7 @@ def test_remat_policies_change_what_the_tpu_step_recomputes_and_keeps():
     cfg.model.remat = policy
     reports[policy] = tpu_aot.compile_for_slice(cfg, tpu_slice)
   flops = {p: r.xla_flops for p, r in reports.items()}
-  assert flops["dots"] == flops["none"] == flops["dots_offload"] < flops["full"], flops
+  assert flops["none"] == flops["dots"] == flops["dots_offload"] < flops["full"], flops
   host = {p: r.host_bytes for p, r in reports.items()}
   assert host["dots_offload"] > 0 and host["none"] == host["dots"] == host["full"] == 0, host
   assert all(r.fits for r in reports.values())

@@ -60,8 +60,9 @@ def format_report(r, advice: str | None = None) -> str:
     lines += [f"  per chip: state {gib(r.state_bytes)} + temporaries {gib(r.temp_bytes)}"
               f" -> total {gib(r.total_bytes)} of {hbm} ({share:.0%}; eval "
               f"{gib(r.eval_total_bytes)})" + (f"; host {gib(r.host_bytes)}" if r.host_bytes else ""),
-              f"  per step: model {_si(r.model_flops, 'FLOP')}, compiled matmuls "
-              f"{_si(r.xla_flops, 'FLOP')} (recompute included)",
+              f"  per step: model {_si(r.model_flops, 'FLOP')}, compiled program "
+              f"{_si(r.xla_flops, 'FLOP')} (matmuls and attention kernels, recompute "
+              "included)",
               "  collectives per chip per step: " + (", ".join(
                   f"{k} {_si(v, 'B')}" for k, v in r.collective_bytes.items() if v) or "none"),
               f"  step time >= {r.step_time_bound_s:.3f} s at peak; compile {r.compile_s:.0f} s"]

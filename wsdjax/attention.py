@@ -162,19 +162,30 @@ def splash_fits(q: jax.Array, k: jax.Array | None = None) -> bool:
   return True
 
 
+# The name (jax.ad_checkpoint.checkpoint_name) of the kernel's forward residuals (its output
+# and log-sum-exp): a remat policy that saves them (model.REMAT_POLICIES 'dots') keeps the
+# backward from running the forward kernel again.
+SPLASH_RESIDUALS = "splash_residuals"
+# One backward kernel that computes dq with dk and dv (5 matmuls per score block) rather
+# than a dq kernel and a dk/dv kernel that each recompute the scores (3 + 4).
+SPLASH_FUSED_BACKWARD = True
+
+
 def _splash_kernel(heads: int, seq_len: int, block: int, interpret: bool):
   """The splash kernel for one sequence: q [heads, T, Dh], k, v [kv_heads, T, Dh] -> [heads,
-  T, Dh]; causal mask, blocks of `block` q and kv positions in the forward and both
-  backward kernels. Not cached: it holds arrays made in the trace that builds it (jax caches the
-  numpy processing of the block mask)."""
+  T, Dh]; causal mask, blocks of `block` q and kv positions in the forward and the backward
+  kernel (fused: SPLASH_FUSED_BACKWARD). Not cached: it holds arrays made in the trace that
+  builds it (jax caches the numpy processing of the block mask)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
   c = block
+  dq = {} if SPLASH_FUSED_BACKWARD else {"block_q_dq": c, "block_kv_dq": c}
   blocks = sk.BlockSizes(block_q=c, block_kv=c, block_kv_compute=c, block_q_dkv=c,
-                         block_kv_dkv=c, block_kv_dkv_compute=c, block_q_dq=c, block_kv_dq=c)
+                         block_kv_dkv=c, block_kv_dkv_compute=c,
+                         use_fused_bwd_kernel=SPLASH_FUSED_BACKWARD, **dq)
   mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(heads)])
   return sk.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                            interpret=interpret)
+                            interpret=interpret, residual_checkpoint_name=SPLASH_RESIDUALS)
 
 
 def _splash_local(q: jax.Array, k: jax.Array, v: jax.Array, *, block: int,

@@ -44,15 +44,27 @@ from wsdjax import attention, fast_dense, fused_loss, swiglu
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # model.remat: what each block keeps for the backward pass (the rest is recomputed).
+def _keep_attention_residuals(policy):
+  """`policy`, also keeping the splash attention kernel's named residuals (its output and
+  log-sum-exp, small beside the scores), so the backward does not rerun its forward."""
+  names = jax.checkpoint_policies.save_only_these_names(attention.SPLASH_RESIDUALS)
+
+  def keep(prim, *args, **params):
+    return names(prim, *args, **params) or policy(prim, *args, **params)
+  return keep
+
+
 REMAT_POLICIES = {
     "none": None,   # keep everything autodiff saves (no recompute)
     "full": None,   # keep only the block's input; recompute the whole block
-    # keep the outputs of the weight matmuls (projections, MLP), recompute the rest
-    "dots": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    # those matmul outputs moved to host memory during the forward pass, fetched back
-    # for the backward (TPU/GPU hosts with pinned memory)
-    "dots_offload": lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims(
-        "device", "pinned_host"),
+    # keep the outputs of the weight matmuls (projections, MLP) and of the attention
+    # kernel; recompute the rest (norms, rotary embeddings, the SwiGLU gate)
+    "dots": lambda: _keep_attention_residuals(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+    # the same, the matmul outputs moved to host memory during the forward pass and fetched
+    # back for the backward (TPU/GPU hosts with pinned memory)
+    "dots_offload": lambda: _keep_attention_residuals(
+        jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host")),
 }
 _REMAT = tuple(REMAT_POLICIES)
 LAYER_LOOPS = ("scan", "unrolled")

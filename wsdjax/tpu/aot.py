@@ -9,11 +9,11 @@ platform of the mesh's devices). It measures per chip:
   total        arguments + outputs - donated aliases + temporaries + code, train or eval
                (eval: its own arguments and temporaries plus the optimizer state, which
                stays on the chip), whichever is larger
-and per step: model FLOPs (6N + 6LTD per token, `model.flops_per_token`), the FLOPs of the
-compiled program's matmuls as XLA emitted them (`hlo.matmul_flops`: recomputation included,
-Pallas kernels such as splash attention not seen), collective traffic by kind
-(`hlo.collective_bytes`), and the step-time bound: the larger FLOP count at the chips'
-peak bf16 rate. A program that does not fit
+and per step: model FLOPs (6N + 6LTD per token, `model.flops_per_token`), the FLOPs the
+compiled program does: its matmuls as XLA emitted them (`hlo.matmul_flops`) plus the
+splash attention kernels' (`hlo.splash_flops`, from their shapes), recomputation
+included; collective traffic by kind (`hlo.collective_bytes`); and the step-time bound:
+the larger FLOP count at the chips' peak bf16 rate. A program that does not fit
 in HBM fails to compile; the report then has `error` and XLA's largest temporaries.
 """
 
@@ -109,6 +109,7 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   config that cannot run on the slice (e.g. a batch the chips do not divide).
   """
   import jax
+  from wsdjax import attention
   from wsdjax import config as config_lib
   from wsdjax import model as model_lib
   from wsdjax import plan as plan_lib
@@ -154,7 +155,10 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   report.total_bytes = max(_program_bytes(stats), report.eval_total_bytes)
   report.host_bytes = _host_bytes(stats)
   program = train.as_text()
-  report.xla_flops = hlo.matmul_flops(program) * tpu_slice.chips
+  kernel_flops = hlo.splash_flops(program, attention.splash_block(cfg.model.seq_len),
+                                  attention.SPLASH_FUSED_BACKWARD) if (
+      report.kernels["attention"] == "splash") else 0.0
+  report.xla_flops = (hlo.matmul_flops(program) + kernel_flops) * tpu_slice.chips
   report.collective_bytes = hlo.collective_bytes(program, tpu_slice.chips)
   flops = max(report.model_flops, report.xla_flops)
   report.step_time_bound_s = flops / (tpu_slice.chips * tpu_slice.peak_flops)

@@ -8,6 +8,10 @@ loop's condition, `i < N`). Ring-algorithm traffic per chip, with n chips in the
   all-reduce      2(n-1)/n x the array
   all-to-all      (n-1)/n x the array;   collective-permute: the array
 
+`matmul_flops(hlo_text)` and `splash_flops(hlo_text, block)`: FLOPs per step of the
+program's matmuls (dots, convolutions) and of its splash attention kernels (Pallas custom
+calls, counted from their shapes), recomputation included.
+
 `largest_temporaries(dump_dir, module)`: the biggest temporary buffers of a compiled (or
 failed: XLA writes the dump before it reports running out of HBM) program, from XLA's
 buffer-assignment dump (`--xla_dump_to`), each with the jax operation that made it.
@@ -34,6 +38,7 @@ _BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s
           "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8,
           "c128": 16}
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]")
+_ARRAY_TYPE = re.compile(r"\b[a-z]+[0-9]*\[[0-9,]*\]")
 _HEADER = re.compile(r"^(?:ENTRY )?%([^\s(]+) \((.*)\) -> .* \{$")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([^\s=]+) = (.*)$")
 _CALLEE = re.compile(r"\b(calls|body|condition|to_apply)=%([^\s,})]+)")
@@ -126,9 +131,6 @@ def _group_size(rest: str, chips: int) -> int:
   if m:
     return int(m.group(2))
   return chips
-
-
-_RING_FACTOR = {"all-reduce": 2.0}
 
 
 def _walk(comps: dict, entry: str):
@@ -275,6 +277,37 @@ def matmul_flops(hlo_text: str) -> float:
       total += times * _conv_flops(instr, types)
     elif instr.opcode == "dot":
       total += times * _dot_flops(instr, types)
+  return total
+
+
+# Matmuls of q k^T's size each splash kernel does per (query block, key block) pair: the
+# forward 2 (q k^T, p v); the backward's dq kernel 3 (q k^T, do v^T, ds k) and its dk/dv
+# kernel 4 (q k^T, do v^T, p^T do, ds^T q), each recomputing the scores it needs; a fused
+# backward kernel (dq with dk and dv) 5.
+_SPLASH_MATMULS = (("dkv", 4), ("dq", 3), ("fwd", 2))
+
+
+def splash_flops(hlo_text: str, block: int, fused_backward: bool = False) -> float:
+  """FLOPs of the program's splash attention kernels (Pallas custom calls, which XLA does
+  not count) per call, on one device, loop bodies counted once per trip. A kernel on
+  q [B, H, T, Dh] with a causal mask in blocks of `block` positions visits (1 + block/T)/2
+  of the T x T score blocks; each visit does its matmuls (`_SPLASH_MATMULS`; the dk/dv
+  kernel 5 with `fused_backward`) of 2 B H block^2 Dh FLOPs."""
+  comps, entry = parse(hlo_text)
+  total = 0.0
+  for instr, times in _walk(comps, entry):
+    if instr.opcode != "custom-call" or not instr.name.startswith("splash_mha"):
+      continue
+    matmuls = next((n for key, n in _SPLASH_MATMULS if f"_{key}" in instr.name), 0)
+    matmuls += fused_backward and "_dkv" in instr.name
+    layouts = re.search(r"operand_layout_constraints=\{(.*?)\}, [a-z_]+=", instr.rest, re.S)
+    q = next((d for d in (_dims(a) for a in _ARRAY_TYPE.findall(layouts.group(1)))
+              if len(d) == 4), None) if layouts else None
+    if not q:
+      continue
+    b, h, t, dh = q
+    visited = (1 + min(block, t) / t) / 2
+    total += times * matmuls * 2.0 * b * h * t * t * dh * visited
   return total
 
 
