@@ -112,7 +112,8 @@ def test_a_config_too_big_for_the_slice_exits_1_and_says_why(tmp_path):
   # the [.., T, T] attention scores, named by the jax operation that made them
   scores = [line for line in stdout.splitlines() if "4096,4096]" in line]
   assert "largest temporaries" in stdout and any("/attn/" in line for line in scores)
-  assert "--config.train.micro_batches=" in stdout and "remat=full" in stdout
+  assert "--config.train.micro_batches=" in stdout and "remat=dots" in stdout
+  assert "attention_impl=splash" in stdout  # the xla attention was asked for
   r = json.loads((tmp_path / "r.json").read_text())
   assert not r["fits"] and r["temp_bytes"] > r["hbm_bytes"] and r["advice"]
 

@@ -138,9 +138,10 @@ def test_loss_impl_auto_is_chunked_on_accelerators(monkeypatch):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_head_loss_under_a_batch_sharded_mesh_reduces_dw_once(tied):
-  """Batch over 4 x 2 devices (data x fsdp, the head FSDP-sharded): the same loss and
-  gradients as one device, and dW is all-reduced once a step, not once a chunk (per-device
-  partial sums carried through the scan, `fused_loss._batch_split`)."""
+  """Batch over 4 x 2 devices (data x fsdp, the head FSDP-sharded), as compiled for an
+  accelerator: the same loss and gradients as one device, and dW is all-reduced once a
+  step, not once a chunk (per-device partial sums carried through the scan,
+  `fused_loss._batch_split`). On CPU the per-chunk form is kept (bitwise as before)."""
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
@@ -153,7 +154,8 @@ def test_head_loss_under_a_batch_sharded_mesh_reduces_dw_once(tied):
   w = _rand(1, v, d, scale=0.5) if tied else _rand(1, d, v, scale=0.5)
   y = np.random.default_rng(2).integers(0, v, (b, t)).astype(np.int32)
   rows = 16  # 16 rows = 2 positions of 8 sequences: 16 chunks
-  fused = lambda x, w: F.head_loss(x, w, y, tied=tied, chunk_rows=rows)  # noqa: E731
+  fused = lambda x, w: F.head_loss(x, w, y, tied=tied, chunk_rows=rows,  # noqa: E731
+                                   platform="tpu")
   l_ref, g_ref = jax.jit(jax.value_and_grad(fused, (0, 1)))(x, w)
 
   cfg = config_lib.base_config()
@@ -163,7 +165,8 @@ def test_head_loss_under_a_batch_sharded_mesh_reduces_dw_once(tied):
     batch = NamedSharding(mesh, P(("data", "fsdp")))
     head = NamedSharding(mesh, P("fsdp", None))  # FSDP-sharded weights
     step = jax.jit(jax.value_and_grad(fused, (0, 1)), in_shardings=(batch, head))
-    assert F._batch_split(b) == (8, ("data", "fsdp"))
+    assert F._batch_split(b, per_device=True) == (8, ("data", "fsdp"))
+    assert F._batch_split(b, per_device=False) == (1, None)
     l_s, g_s = step(x, w)
     program = step.lower(x, w).compile().as_text()
   np.testing.assert_allclose(l_s, l_ref, rtol=1e-6)

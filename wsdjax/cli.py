@@ -69,12 +69,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None], handled: dict[type, int]) -> None:
-  """app.run(main) where exceptions of the `handled` types become one-line errors.
-
-  Where libtpu is installed on a host without TPU chips, jax is kept to the CPU first
-  (`wsdjax.tpu.host`), so that no libtpu warning reaches the console."""
-  from wsdjax.tpu import host
-  host.cpu_only_without_tpu()
+  """app.run(main) where exceptions of the `handled` types become one-line errors."""
   def guarded(argv):
     if not flags.FLAGS.debug:
       absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO

@@ -87,8 +87,8 @@ def _lse_and_target(z: jax.Array, yc: jax.Array) -> tuple[jax.Array, jax.Array, 
   return e, s, (m + jnp.log(s) - target)[..., 0]
 
 
-def _loss_only(x, w, y, tied, c):
-  w = _gathered_head(w, tied, _batch_split(x.shape[0])[1])
+def _loss_only(x, w, y, tied, c, per_device):
+  w = _gathered_head(w, tied, _batch_split(x.shape[0], per_device)[1])
 
   def body(total, inp):
     xc, yc = inp
@@ -99,11 +99,12 @@ def _loss_only(x, w, y, tied, c):
   return total / y.size
 
 
-def _batch_split(batch: int) -> tuple[int, Any]:
+def _batch_split(batch: int, per_device: bool) -> tuple[int, Any]:
   """(S, axes): the batch rows are spread over S devices along mesh `axes` (the logical
-  rules' 'act_batch') under the current mesh; (1, None) without one."""
+  rules' 'act_batch') under the current mesh; (1, None) without one or without
+  `per_device`."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
+  if not per_device or mesh.empty or mesh.size == 1:
     return 1, None
   axes = nn.logical_to_mesh_axes(("act_batch",))[0]
   names = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -121,16 +122,16 @@ def _gathered_head(w: jax.Array, tied: bool, split_axes) -> jax.Array:
   return jax.lax.with_sharding_constraint(w, P(vocab, None) if tied else P(None, vocab))
 
 
-def _loss_and_grads(x, w, y, tied, c):
+def _loss_and_grads(x, w, y, tied, c, per_device):
   """(mean loss, dloss/dx, dloss/dw) in one scan over chunks.
 
-  With the batch rows spread over S > 1 devices, each device sums x^T dz over its own rows
-  (a [S, D, V] carry, one slice per device) and the S partial sums are added once after
-  the scan: one reduction of dW per step instead of one per chunk.
+  With `per_device` and the batch rows spread over S > 1 devices, each device sums x^T dz
+  over its own rows (a [S, D, V] carry, one slice per device) and the S partial sums are
+  added once after the scan: one reduction of dW per step instead of one per chunk.
   """
   d, v = x.shape[-1], w.shape[0] if tied else w.shape[1]
   bar = jax.lax.optimization_barrier
-  split, axes = _batch_split(x.shape[0])
+  split, axes = _batch_split(x.shape[0], per_device)
   w = _gathered_head(w, tied, axes)
 
   def partial_dw(xc, dz):
@@ -162,17 +163,17 @@ def _loss_and_grads(x, w, y, tied, c):
   return total / n, _unchunk(dx) / n, dw.astype(w.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _head_loss(x, w, y, tied, c):
-  return _loss_only(x, w, y, tied, c)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _head_loss(x, w, y, tied, c, per_device):
+  return _loss_only(x, w, y, tied, c, per_device)
 
 
-def _head_loss_fwd(x, w, y, tied, c):
-  loss, dx, dw = _loss_and_grads(x, w, y, tied, c)
+def _head_loss_fwd(x, w, y, tied, c, per_device):
+  loss, dx, dw = _loss_and_grads(x, w, y, tied, c, per_device)
   return loss, (dx, dw, y)
 
 
-def _head_loss_bwd(tied, c, res, g):
+def _head_loss_bwd(tied, c, per_device, res, g):
   dx, dw, y = res
   zero_y = jnp.zeros(y.shape, jax.dtypes.float0)  # integer targets have no cotangent
   return (dx * g).astype(dx.dtype), (dw * g).astype(dw.dtype), zero_y
@@ -182,13 +183,16 @@ _head_loss.defvjp(_head_loss_fwd, _head_loss_bwd)
 
 
 def head_loss(x: jax.Array, w: jax.Array, targets: jax.Array, tied: bool,
-              chunk_rows: int | None = None) -> jax.Array:
+              chunk_rows: int | None = None, platform: str | None = None) -> jax.Array:
   """Mean cross-entropy (nats) of the logits x W against `targets`, without building them.
 
   x: [B, T, D]; w: the embedding E [V, D] when `tied` (z = x E^T), else W [D, V];
-  targets: int [B, T]; chunk_rows: rows per chunk (default `default_chunk_rows()`).
-  Differentiable in x and w.
+  targets: int [B, T]; chunk_rows: rows per chunk (default `default_chunk_rows(platform)`).
+  Differentiable in x and w. On GPU/TPU (`platform`; None = jax.default_backend()) under a
+  mesh that spreads the batch, dW is summed per device and reduced once
+  (`_loss_and_grads`); on CPU it is reduced per chunk, as it always was (the same bits).
   """
   b, t = targets.shape
-  c = chunk_len(b, t, chunk_rows or default_chunk_rows())
-  return _head_loss(x, w, targets.astype(jnp.int32), tied, c)
+  c = chunk_len(b, t, chunk_rows or default_chunk_rows(platform))
+  per_device = (platform or jax.default_backend()) != "cpu"
+  return _head_loss(x, w, targets.astype(jnp.int32), tied, c, per_device)

@@ -371,7 +371,7 @@ class Transformer(nn.Module):
     loss_impl = fused_loss.resolve(cfg.loss_impl, cfg.dense_impl, cfg.platform)
     if targets is not None and loss_impl == "chunked":
       return fused_loss.head_loss(x, head, targets, tied=cfg.tie_embeddings,
-                                  chunk_rows=fused_loss.default_chunk_rows(cfg.platform))
+                                  platform=cfg.platform)
     if cfg.tie_embeddings:
       logits = fast_dense.dense_t(x, head, cfg.dense_impl, cfg.platform)
     else:

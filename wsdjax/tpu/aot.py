@@ -172,16 +172,21 @@ def advice(cfg, report: Report) -> str:
   """What to change so that a config that does not fit does: one line."""
   over = report.total_bytes - FIT_FRACTION * report.hbm_bytes
   tips = []
-  if cfg.model.remat != "full":
-    tips.append(f"--config.model.remat=full (now {cfg.model.remat!r})")
+  if report.kernels.get("attention") == "xla" and cfg.model.seq_len % 128 == 0:
+    tips.append("--config.model.attention_impl=splash (no [T, T] scores)")
+  if report.kernels.get("loss") == "plain":
+    tips.append("--config.model.loss_impl=chunked (no [B, T, V] logits)")
+  if cfg.model.remat == "none":  # cheapest first: 'dots' recomputes only elementwise work
+    tips.append("--config.model.remat=dots (now 'none')")
   k, batch = cfg.train.micro_batches, cfg.train.global_batch_size
   shards = report.mesh.get("data", 1) * report.mesh.get("fsdp", 1)
   more = next((m for m in range(k + 1, batch + 1)
                if batch % m == 0 and (batch // m) % shards == 0), None)
   if more:
     tips.append(f"--config.train.micro_batches={more} (now {k})")
-  if report.kernels.get("loss") == "plain":
-    tips.append("--config.model.loss_impl=chunked")
+  if cfg.model.remat != "full":
+    tips.append(f"--config.model.remat=full (now {cfg.model.remat!r}; recomputes the "
+                "matmuls)")
   tips.append("a slice with more chips")
   return (f"needs {over / (1 << 30):.2f} GiB less per chip to leave 10% of HBM free; try "
           + ", or ".join(tips))

@@ -2,7 +2,7 @@
 
 With libtpu installed (`pip install -e '.[tpu]'`, which `make test` does to compile TPU
 programs), jax tries the TPU backend first and, on a host without TPU chips, prints
-libtpu's warnings before it falls back to the CPU. The CLIs call
+libtpu's warnings before it falls back to the CPU. `import wsdjax` calls
 `cpu_only_without_tpu()` first, so a run on a laptop or CI machine prints nothing extra.
 """
 
