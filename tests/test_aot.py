@@ -257,3 +257,38 @@ def test_remat_policies_change_what_the_tpu_step_recomputes_and_keeps():
   host = {p: r.host_bytes for p, r in reports.items()}
   assert host["dots_offload"] > 0 and host["none"] == host["dots"] == host["full"] == 0, host
   assert all(r.fits for r in reports.values())
+
+
+WINDOWED_LOOP = """\
+HloModule windowed
+
+%cond (p: (s32[], f32[8,8])) -> pred[] {
+  %p = (s32[], f32[8,8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(16)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (q: (s32[], f32[8,8])) -> (s32[], f32[8,8]) {
+  %q = (s32[], f32[8,8]) parameter(0)
+  %j = s32[] get-tuple-element(%q), index=0
+  %x = f32[8,8] get-tuple-element(%q), index=1
+  %y = f32[8,8] dot(%x, %x), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %two = s32[] constant(2)
+  %next = s32[] add(%j, %two)
+  ROOT %t = (s32[], f32[8,8]) tuple(%next, %y)
+}
+
+ENTRY %main (a: f32[8,8]) -> (s32[], f32[8,8]) {
+  %a = f32[8,8] parameter(0)
+  %start = s32[] constant(4)
+  %init = (s32[], f32[8,8]) tuple(%start, %a)
+  ROOT %w = (s32[], f32[8,8]) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+def test_loop_trips_follow_the_start_and_the_step():
+  """XLA's windowed einsums (FSDP matmuls on TPU) loop `i += 2` while `i < N`: a loop from
+  4 to 16 in steps of 2 runs 6 times, not 16."""
+  assert hlo.matmul_flops(WINDOWED_LOOP) == 6 * 2 * 8 * 8 * 8

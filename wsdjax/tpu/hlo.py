@@ -108,12 +108,52 @@ def parse(hlo_text: str) -> tuple[dict, str]:
   return comps, entry
 
 
-def _trip_count(comps: dict, condition: str) -> int:
-  """N of a loop whose condition is `i < N` (the integer constant in it); 1 if unknown."""
-  comp = comps.get(condition)
-  consts = [int(m) for i in (comp.instrs if comp else []) if i.opcode == "constant"
-            for m in re.findall(r"constant\((-?\d+)\)", i.rest)]
-  return max(consts[0], 1) if len(consts) == 1 else 1
+def _constant(instr) -> int | None:
+  m = re.match(r"constant\((-?\d+)\)", instr.rest) if instr and instr.opcode == "constant" else None
+  return int(m.group(1)) if m else None
+
+
+def _tuple_index(instr) -> int | None:
+  m = re.search(r"\bindex=(\d+)", instr.rest) if instr and instr.opcode == "get-tuple-element" \
+      else None
+  return int(m.group(1)) if m else None
+
+
+def _trip_count(comps: dict, loop, caller) -> int:
+  """Trips of the while `loop` (in computation `caller`) whose condition is `i < N`, its
+  body adding a constant step to i (XLA's windowed einsums step by 2) from an initial
+  constant: ceil((N - init) / step); 1 if the loop is not of that form."""
+  cond = re.search(r"condition=%([^\s,]+)", loop.rest)
+  body = re.search(r"body=%([^\s,]+)", loop.rest)
+  cond, body = comps.get(cond.group(1)) if cond else None, comps.get(body.group(1)) if body \
+      else None
+  if cond is None:
+    return 1
+  named = {i.name: i for i in cond.instrs}
+  index, bound = None, None
+  for instr in cond.instrs:
+    if instr.opcode == "compare" and "direction=LT" in instr.rest:
+      lhs, rhs = (named.get(o) for o in (_operands(instr) + ["", ""])[:2])
+      index, bound = _tuple_index(lhs), _constant(rhs)
+  if bound is None:  # not `gte(i) < constant`: the condition's only constant, if one
+    consts = [c for c in map(_constant, cond.instrs) if c is not None]
+    return max(consts[0], 1) if len(consts) == 1 else 1
+  step, init = 1, 0
+  if body is not None and index is not None and body.instrs:
+    named = {i.name: i for i in body.instrs}
+    root = body.instrs[-1]
+    if root.opcode == "tuple" and len(_operands(root)) > index:
+      update = named.get(_operands(root)[index])
+      if update is not None and update.opcode == "add":
+        for o in _operands(update):
+          c = _constant(named.get(o))
+          step = c if c else step
+  if index is not None and caller is not None:
+    named = {i.name: i for i in caller.instrs}
+    start = named.get((_operands(loop) + [""])[0])
+    if start is not None and start.opcode == "tuple" and len(_operands(start)) > index:
+      init = _constant(named.get(_operands(start)[index])) or 0
+  return max(-(-(bound - init) // max(step, 1)), 1)
 
 
 def _group_size(rest: str, chips: int) -> int:
@@ -150,8 +190,7 @@ def _walk(comps: dict, entry: str):
       trips = 1
       if instr.opcode == "while":
         known = re.search(r'"known_trip_count":\{"n":"(\d+)"', instr.rest)
-        cond = re.search(r"condition=%([^\s,]+)", instr.rest)
-        trips = int(known.group(1)) if known else _trip_count(comps, cond.group(1)) if cond else 1
+        trips = int(known.group(1)) if known else _trip_count(comps, instr, comp)
       for role, callee in _CALLEE.findall(instr.rest):
         stack.append((callee, times * (trips if role == "body" else 1), depth + 1))
       for branches in _BRANCHES.findall(instr.rest):
