@@ -4,9 +4,10 @@ Compiles the config's real train and eval steps for Cloud TPU slice T (a gcloud 
 type: v4-64, v5litepod-64 / v5e-64, v5p-8, v6e-8, ...; `--list` shows all) on this host,
 which needs no TPU, only libtpu (`pip install -e '.[tpu]'`). Prints the chips, the mesh,
 per-chip HBM (state, temporaries, total against the chip's HBM), model and XLA FLOPs per
-step, collective traffic per step by kind, the step-time bound of the chips' peak FLOP/s
-and the compile time (`wsdjax.tpu.aot`). Exit 0: fits with at least 10% of HBM to spare;
-1: it does not (by how much, the largest temporaries, what to change); 2: bad input.
+step, collective traffic per step by kind, the step-time bound (the chips' peak FLOP/s and
+ICI bandwidth) and the compile time (`wsdjax.tpu.aot`). Exit 0: fits with at least 10% of
+HBM to spare; 1: it does not (by how much, the largest temporaries, what to change); 2: bad
+input.
 """
 
 import json
@@ -65,7 +66,9 @@ def format_report(r, advice: str | None = None) -> str:
               "included)",
               "  collectives per chip per step: " + (", ".join(
                   f"{k} {_si(v, 'B')}" for k, v in r.collective_bytes.items() if v) or "none"),
-              f"  step time >= {r.step_time_bound_s:.3f} s at peak; compile {r.compile_s:.0f} s"]
+              f"  step time >= {r.step_time_bound_s:.3f} s (compute {r.compute_bound_s:.3f} s at "
+              f"peak FLOP/s, collectives {r.collective_bound_s:.3f} s at full ICI bandwidth); "
+              f"compile {r.compile_s:.0f} s"]
   if r.largest_temporaries and not r.fits:
     lines.append("  largest temporaries:")
     lines += [f"    {gib(t['bytes']):>10}  {t['type_text']}  {t['op_name']}"

@@ -12,8 +12,11 @@ platform of the mesh's devices). It measures per chip:
 and per step: model FLOPs (6N + 6LTD per token, `model.flops_per_token`), the FLOPs the
 compiled program does: its matmuls as XLA emitted them (`hlo.matmul_flops`) plus the
 splash attention kernels' (`hlo.splash_flops`, from their shapes), recomputation
-included; collective traffic by kind (`hlo.collective_bytes`); and the step-time bound:
-the larger FLOP count at the chips' peak bf16 rate. A program that does not fit
+included; collective traffic by kind (`hlo.collective_bytes`); and the step-time bound: the larger
+of the compute bound (the larger FLOP count at the chips' peak bf16 rate) and the
+collective bound (each chip's collective bytes at its full ICI send rate), as if XLA
+overlapped every transfer with compute. A real step is slower: memory-bound work,
+imperfect overlap and collectives that cannot use every link are not in it. A program that does not fit
 in HBM fails to compile; the report then has `error` and XLA's largest temporaries.
 """
 
@@ -46,6 +49,8 @@ class Report:
   model_flops: float = 0.0
   xla_flops: float = 0.0
   collective_bytes: dict = dataclasses.field(default_factory=dict)
+  compute_bound_s: float = 0.0
+  collective_bound_s: float = 0.0
   step_time_bound_s: float = 0.0
   compile_s: float = 0.0
   kernels: dict = dataclasses.field(default_factory=dict)
@@ -161,7 +166,9 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   report.xla_flops = (hlo.matmul_flops(program) + kernel_flops) * tpu_slice.chips
   report.collective_bytes = hlo.collective_bytes(program, tpu_slice.chips)
   flops = max(report.model_flops, report.xla_flops)
-  report.step_time_bound_s = flops / (tpu_slice.chips * tpu_slice.peak_flops)
+  report.compute_bound_s = flops / (tpu_slice.chips * tpu_slice.peak_flops)
+  report.collective_bound_s = sum(report.collective_bytes.values()) / tpu_slice.send_bytes_per_s
+  report.step_time_bound_s = max(report.compute_bound_s, report.collective_bound_s)
   if dump_dir:
     report.largest_temporaries = [dataclasses.asdict(t) for t in
                                   hlo.largest_temporaries(dump_dir, "jit_train_step")]

@@ -8,7 +8,9 @@ A slice name is what `gcloud compute tpus tpu-vm create --accelerator-type` take
 
 Usable HBM per chip is what libtpu's compiler allows a program (its "exceeds available HBM"
 limit, read on libtpu 0.0.42.1): a little under the chip's physical HBM. Peak FLOP/s are
-Google's published dense bfloat16 numbers per chip.
+Google's published dense bfloat16 numbers per chip; ICI bandwidth is the published
+bidirectional inter-chip bandwidth per chip (v5e 400, v5p 1200, v6e 800 GB/s; v4: six links
+of 400 Gbit/s each way = 600 GB/s).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Generation:
   megacore: bool         # two TensorCores per chip used as one device
   hbm_bytes: int         # usable HBM per chip
   peak_flops: float      # dense bf16 FLOP/s per chip
+  ici_bytes_per_s: float  # bidirectional inter-chip bandwidth per chip (half each way)
   shapes: dict           # chips -> topology dims, the shapes gcloud offers
 
 
@@ -40,10 +43,10 @@ _3D = _dims("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x
 _2D = _dims("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16")
 
 GENERATIONS = (
-    Generation("v4", "v4", 2, True, int(30.75 * GIB), 275e12, _3D),
-    Generation("v5p", "v5p", 2, True, int(95.74 * GIB), 459e12, _3D),
-    Generation("v5litepod", "v5e", 1, False, int(15.75 * GIB), 197e12, _2D),
-    Generation("v6e", "v6e", 1, False, int(31.25 * GIB), 918e12, _2D),
+    Generation("v4", "v4", 2, True, int(30.75 * GIB), 275e12, 600e9, _3D),
+    Generation("v5p", "v5p", 2, True, int(95.74 * GIB), 459e12, 1200e9, _3D),
+    Generation("v5litepod", "v5e", 1, False, int(15.75 * GIB), 197e12, 400e9, _2D),
+    Generation("v6e", "v6e", 1, False, int(31.25 * GIB), 918e12, 800e9, _2D),
 )
 ALIASES = {"v5e": "v5litepod"}
 
@@ -67,6 +70,11 @@ class Slice:
   @property
   def peak_flops(self) -> float:
     return self.generation.peak_flops
+
+  @property
+  def send_bytes_per_s(self) -> float:
+    """What one chip can send per second over all its ICI links (half the bidirectional)."""
+    return self.generation.ici_bytes_per_s / 2
 
 
 class UnknownSlice(ValueError):
