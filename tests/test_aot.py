@@ -296,3 +296,26 @@ def test_loop_trips_follow_the_start_and_the_step():
   """XLA's windowed einsums (FSDP matmuls on TPU) loop `i += 2` while `i < N`: a loop from
   4 to 16 in steps of 2 runs 6 times, not 16."""
   assert hlo.matmul_flops(WINDOWED_LOOP) == 6 * 2 * 8 * 8 * 8
+
+
+def _splash_call(q_type: str) -> str:
+  return f"""\
+HloModule splash
+
+ENTRY %main (q: {q_type}) -> {q_type} {{
+  %q = {q_type} parameter(0)
+  ROOT %splash_mha_fwd_residuals.1 = {q_type} custom-call(%q, %q, %q), \
+custom_call_target="tpu_custom_call", operand_layout_constraints={{s8[1,1,1]{{2,1,0}}, \
+{q_type}{{2,1,0}}, {q_type}{{2,1,0}}, {q_type}{{2,1,0}}}}, backend_config="k"
+}}
+"""
+
+
+def test_splash_flops_with_and_without_a_batch_axis():
+  """The kernel's q is [B, H, T, Dh], or [H, T, Dh] when each call has one sequence (a
+  micro-batch of one sequence a chip): the forward's 2 matmuls of 2 B H T^2 Dh, with a
+  block of T (every score block visited) or T/2 (3/4 of them)."""
+  one = 2 * 2 * 1 * 2 * 256 * 256 * 64
+  assert hlo.splash_flops(_splash_call("bf16[2,256,64]"), 256) == one
+  assert hlo.splash_flops(_splash_call("bf16[3,2,256,64]"), 256) == 3 * one
+  assert hlo.splash_flops(_splash_call("bf16[2,256,64]"), 128) == 0.75 * one

@@ -340,11 +340,14 @@ def splash_flops(hlo_text: str, block: int, fused_backward: bool = False) -> flo
     matmuls = next((n for key, n in _SPLASH_MATMULS if f"_{key}" in instr.name), 0)
     matmuls += fused_backward and "_dkv" in instr.name
     layouts = re.search(r"operand_layout_constraints=\{(.*?)\}, [a-z_]+=", instr.rest, re.S)
-    q = next((d for d in (_dims(a) for a in _ARRAY_TYPE.findall(layouts.group(1)))
-              if len(d) == 4), None) if layouts else None
+    # q: the first floating-point operand, [B, H, T, Dh], or [H, T, Dh] where one sequence
+    # per call left the batch axis out
+    q = next((_dims(a) for a in _ARRAY_TYPE.findall(layouts.group(1))
+              if re.match(r"(bf|f)\d+\[", a) and len(_dims(a)) in (3, 4)), None) \
+        if layouts else None
     if not q:
       continue
-    b, h, t, dh = q
+    b, h, t, dh = q if len(q) == 4 else [1, *q]
     visited = (1 + min(block, t) / t) / 2
     total += times * matmuls * 2.0 * b * h * t * t * dh * visited
   return total
