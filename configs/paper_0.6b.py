@@ -12,6 +12,7 @@ from wsdjax.paper import paper_config
 
 
 def get_config():
-  # 24 blocks of width 1536, 32 heads of 48, SwiGLU hidden 4096; 2 micro-batch(es) per step.
+  # 24 blocks of width 1536, 32 heads of 48, SwiGLU hidden 4096; 8 micro-batches per step
+  # with remat 'dots': the fastest that fits a v4-64 and a v5e-64 (docs/scale_out.md).
   return paper_config("paper_0.6b", n_layers=24, d_model=1536, n_heads=32, d_ff=4096,
-                      micro_batches=2)
+                      micro_batches=8, remat="dots")

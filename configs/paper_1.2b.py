@@ -11,6 +11,7 @@ from wsdjax.paper import paper_config
 
 
 def get_config():
-  # 24 blocks of width 2048, 32 heads of 64, SwiGLU hidden 5632; 4 micro-batch(es) per step.
+  # 24 blocks of width 2048, 32 heads of 64, SwiGLU hidden 5632; 16 micro-batches per step
+  # with remat 'dots': the fastest that fits a v4-64 and a v5e-64 (docs/scale_out.md).
   return paper_config("paper_1.2b", n_layers=24, d_model=2048, n_heads=32, d_ff=5632,
-                      micro_batches=4)
+                      micro_batches=16, remat="dots")

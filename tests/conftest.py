@@ -45,7 +45,8 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 # `make test` runs 2 workers with --dist loadfile, which hands out whole files in collection
 # order: a long file that starts last would leave the other worker idle at the end.
 LONGEST_FIRST = ("test_branches.py", "test_trainer.py", "test_multiprocess.py",
-                 "test_resume.py", "test_compare.py", "test_sharding.py", "test_notebooks.py",
+                 "test_resume.py", "test_compare.py", "test_aot.py", "test_sharding.py",
+                 "test_notebooks.py",
                  "test_fused_loss.py", "test_bad_input.py", "test_model.py")
 
 

@@ -18,8 +18,10 @@ from wsdjax.config import base_config
 
 
 def paper_config(name: str, n_layers: int, d_model: int, n_heads: int, d_ff: int,
-                 micro_batches: int = 1):
-  """The paper's setup (see module docstring) at one model size."""
+                 micro_batches: int = 1, remat: str = "dots"):
+  """The paper's setup (see module docstring) at one model size; `micro_batches` and
+  `remat` are what fits a v4-64 and a v5e-64 fastest (`python -m wsdjax.aot`,
+  docs/scale_out.md)."""
   c = base_config()
   c.name = name
   # Model: n_layers blocks of width d_model, n_heads heads (no GQA), SwiGLU hidden d_ff.
@@ -33,9 +35,10 @@ def paper_config(name: str, n_layers: int, d_model: int, n_heads: int, d_ff: int
   c.model.tie_embeddings = False
   # Context of 4096 tokens.
   c.model.seq_len = 4096
-  # bfloat16 activations (params stay float32), every block rematerialised in backward.
+  # bfloat16 activations (params stay float32); what each block keeps for the backward
+  # pass (model.remat: 'dots' keeps the matmul and attention outputs, 'full' only its input).
   c.model.dtype = "bfloat16"
-  c.model.remat = "full"
+  c.model.remat = remat
   # A TFDS text dataset in array_record format (override name and data_dir).
   c.data.source = "tfds"
   c.data.tfds_name = "c4/en"
