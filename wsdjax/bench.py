@@ -136,7 +136,8 @@ def trace_top(profile_dir: str, steps: int, n: int | None = 12) -> list[dict]:
   `profile_dir` (`jax.profiler.trace(..., create_perfetto_trace=True)`) of `steps` steps:
   op (the HLO op where the event names one, else the event's name), its longest kernel's
   name, ms per step and share of all device op time. Device ops are the events of the '/device:...'
-  processes (GPU streams, TPU cores); on CPU, those of XLA's worker threads."""
+  processes (GPU streams, TPU cores; not the plugins' '/device:CUSTOM:...' tracks); on CPU,
+  those of XLA's worker threads."""
   import collections
   import glob
   import gzip
@@ -151,7 +152,10 @@ def trace_top(profile_dir: str, steps: int, n: int | None = 12) -> list[dict]:
   procs = {pid: name for (kind, pid, _), name in meta.items() if kind == "process_name"}
   threads = {(pid, tid): name for (kind, pid, tid), name in meta.items()
              if kind == "thread_name"}
-  devices = {pid for pid, name in procs.items() if name.startswith("/device:")}
+  # '/device:CUSTOM:...' processes are profiler plugins' own tracks (libtpu, loaded in the
+  # process by a TPU compile, adds 'Megascale Trace'), not devices that ran the step.
+  devices = {pid for pid, name in procs.items()
+             if name.startswith("/device:") and not name.startswith("/device:CUSTOM")}
 
   def on_device(e) -> bool:
     if devices:
