@@ -230,3 +230,21 @@ def test_branches_cli_on_a_missing_workdir(tmp_path):
   out = run_cli("wsdjax.branches", "--workdir", str(tmp_path / "none"))
   assert out.returncode == 2 and out.stderr.startswith("wsdjax: --workdir: "), out.stderr
   assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_one_exit_code_table_for_every_cli():
+  """cli.exit_code: bad input 2, a failed run 3 (a failed save, a non-finite loss; a save
+  error before the checkpoint error it specialises), anything else a bug (None: traceback)."""
+  from wsdjax import checkpoint, cli, config, data, schedules, trainer
+  assert cli.exit_code(config.ConfigError("f", "p", "x")) == cli.EXIT_BAD_INPUT
+  assert cli.exit_code(schedules.ScheduleError("a", "p", "x")) == cli.EXIT_BAD_INPUT
+  assert cli.exit_code(data.DataConfigError("data.source: bad")) == cli.EXIT_BAD_INPUT
+  assert cli.exit_code(checkpoint.CheckpointError("no state")) == cli.EXIT_BAD_INPUT
+  assert cli.exit_code(checkpoint.SaveError("disk full")) == cli.EXIT_FAULT
+  assert cli.exit_code(trainer.NonFiniteLoss("nan")) == cli.EXIT_FAULT
+  assert cli.exit_code(ValueError("a bug")) is None
+  import re
+  for front_door in ("train", "branch", "branches", "compare", "river_valley", "bench", "aot"):
+    with open(f"{REPO}/wsdjax/{front_door}.py") as f:  # each runs main with that table only
+      assert re.search(r"cli\.run\((main|lambda argv: main\(argv, \*_flags\))\)\n",
+                       f.read()), front_door

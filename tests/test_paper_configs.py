@@ -17,6 +17,7 @@ from conftest import REPO
 from wsdjax import config as config_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib
+from wsdjax import sharding
 from wsdjax import trainer
 
 PAPER = {"paper_0.1b": 0.1e9, "paper_0.3b": 0.3e9, "paper_0.6b": 0.6e9, "paper_1.2b": 1.2e9}
@@ -76,7 +77,7 @@ def test_paper_config_shards_over_a_pod(name, pod):
   mesh = pod_mesh(chips)
   shardings = trainer.state_shardings(cfg, mesh)
   state = abstract(name)
-  assert config_lib.mesh_shape(cfg.mesh, chips) == (1, chips, 1)  # FSDP over every chip
+  assert sharding.mesh_shape(cfg.mesh, chips) == (1, chips, 1)  # FSDP over every chip
   per_chip = 0
   for x, sh in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
     shard = sh.shard_shape(x.shape)

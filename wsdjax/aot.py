@@ -114,5 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from wsdjax import config
-  cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT, ValueError: cli.EXIT_BAD_INPUT})
+  cli.run(main)

@@ -460,8 +460,5 @@ def main(argv):
 
 if __name__ == "__main__":
   hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
-  from wsdjax import checkpoint, config, data
   define_flags()
-  cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
-                 data.DataConfigError: cli.EXIT_BAD_INPUT,
-                 checkpoint.CheckpointError: cli.EXIT_BAD_INPUT})
+  cli.run(main)

@@ -124,10 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from wsdjax import checkpoint, config, data, schedules, trainer
-  cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
-                 schedules.ScheduleError: cli.EXIT_BAD_INPUT,
-                 data.DataConfigError: cli.EXIT_BAD_INPUT,
-                 checkpoint.SaveError: cli.EXIT_FAULT,
-                 checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
-                 trainer.NonFiniteLoss: cli.EXIT_FAULT})
+  cli.run(main)

@@ -76,6 +76,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from wsdjax import checkpoint
   define_flags()
-  cli.run(main, {checkpoint.CheckpointError: cli.EXIT_BAD_INPUT})
+  cli.run(main)

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from wsdjax import faults
+from wsdjax.files import atomic_write_text
 from wsdjax import idle_thread
 from wsdjax import raw_arrays
 from wsdjax import state_handler
@@ -117,20 +118,6 @@ def checkpoint_dir(workdir) -> epath.Path:
   if is_local(workdir):
     workdir = os.path.abspath(os.fspath(workdir))
   return epath.Path(workdir) / "checkpoints"
-
-
-def atomic_write_text(path: epath.Path, text: str) -> None:
-  """Write `text` so a reader sees the old or the new file, never half of one."""
-  path = epath.Path(path)
-  if str(path).startswith("gs://"):
-    path.write_text(text)  # GCS object writes are atomic.
-    return
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _json_default(x):
@@ -494,8 +481,8 @@ def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
   """Load a train state of a run: `branch` ('main' or 'decay-<N>') at `step` (default: its
   latest save). Onto `mesh` with the run's shardings, or as host numpy arrays without one.
   """
-  from wsdjax import config as config_lib  # local: the trainer composes us, not the reverse
-  from wsdjax import trainer
+  from wsdjax import config as config_lib  # local: the tree itself needs neither
+  from wsdjax import train_state
   cfg = config_lib.load_run_config(workdir)
   tree = CheckpointTree(workdir, read_only=True)
   steps = tree.steps(branch)
@@ -503,10 +490,10 @@ def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
     raise CheckpointError(
         f"branch: no saved states of {branch!r} in {workdir}; saved branches: {tree.branches()}")
   if mesh is None:
-    abstract = trainer.abstract_state(cfg)
+    abstract = train_state.abstract_state(cfg)
     target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
   else:
-    target = trainer.abstract_state(cfg, mesh)
+    target = train_state.abstract_state(cfg, mesh)
   if step is not None:
     return tree.restore(StateRef(branch, int(step)), target)[0]
   for newest in reversed(steps):  # the latest complete save of the branch

@@ -68,16 +68,30 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   return []
 
 
-def run(main: Callable[[list[str]], None], handled: dict[type, int]) -> None:
-  """app.run(main) where exceptions of the `handled` types become one-line errors."""
+def exit_code(error: BaseException) -> int | None:
+  """The exit code of a library exception, for every CLI (the one table); None for an
+  exception that is a bug, which keeps its traceback. First match wins: subclasses first."""
+  from wsdjax import checkpoint, data, schedules, trainer  # local: only when one failed
+  from wsdjax.errors import ConfigError
+  table = ((ConfigError, EXIT_BAD_INPUT),
+           (schedules.ScheduleError, EXIT_BAD_INPUT),
+           (data.DataConfigError, EXIT_BAD_INPUT),
+           (checkpoint.SaveError, EXIT_FAULT),        # a save that failed: the run stops
+           (checkpoint.CheckpointError, EXIT_BAD_INPUT),
+           (trainer.NonFiniteLoss, EXIT_FAULT))
+  return next((code for kind, code in table if isinstance(error, kind)), None)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """app.run(main) where the library's exceptions become one-line errors (`exit_code`)."""
   def guarded(argv):
     if not flags.FLAGS.debug:
       absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     try:
       main(argv)
-    except tuple(handled) as e:
-      if flags.FLAGS.debug:
+    except Exception as e:  # noqa: BLE001 - sorted by exit_code; the rest re-raised
+      code = exit_code(e)
+      if code is None or flags.FLAGS.debug:
         raise
-      code = next(c for t, c in handled.items() if isinstance(e, t))
       fail(str(e), code)
   app.run(guarded, flags_parser=parse_flags)

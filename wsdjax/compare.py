@@ -32,6 +32,7 @@ from etils import epath
 from wsdjax import config as config_lib
 from wsdjax import hugepages
 from wsdjax import plan as plan_lib
+from wsdjax import plots
 from wsdjax import schedules
 
 STRATEGIES = ("wsd", "wsd_s", "cyclic_cosine", "cosine")
@@ -258,13 +259,33 @@ def format_table(cfg, rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _plots(cfg, workdir, done: Sequence, rows: Sequence[dict]) -> list[str]:
+  """losses.png, compute.png, schedules.png of a comparison in `workdir`; their names."""
+  workdir = epath.Path(workdir)
+  groups: dict[str, list] = {}
+  for run in done:
+    groups.setdefault(run.strategy, []).append(run)
+
+  def title(s):
+    return LABELS[s] + (" (one run per budget)" if s == "cosine" else "")
+  plots.plot_losses([(title(s), s, [workdir / r.dirname for r in rs])
+                     for s, rs in groups.items()], workdir / "losses.png")
+  plots.plot_compute(rows, workdir / "compute.png", {s: LABELS[s] for s in groups},
+                     entropy_rate(cfg))
+  by: dict[str, list] = {}
+  for r in runs(cfg):
+    by.setdefault(r.strategy, []).append(plan_lib.make_plan(r.config.schedule))
+  plots.plot_schedules([(title(s), s, plans) for s, plans in by.items()],
+                       workdir / "schedules.png")
+  return ["losses.png", "compute.png", "schedules.png"]
+
+
 def report(cfg, workdir, stream=None) -> list[dict]:
   """Collect the rows of `workdir`; write results.csv, results.md and the plots there."""
-  from wsdjax import plots
   workdir = epath.Path(workdir)
   rows = collect(cfg, workdir)
   done = [r for r in runs(cfg) if (workdir / r.dirname / "checkpoints").exists()]
-  names = plots.compare_plots(cfg, workdir, done, rows)
+  names = _plots(cfg, workdir, done, rows)
   (workdir / "results.csv").write_text(to_csv(rows))
   (workdir / "results.md").write_text(to_markdown(cfg, rows, names))
   print(format_table(cfg, rows), file=stream or sys.stdout, flush=True)
@@ -328,11 +349,6 @@ def main(argv, config, workdir, only) -> None:
 
 if __name__ == "__main__":
   hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
-  from wsdjax import checkpoint, cli, data, trainer
+  from wsdjax import cli
   _flags = _define_flags()
-  cli.run(lambda argv: main(argv, *_flags),
-          {config_lib.ConfigError: cli.EXIT_BAD_INPUT,
-           schedules.ScheduleError: cli.EXIT_BAD_INPUT,
-           data.DataConfigError: cli.EXIT_BAD_INPUT,
-           checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
-           trainer.NonFiniteLoss: cli.EXIT_FAULT})
+  cli.run(lambda argv: main(argv, *_flags))

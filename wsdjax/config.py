@@ -14,15 +14,12 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+# ConfigError, the typed error of a bad field, lives in wsdjax.errors so that the modules
+# that own a rule (sharding's mesh shape) raise it without importing this module.
+from wsdjax.errors import ConfigError  # noqa: F401
+from wsdjax.errors import require as _require
+
 RUN_CONFIG = "config.json"
-
-
-class ConfigError(ValueError):
-  """A bad config field. str() is `<field>: <what is wrong>; <how to fix>`."""
-
-  def __init__(self, field: str, problem: str, fix: str):
-    self.field, self.problem, self.fix = field, problem, fix
-    super().__init__(f"{field}: {problem}; {fix}")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -233,11 +230,6 @@ def _flat(cfg, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _require(cond: bool, field: str, problem: str, fix: str) -> None:
-  if not cond:
-    raise ConfigError(field, problem, fix)
-
-
 def _positive_int(cfg_flat, field: str, allow_zero: bool = False) -> None:
   value = cfg_flat[field]
   ok = isinstance(value, int) and not isinstance(value, bool) and (
@@ -377,35 +369,11 @@ def _validate_schedule(s) -> None:
     raise ConfigError(field, problem, fix or "see python -m wsdjax.schedules --config ...")
 
 
-def mesh_shape(mesh_cfg, device_count: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) with a -1 axis filled by the remaining devices."""
-  sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
-  names = ("mesh.data", "mesh.fsdp", "mesh.tensor")
-  fills = [i for i, v in enumerate(sizes) if v == -1]
-  _require(len(fills) <= 1, names[fills[-1]] if fills else "mesh", "more than one axis is -1",
-           "set at most one mesh axis to -1")
-  for name, v in zip(names, sizes):
-    _require(isinstance(v, int) and (v == -1 or v > 0), name, f"must be -1 or >= 1, got {v!r}",
-             "e.g. -1 for all remaining devices")
-  fixed = 1
-  for v in sizes:
-    fixed *= v if v != -1 else 1
-  if fills:
-    _require(device_count % fixed == 0, names[fills[0]],
-             f"cannot fill: {device_count} devices are not divisible by the other axes ({fixed})",
-             "change the fixed mesh axes")
-    sizes[fills[0]] = device_count // fixed
-  product = sizes[0] * sizes[1] * sizes[2]
-  _require(product == device_count, "mesh",
-           f"data*fsdp*tensor = {product} but there are {device_count} devices",
-           "make the product equal the device count, or set one axis to -1")
-  return tuple(sizes)
-
-
 def _validate_mesh(cfg, device_count: int | None) -> None:
   if device_count is None:
     return
-  data, fsdp, tensor = mesh_shape(cfg.mesh, device_count)
+  from wsdjax import sharding  # local: the mesh's owner imports jax, this module does not
+  data, fsdp, tensor = sharding.mesh_shape(cfg.mesh, device_count)
   t = cfg.train
   shards = data * fsdp
   _require(t.global_batch_size % shards == 0, "train.global_batch_size",

@@ -20,7 +20,7 @@ import uuid
 import jax
 from etils import epath
 
-from wsdjax import distributed, plan as plan_lib
+from wsdjax import distributed, files, plan as plan_lib
 
 REQUESTS = "requests"
 
@@ -61,8 +61,7 @@ def _read(path: epath.Path) -> Request:
 
 
 def _write(path: epath.Path, request: Request) -> None:
-  from wsdjax.checkpoint import atomic_write_text
-  atomic_write_text(path, json.dumps(dataclasses.asdict(request)))
+  files.atomic_write_text(path, json.dumps(dataclasses.asdict(request)))
 
 
 def submit(workdir, decay_steps=None, decay_shape=None, min_lr_ratio=None) -> Request:

@@ -176,27 +176,6 @@ def plot_schedules(groups: Sequence[tuple[str, str, Sequence[plan_lib.Plan]]], p
   plt.close(fig)
 
 
-def compare_plots(cfg, workdir, runs: Sequence, rows: Sequence[dict]) -> list[str]:
-  """losses.png, compute.png, schedules.png of a comparison in `workdir`; their names."""
-  from wsdjax import compare
-  workdir = epath.Path(workdir)
-  groups: dict[str, list] = {}
-  for run in runs:
-    groups.setdefault(run.strategy, []).append(run)
-  def title(s):
-    return compare.LABELS[s] + (" (one run per budget)" if s == "cosine" else "")
-  plot_losses([(title(s), s, [workdir / r.dirname for r in rs]) for s, rs in groups.items()],
-              workdir / "losses.png")
-  plot_compute(rows, workdir / "compute.png",
-               {s: compare.LABELS[s] for s in groups}, compare.entropy_rate(cfg))
-  all_runs = compare.runs(cfg)
-  by = {}
-  for r in all_runs:
-    by.setdefault(r.strategy, []).append(plan_lib.make_plan(r.config.schedule))
-  plot_schedules([(title(s), s, plans) for s, plans in by.items()], workdir / "schedules.png")
-  return ["losses.png", "compute.png", "schedules.png"]
-
-
 def plot_river_valley(rows: Sequence[dict], entropy_rate: float, path,
                       main_eval: Sequence[tuple[int, float]] = ()) -> None:
   """The river-valley picture of a run with decay branches forked at several points.

@@ -119,11 +119,6 @@ def main(argv, config, workdir, plot_only) -> None:
 
 if __name__ == "__main__":
   hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
-  from wsdjax import checkpoint, cli, config as config_lib, data, schedules, trainer
+  from wsdjax import cli
   _flags = _define_flags()
-  cli.run(lambda argv: main(argv, *_flags),
-          {config_lib.ConfigError: cli.EXIT_BAD_INPUT,
-           schedules.ScheduleError: cli.EXIT_BAD_INPUT,
-           data.DataConfigError: cli.EXIT_BAD_INPUT,
-           checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
-           trainer.NonFiniteLoss: cli.EXIT_FAULT})
+  cli.run(lambda argv: main(argv, *_flags))

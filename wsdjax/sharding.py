@@ -22,13 +22,39 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wsdjax import config as config_lib
+from wsdjax.errors import require as _require
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 UNCONSTRAINED = P.UNCONSTRAINED
 
 Rules = tuple[tuple[str, "str | tuple[str, ...] | None"], ...]
+
+
+def mesh_shape(mesh_cfg, device_count: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) with a -1 axis filled by the remaining devices; ConfigError
+  naming the mesh field when the sizes cannot make `device_count`."""
+  sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
+  names = ("mesh.data", "mesh.fsdp", "mesh.tensor")
+  fills = [i for i, v in enumerate(sizes) if v == -1]
+  _require(len(fills) <= 1, names[fills[-1]] if fills else "mesh", "more than one axis is -1",
+           "set at most one mesh axis to -1")
+  for name, v in zip(names, sizes):
+    _require(isinstance(v, int) and (v == -1 or v > 0), name, f"must be -1 or >= 1, got {v!r}",
+             "e.g. -1 for all remaining devices")
+  fixed = 1
+  for v in sizes:
+    fixed *= v if v != -1 else 1
+  if fills:
+    _require(device_count % fixed == 0, names[fills[0]],
+             f"cannot fill: {device_count} devices are not divisible by the other axes ({fixed})",
+             "change the fixed mesh axes")
+    sizes[fills[0]] = device_count // fixed
+  product = sizes[0] * sizes[1] * sizes[2]
+  _require(product == device_count, "mesh",
+           f"data*fsdp*tensor = {product} but there are {device_count} devices",
+           "make the product equal the device count, or set one axis to -1")
+  return tuple(sizes)
 
 
 def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -39,7 +65,7 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
   count.
   """
   devices = list(jax.devices() if devices is None else devices)
-  shape = config_lib.mesh_shape(mesh_cfg, len(devices))
+  shape = mesh_shape(mesh_cfg, len(devices))
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   try:  # Topology-aware device order (ICI rings on TPU) where jax can compute one.
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)

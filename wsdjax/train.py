@@ -37,13 +37,9 @@ def main(argv):
 
 if __name__ == "__main__":
   hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
-  from wsdjax import checkpoint, config, data, distributed, trainer
+  from wsdjax import distributed
   try:
-    cli.run(main, {config.ConfigError: cli.EXIT_BAD_INPUT,
-                   data.DataConfigError: cli.EXIT_BAD_INPUT,
-                   checkpoint.SaveError: cli.EXIT_FAULT,
-                   checkpoint.CheckpointError: cli.EXIT_BAD_INPUT,
-                   trainer.NonFiniteLoss: cli.EXIT_FAULT})
+    cli.run(main)
   except BaseException as e:  # a process failing alone must not hang a multi-process job
     distributed.exit_if_failed(e)
     raise
