@@ -208,7 +208,8 @@ def test_hlo_parser_keeps_attributes_that_span_lines():
 def test_model_kernels_follow_the_platform_not_the_host():
   """On this CPU host: built for 'tpu' the model takes XLA's dense layers, the chunked loss
   and splash attention; built for the mesh of CPU devices, the CPU fast paths as before."""
-  from wsdjax import attention, fast_dense, fused_loss, sharding
+  from wsdjax import sharding
+  from wsdjax.kernels import attention, fast_dense, fused_loss
   cfg = model_lib.ModelConfig(seq_len=256, d_model=128, n_heads=2, n_kv_heads=2)
   q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.float32)
   tpu = model_lib.build_model(cfg, "tpu").config

@@ -1,4 +1,4 @@
-"""Tests of wsdjax.fast_dense: the CPU weight-gradient trick equals plain dots (values and
+"""Tests of wsdjax.kernels.fast_dense: the CPU weight-gradient trick equals plain dots (values and
 gradients to float32 rounding), and the model's loss and gradients do not depend on it."""
 
 import dataclasses
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from wsdjax import config as config_lib
-from wsdjax import fast_dense
+from wsdjax.kernels import fast_dense
 from wsdjax import model as M
 
 RTOL, ATOL = 2e-5, 1e-6

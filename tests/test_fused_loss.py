@@ -1,4 +1,4 @@
-"""Tests of wsdjax.fused_loss: the chunked LM head + cross-entropy equals
+"""Tests of wsdjax.kernels.fused_loss: the chunked LM head + cross-entropy equals
 cross_entropy(x @ W, y) in value and gradients, tied or not, in one chunk or many; and the
 model's loss (targets given) is the same on the CPU fast path and the plain one."""
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsdjax import fused_loss as F
+from wsdjax.kernels import fused_loss as F
 from wsdjax import model as M
 
 

@@ -273,7 +273,8 @@ _WRITER = """
 import sys
 import jax, numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-from wsdjax import checkpoint as ckpt, distributed
+from wsdjax import checkpoint as ckpt
+from wsdjax.process import distributed
 from wsdjax.plan import StateRef
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))

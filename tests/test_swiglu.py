@@ -1,4 +1,4 @@
-"""Tests of wsdjax.swiglu: every `swiglu_impl` computes silu(a) * u and its gradients."""
+"""Tests of wsdjax.kernels.swiglu: every `swiglu_impl` computes silu(a) * u and its gradients."""
 
 import dataclasses
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wsdjax import model as M
-from wsdjax import swiglu as S
+from wsdjax.kernels import swiglu as S
 
 
 def _rel(got, want) -> float:

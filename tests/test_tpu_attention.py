@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wsdjax import attention as A
+from wsdjax.kernels import attention as A
 from wsdjax import config as config_lib
 from wsdjax import model as M
 from wsdjax import sharding

@@ -49,7 +49,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from wsdjax import cli
-from wsdjax import hugepages
+from wsdjax.process import hugepages
 
 _CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = None
 
@@ -459,6 +459,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
   define_flags()
   cli.run(main)

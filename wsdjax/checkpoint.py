@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from wsdjax import faults
+from wsdjax.process import faults
 from wsdjax.files import atomic_write_text
 from wsdjax import idle_thread
 from wsdjax import raw_arrays

@@ -30,7 +30,7 @@ import ml_collections
 from etils import epath
 
 from wsdjax import config as config_lib
-from wsdjax import hugepages
+from wsdjax.process import hugepages
 from wsdjax import plan as plan_lib
 from wsdjax import plots
 from wsdjax import schedules
@@ -338,7 +338,7 @@ def main(argv, config, workdir, only) -> None:
       hint = (" (cosine runs need --config.compare.cosine=True)" if name == "cosine" else "")
       cli.fail(f"--only: {name!r} is not a strategy of this comparison{hint}; use some of "
                f"{', '.join(enabled(cfg))}")
-  from wsdjax import distributed
+  from wsdjax.process import distributed
   distributed.initialize()
   from wsdjax import trainer
   try:
@@ -348,7 +348,7 @@ def main(argv, config, workdir, only) -> None:
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
   from wsdjax import cli
   _flags = _define_flags()
   cli.run(lambda argv: main(argv, *_flags))

@@ -20,7 +20,8 @@ import uuid
 import jax
 from etils import epath
 
-from wsdjax import distributed, files, plan as plan_lib
+from wsdjax import files, plan as plan_lib
+from wsdjax.process import distributed
 
 REQUESTS = "requests"
 

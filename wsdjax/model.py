@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsdjax import attention, fast_dense, fused_loss, swiglu
+from wsdjax.kernels import attention, fast_dense, fused_loss, swiglu
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # model.remat: what each block keeps for the backward pass (the rest is recomputed).
@@ -83,7 +83,7 @@ LOGITS = ("act_batch", "act_length", "act_vocab")
 class ModelConfig:
   """Model sizes and numerics; the fields of `config.model` (configs/default.py).
 
-  `attention_impl` (`wsdjax.attention`): 'auto' = 'blocked' (query-blocked causal
+  `attention_impl` (`wsdjax.kernels.attention`): 'auto' = 'blocked' (query-blocked causal
   attention, faster on XLA:CPU) on CPU, cuDNN flash attention on GPU where it applies, the
   Pallas splash (flash) kernel on TPU ('splash', per device under the mesh), XLA's
   elsewhere; None, 'xla' or 'cudnn' go to `jax.nn.dot_product_attention(implementation=...)`
@@ -95,10 +95,10 @@ class ModelConfig:
   `remat` (REMAT_POLICIES): what each block keeps for the backward pass: 'none' all,
   'dots' the weight matmuls' outputs, 'dots_offload' those in host memory, 'full' only the
   block's input (the rest is recomputed).
-  `dense_impl` picks the dense-layer matmuls (`wsdjax.fast_dense`): 'xla' plain dots,
+  `dense_impl` picks the dense-layer matmuls (`wsdjax.kernels.fast_dense`): 'xla' plain dots,
   'cpu_dw' a custom vjp with a faster weight gradient on XLA:CPU, 'auto' = 'cpu_dw' on
   CPU and 'xla' elsewhere. Values and gradients agree to float32 rounding.
-  `swiglu_impl` picks the SwiGLU gate's backward (`wsdjax.swiglu`): 'xla' autodiff, 'vjp'
+  `swiglu_impl` picks the SwiGLU gate's backward (`wsdjax.kernels.swiglu`): 'xla' autodiff, 'vjp'
   one float32 expression, 'pallas' one Pallas kernel (per shard under a mesh), 'auto' =
   'pallas' on GPU, 'xla' elsewhere.
   `platform` ('cpu', 'gpu', 'tpu'; None = `jax.default_backend()`) is the platform of the

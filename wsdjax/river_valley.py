@@ -24,7 +24,7 @@ import sys
 
 from etils import epath
 
-from wsdjax import hugepages
+from wsdjax.process import hugepages
 
 FIELDS = ("branch", "fork_step", "step", "main_loss", "decayed_loss", "gap",
           "main_to_optimum", "decayed_to_optimum")
@@ -118,7 +118,7 @@ def main(argv, config, workdir, plot_only) -> None:
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
   from wsdjax import cli
   _flags = _define_flags()
   cli.run(lambda argv: main(argv, *_flags))

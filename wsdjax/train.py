@@ -8,7 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from wsdjax import cli
-from wsdjax import hugepages
+from wsdjax.process import hugepages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -23,7 +23,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..N-
 def main(argv):
   cli.loaded_config(argv, _CONFIG, "configs/default.py")
   cli.require_workdir(_WORKDIR.value)
-  from wsdjax import distributed
+  from wsdjax.process import distributed
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as e:  # incomplete multi-process settings
@@ -36,8 +36,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/hugepages.py)
-  from wsdjax import distributed
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
+  from wsdjax.process import distributed
   try:
     cli.run(main)
   except BaseException as e:  # a process failing alone must not hang a multi-process job

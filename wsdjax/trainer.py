@@ -26,8 +26,8 @@ from etils import epath
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
-from wsdjax import distributed
-from wsdjax import faults
+from wsdjax.process import distributed
+from wsdjax.process import faults
 from wsdjax import metrics as metrics_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib

@@ -88,7 +88,7 @@ def _host_bytes(stats) -> int:
 
 def _kernels(model) -> dict:
   """The kernels 'auto' picked for the model's platform (what the report compiled)."""
-  from wsdjax import attention, fast_dense, fused_loss, swiglu
+  from wsdjax.kernels import attention, fast_dense, fused_loss, swiglu
   c = model.config
   head_dim, dtype = c.head_dim, c.compute_dtype
   import jax
@@ -114,7 +114,7 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   config that cannot run on the slice (e.g. a batch the chips do not divide).
   """
   import jax
-  from wsdjax import attention
+  from wsdjax.kernels import attention
   from wsdjax import config as config_lib
   from wsdjax import model as model_lib
   from wsdjax import plan as plan_lib

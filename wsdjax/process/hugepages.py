@@ -64,6 +64,6 @@ def reexec() -> None:
 
 
 if __name__ == "__main__":
-  # `python -m wsdjax.hugepages`: restart as the CLIs do and print the tunables in effect.
+  # `python -m wsdjax.process.hugepages`: restart as the CLIs do and print the tunables in effect.
   reexec()
   print(os.environ.get("GLIBC_TUNABLES", ""))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from wsdjax import fast_dense
+from wsdjax.kernels import fast_dense
 
 IMPLS = ("auto", "plain", "chunked")  # model.loss_impl
 CHUNK_ROWS = 512  # rows (B x c) per chunk: measured best of 256..2048 on Zen 3 (perf doc).
