@@ -14,6 +14,7 @@ import numpy.testing as npt
 import optax
 import pytest
 
+from wsdjax import lr as lr_cli
 from wsdjax import schedules as sch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -403,7 +404,7 @@ def test_checkpoint_steps_from_config(fields, steps):
 # ---- command line ----
 # ml_collections loads config files with the deprecated importlib load_module().
 CONFIG_LOAD_WARNING = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
-TINY = ["schedules", "--config", os.path.join(REPO, "configs", "tiny.py"),
+TINY = ["lr", "--config", os.path.join(REPO, "configs", "tiny.py"),
         "--config.schedule.name=wsd_s", "--config.schedule.budgets=(40,80)",
         "--config.schedule.warmup_steps=5", "--config.schedule.decay_fraction=0.1"]
 
@@ -411,7 +412,7 @@ TINY = ["schedules", "--config", os.path.join(REPO, "configs", "tiny.py"),
 @CONFIG_LOAD_WARNING
 def test_cli_prints_table_and_writes_png(tmp_path, capsys):
   png = tmp_path / "lr.png"
-  assert sch.main(TINY + ["--plot", str(png)]) == 0
+  assert lr_cli.main(TINY + ["--plot", str(png)]) == 0
   out = capsys.readouterr().out
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   lines = out.splitlines()
@@ -428,14 +429,14 @@ def test_cli_prints_table_and_writes_png(tmp_path, capsys):
     ("--steps=0", "steps"),
 ])
 def test_cli_bad_value_is_one_line_exit_2(flag, field, capsys):
-  assert sch.main(TINY + [flag]) == 2
+  assert lr_cli.main(TINY + [flag]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"wsdjax: {field}: ") and err.count("\n") == 1 and "; " in err, err
 
 
 def test_cli_module_exits_2_without_traceback():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "wsdjax.schedules", *TINY[1:],
+  proc = subprocess.run([sys.executable, "-m", "wsdjax.lr", *TINY[1:],
                          "--config.schedule.warmup_steps=50"], capture_output=True, text=True,
                         cwd=REPO, env=env, timeout=60)
   assert proc.returncode == 2, proc.stderr

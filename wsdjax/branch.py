@@ -32,7 +32,7 @@ def nearest(steps: list[int], n: int, k: int = 3) -> list[int]:
 
 
 def check_args() -> None:
-  from wsdjax.config import DECAY_SHAPES
+  from wsdjax.schedules import DECAY_SHAPES
   if not _WORKDIR.value:
     cli.fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
   if _NOW.value == (_FROM.value is not None):

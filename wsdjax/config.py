@@ -211,9 +211,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-SCHEDULE_NAMES = ("wsd", "wsd_s", "cyclic_cosine", "cosine", "linear", "constant")
-WARMUP_SHAPES = ("linear", "constant", "exponential", "cosine")
-DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 SOURCES = ("bundled", "text", "tfds", "bigram")
 TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
 DTYPES = ("float32", "bfloat16")
@@ -244,9 +241,10 @@ def _choice(cfg_flat, field: str, choices) -> None:
            f"use one of {', '.join(map(str, choices))}")
 
 
-def _model_choices(module: str, name: str) -> tuple:
-  """The choices of a model field, from the module that owns them (e.g. attention.IMPLS)."""
-  import importlib  # local: the model's modules import jax, which this module does not
+def _choices_of(module: str, name: str) -> tuple:
+  """The choices of a field, from the module that owns them (e.g. kernels.attention.IMPLS,
+  schedules.DECAY_SHAPES)."""
+  import importlib  # local: the owners import jax, which this module does not
   return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
 
 
@@ -277,12 +275,12 @@ def validate(cfg, device_count: int | None = None) -> None:
            f"head dim {m.d_model // m.n_heads} is odd; rotary embeddings need an even head dim",
            "change d_model or n_heads")
   _choice(flat, "model.dtype", DTYPES)
-  _choice(flat, "model.remat", _model_choices("model", "REMAT_POLICIES"))
-  _choice(flat, "model.dense_impl", _model_choices("kernels.fast_dense", "IMPLS"))
-  _choice(flat, "model.attention_impl", _model_choices("kernels.attention", "IMPLS"))
-  _choice(flat, "model.layer_loop", _model_choices("model", "LAYER_LOOPS"))
-  _choice(flat, "model.loss_impl", _model_choices("kernels.fused_loss", "IMPLS"))
-  _choice(flat, "model.swiglu_impl", _model_choices("kernels.swiglu", "IMPLS"))
+  _choice(flat, "model.remat", _choices_of("model", "REMAT_POLICIES"))
+  _choice(flat, "model.dense_impl", _choices_of("kernels.fast_dense", "IMPLS"))
+  _choice(flat, "model.attention_impl", _choices_of("kernels.attention", "IMPLS"))
+  _choice(flat, "model.layer_loop", _choices_of("model", "LAYER_LOOPS"))
+  _choice(flat, "model.loss_impl", _choices_of("kernels.fused_loss", "IMPLS"))
+  _choice(flat, "model.swiglu_impl", _choices_of("kernels.swiglu", "IMPLS"))
   _choice(flat, "checkpoint.write_priority", ("idle", "normal"))
   _choice(flat, "checkpoint.compression", ("auto", "zstd", "none"))
   _choice(flat, "checkpoint.writer", ("auto", "orbax", "direct"))
@@ -337,9 +335,10 @@ def validate(cfg, device_count: int | None = None) -> None:
 
 def _validate_schedule(s) -> None:
   from wsdjax import plan  # local: plan imports schedules, which is heavier than this module
-  _choice(_flat(s, "schedule."), "schedule.name", SCHEDULE_NAMES)
-  _choice(_flat(s, "schedule."), "schedule.warmup_shape", WARMUP_SHAPES)
-  _choice(_flat(s, "schedule."), "schedule.decay_shape", DECAY_SHAPES)
+  from wsdjax.schedules import ScheduleError
+  for field, owned in (("name", "NAMES"), ("warmup_shape", "WARMUP_SHAPES"),
+                       ("decay_shape", "DECAY_SHAPES")):
+    _choice(_flat(s, "schedule."), f"schedule.{field}", _choices_of("schedules", owned))
   budgets = s.budgets
   _require(isinstance(budgets, (tuple, list)) and len(budgets) > 0
            and all(isinstance(b, int) and b > 0 for b in budgets), "schedule.budgets",
@@ -360,13 +359,9 @@ def _validate_schedule(s) -> None:
                       f"{s.name!r}", "set decay_fraction instead, or decay_steps=0")
   try:
     plan.make_plan(s)
-  except ValueError as e:
-    msg = str(e)
-    field, _, rest = msg.partition(": ")
-    if not field.startswith("schedule."):
-      field, rest = "schedule", msg
-    problem, _, fix = rest.partition("; ")
-    raise ConfigError(field, problem, fix or "see python -m wsdjax.schedules --config ...")
+  except ScheduleError as e:  # the planner's and the schedule builders' typed error
+    field = e.arg if e.arg.startswith("schedule.") else f"schedule.{e.arg}"
+    raise ConfigError(field, e.problem, e.fix) from None
 
 
 def _validate_mesh(cfg, device_count: int | None) -> None:

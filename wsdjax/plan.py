@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from wsdjax import schedules
 
 MAIN = "main"
-STRATEGIES = ("wsd", "wsd_s", "cyclic_cosine", "cosine", "linear", "constant")
+STRATEGIES = schedules.NAMES  # every schedule is a strategy; schedules owns the names
 
 # Fields of the schedule section that shape the LR curve (everything but `budgets`, which
 # the planner turns into segments).
@@ -135,13 +135,15 @@ def make_plan(cfg) -> Plan:
   name = cfg.name
   budgets = [int(b) for b in cfg.budgets]
   if name not in STRATEGIES:
-    raise ValueError(f"schedule.name: unknown strategy {name!r}; use one of {STRATEGIES}")
+    raise schedules.ScheduleError("schedule.name", f"unknown strategy {name!r}",
+                                  f"use one of {', '.join(STRATEGIES)}")
   if not budgets:
-    raise ValueError("schedule.budgets: empty; give at least one budget in steps")
+    raise schedules.ScheduleError("schedule.budgets", "empty",
+                                  "give at least one budget in steps")
   whole_run = dict(_shape_kwargs(cfg), name=name, budgets=tuple(budgets))
   if cfg.get("decay_steps", 0):
     whole_run["decay_steps"] = int(cfg.decay_steps)
-  # Validate the whole-run schedule once: it raises ValueError naming the bad argument.
+  # Validate the whole-run schedule once: it raises ScheduleError naming the bad argument.
   schedules.from_config(_as_config(whole_run))
   build = {"wsd": _plan_wsd, "wsd_s": _plan_wsd_s, "cyclic_cosine": _plan_cyclic,
            "cosine": _plan_single, "linear": _plan_single, "constant": _plan_constant}[name]
@@ -193,9 +195,9 @@ def _plan_cyclic(cfg, budgets, whole_run):
 
 def _plan_single(cfg, budgets, whole_run):
   if len(budgets) != 1:
-    raise ValueError(
-        f"schedule.budgets: {cfg.name} runs one budget but got {len(budgets)}; give one "
-        f"value (e.g. --config.schedule.budgets='({budgets[-1]},)') or use wsd/wsd_s")
+    raise schedules.ScheduleError(
+        "schedule.budgets", f"{cfg.name} runs one budget but got {len(budgets)}",
+        f"give one value (e.g. --config.schedule.budgets='({budgets[-1]},)') or use wsd/wsd_s")
   return [Segment(decay_branch_name(budgets[0]), 0, budgets[0], None, _frozen(whole_run),
                   True, None, None)]
 

@@ -16,6 +16,7 @@ import numpy as np
 from etils import epath
 
 from wsdjax import plan as plan_lib
+from wsdjax import schedules
 
 COLORS = {"wsd": "C0", "wsd_s": "C3", "cyclic_cosine": "C2", "cosine": "C7"}
 
@@ -219,3 +220,61 @@ def plot_river_valley(rows: Sequence[dict], entropy_rate: float, path,
   fig.tight_layout()
   fig.savefig(str(path), dpi=110)
   plt.close(fig)
+
+
+# ---- LR schedules (python -m wsdjax.lr --plot) ----
+def plot_schedule(cfg, path: str, steps: int | None = None) -> None:
+  """Draw the LR of `cfg` over [0, steps) to `path`: phases shaded and labelled, decayed
+  checkpoints as dotted lines; for 'wsd', earlier budgets' decay branches dashed."""
+  plt = _plt()
+  steps = steps or schedules.default_horizon(cfg)
+  schedule = schedules.from_config(cfg)
+  checkpoints = schedules.checkpoint_steps_from_config(cfg)
+  name = schedules.config_kwargs(cfg)[0]
+  fig, ax = plt.subplots(figsize=(10, 4))
+  t, lr = schedule_curve(schedule, 0, steps)
+  ax.plot(t, lr, color="C0", lw=1.5)
+  if name == "wsd":
+    _draw_wsd_branches(ax, cfg, checkpoints[:-1])
+  shade_phases(ax, schedule.phases, steps)
+  for c in checkpoints:
+    ax.axvline(c, color="k", ls=":", lw=1)
+  ax.set(xlim=(0, steps), ylim=(0, 1.3 * max(lr.max(), 1e-30)), xlabel="step",
+         ylabel="learning rate", title=f"{name}: decayed checkpoints at "
+         f"steps {', '.join(map(str, checkpoints)) or '(none)'}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def shade_phases(ax, phase_list: Sequence, steps: int) -> None:
+  """A tinted band per phase with its name at the top (vertical when narrow)."""
+  colors = {"warmup": "C2", "rewarmup": "C2", "stable": "C0", "decay": "C1", "cosine": "C1"}
+  for p in phase_list:
+    if p.start >= steps:
+      continue
+    end = steps if p.end is None else min(p.end, steps)
+    ax.axvspan(p.start, end, color=colors.get(p.name.split()[0], "C7"), alpha=0.12, lw=0)
+    narrow = end - p.start < steps / 12
+    ax.text((p.start + end) / 2, 0.98, p.name, transform=ax.get_xaxis_transform(),
+            ha="center", va="top", fontsize=7, rotation=90 if narrow else 0)
+
+
+def _draw_wsd_branches(ax, cfg, budgets: Sequence[int]) -> None:
+  """WSD's decay branch for each of `budgets`, dashed, from its fork to the budget."""
+  _, kwargs = schedules.config_kwargs(cfg)
+  for budget in budgets:
+    branch = schedules.wsd(**dict(kwargs, total_steps=budget))
+    fork = branch.phases[-2].start  # phases: ..., decay, floor
+    ax.plot(*schedule_curve(branch, fork, budget + 1), color="C1", lw=1.2, ls="--")
+
+
+def schedule_curve(schedule, start: int, stop: int, points: int = 20_000):
+  """(steps, lr) over [start, stop): every step if few, else a sample plus phase edges."""
+  if stop - start <= points:
+    t = np.arange(start, stop)
+  else:
+    edges = [e for p in schedule.phases for e in (p.start - 1, p.start)]
+    t = np.unique(np.concatenate([np.linspace(start, stop - 1, points).astype(np.int64),
+                                  [e for e in edges if start <= e < stop]]))
+  return t, np.asarray(schedule(t.astype(np.int32)))

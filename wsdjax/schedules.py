@@ -19,8 +19,9 @@ exact for every step up to 2**31 - 1 (a float32 step would blur them past 2**24)
 
 Decay lengths use Python's round(): d = round(decay_fraction * B), halves to even.
 
-Command line: `python -m wsdjax.schedules --config configs/tiny.py [--plot lr.png]
-[--steps N]` prints the phase table of the config's `schedule` section (and plots it).
+Command line: `python -m wsdjax.lr --config configs/tiny.py [--plot lr.png] [--steps N]`
+prints the phase table of the config's `schedule` section (and plots it,
+`wsdjax.plots.plot_schedule`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import dataclasses
 import inspect
 import math
 import numbers
-import sys
 from typing import Any, Callable, Sequence
 
 import jax.numpy as jnp
@@ -378,7 +378,7 @@ def _get(cfg, key: str, default=None):
   return cfg[key] if key in cfg else default
 
 
-def _config_kwargs(cfg) -> tuple[str, dict[str, Any]]:
+def config_kwargs(cfg) -> tuple[str, dict[str, Any]]:
   """(name, keyword arguments of its builder) from a `schedule` config section.
 
   Only the fields the builder accepts are passed. For wsd/cosine/linear, total_steps is
@@ -399,7 +399,7 @@ def _config_kwargs(cfg) -> tuple[str, dict[str, Any]]:
 def from_config(cfg) -> PhasedSchedule:
   """The schedule of a config `schedule` section; errors name `schedule.<field>`."""
   with _config_errors(cfg):
-    name, kwargs = _config_kwargs(cfg)
+    name, kwargs = config_kwargs(cfg)
     if name == "wsd" and not _get(cfg, "total_steps"):
       for budget in _budgets(cfg["budgets"])[:-1]:  # each budget's decay branch must fit
         wsd(**dict(kwargs, total_steps=budget))
@@ -442,7 +442,7 @@ def checkpoint_steps_from_config(cfg) -> list[int]:
   cosine/linear: [total_steps]; constant: [].
   """
   from_config(cfg)  # raises on a bad section
-  name, kwargs = _config_kwargs(cfg)
+  name, kwargs = config_kwargs(cfg)
   if name == "wsd_s":
     return wsd_s_checkpoints(kwargs["budgets"], kwargs.get("decay_fraction", 0.1))
   if name == "cyclic_cosine" or (name == "wsd" and not _get(cfg, "total_steps")):
@@ -453,7 +453,7 @@ def checkpoint_steps_from_config(cfg) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------
-# Table, plot and command line
+# Table (the plot: wsdjax.plots.plot_schedule; the command line: python -m wsdjax.lr)
 # ---------------------------------------------------------------------------------------
 def format_phases(phase_list: Sequence[Phase], checkpoints: Sequence[int] = ()) -> str:
   """The phase table: name, [start, end), LR at both ends; then the checkpoint steps."""
@@ -472,114 +472,3 @@ def default_horizon(cfg) -> int:
   ends = (checkpoint_steps_from_config(cfg) or list(_get(cfg, "budgets") or ())
           or [p.end or p.start for p in phases_from_config(cfg)])
   return max(1, math.ceil(1.1 * max(ends)))
-
-
-def plot(cfg, path: str, steps: int | None = None) -> None:
-  """Draw the LR of `cfg` over [0, steps) to `path`: phases shaded and labelled, decayed
-  checkpoints as dotted lines; for 'wsd', earlier budgets' decay branches dashed."""
-  import matplotlib  # local: only the CLI draws
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  steps = steps or default_horizon(cfg)
-  schedule, checkpoints = from_config(cfg), checkpoint_steps_from_config(cfg)
-  fig, ax = plt.subplots(figsize=(10, 4))
-  t, lr = _curve(schedule, 0, steps)
-  ax.plot(t, lr, color="C0", lw=1.5)
-  if _get(cfg, "name") == "wsd":
-    _draw_wsd_branches(ax, cfg, checkpoints[:-1])
-  _shade_phases(ax, schedule.phases, steps)
-  for c in checkpoints:
-    ax.axvline(c, color="k", ls=":", lw=1)
-  ax.set(xlim=(0, steps), ylim=(0, 1.3 * max(lr.max(), 1e-30)), xlabel="step",
-         ylabel="learning rate", title=f"{_get(cfg, 'name')}: decayed checkpoints at "
-         f"steps {', '.join(map(str, checkpoints)) or '(none)'}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def _shade_phases(ax, phase_list: Sequence[Phase], steps: int) -> None:
-  """A tinted band per phase with its name at the top (vertical when narrow)."""
-  colors = {"warmup": "C2", "rewarmup": "C2", "stable": "C0", "decay": "C1", "cosine": "C1"}
-  for p in phase_list:
-    if p.start >= steps:
-      continue
-    end = steps if p.end is None else min(p.end, steps)
-    ax.axvspan(p.start, end, color=colors.get(p.name.split()[0], "C7"), alpha=0.12, lw=0)
-    narrow = end - p.start < steps / 12
-    ax.text((p.start + end) / 2, 0.98, p.name, transform=ax.get_xaxis_transform(),
-            ha="center", va="top", fontsize=7, rotation=90 if narrow else 0)
-
-
-def _draw_wsd_branches(ax, cfg, budgets: Sequence[int]) -> None:
-  """WSD's decay branch for each of `budgets`, dashed, from its fork to the budget."""
-  _, kwargs = _config_kwargs(cfg)
-  for budget in budgets:
-    branch = wsd(**dict(kwargs, total_steps=budget))
-    fork = branch.phases[-2].start  # phases: ..., decay, floor
-    ax.plot(*_curve(branch, fork, budget + 1), color="C1", lw=1.2, ls="--")
-
-
-def _curve(schedule: PhasedSchedule, start: int, stop: int, points: int = 20_000):
-  """(steps, lr) over [start, stop): every step if few, else a sample plus phase edges."""
-  import numpy as np
-  if stop - start <= points:
-    t = np.arange(start, stop)
-  else:
-    edges = [e for p in schedule.phases for e in (p.start - 1, p.start)]
-    t = np.unique(np.concatenate([np.linspace(start, stop - 1, points).astype(np.int64),
-                                  [e for e in edges if start <= e < stop]]))
-  return t, np.asarray(schedule(t.astype(np.int32)))
-
-
-def main(argv: Sequence[str]) -> int:
-  """Print the phase table of `--config`'s schedule section; draw it with `--plot`.
-
-  Returns the exit status: 0, or 2 after a one-line `wsdjax: <field>: ...` on stderr.
-  """
-  try:
-    cfg, plot_path, steps = _parse(argv)
-    print(format_phases(phases_from_config(cfg), checkpoint_steps_from_config(cfg)))
-    if plot_path:
-      plot(cfg, plot_path, steps)
-      print(f"wrote {plot_path}")
-  except ValueError as e:
-    return _fail(str(e))
-  return 0
-
-
-def _parse(argv: Sequence[str]):
-  """(schedule section, --plot, --steps) from the command line; ValueError if bad."""
-  from absl import flags
-  from ml_collections import config_flags
-
-  fv = flags.FlagValues()  # private: importing this module defines no global flags
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                  flag_values=fv, sys_argv=list(argv))
-  flags.DEFINE_string("plot", None, "Write the LR plot to this PNG path.", flag_values=fv)
-  flags.DEFINE_integer("steps", None, "Steps to plot (default: last checkpoint + 10%).",
-                       flag_values=fv)
-  try:
-    fv(list(argv))
-    config = fv.config
-    cfg = None if config is None else config.schedule if "schedule" in config else config
-  except flags.Error as e:  # a bad flag or override
-    raise ValueError(str(e).splitlines()[0]) from None
-  except Exception as e:  # noqa: BLE001 - a config file that does not load
-    raise ValueError(f"config: cannot load it: {e}; check the --config path") from None
-  if cfg is None:
-    raise ValueError("config: missing; pass --config configs/<name>.py")
-  if fv.steps is not None and fv.steps <= 0:
-    raise ScheduleError("steps", f"must be > 0, got {fv.steps}", "e.g. --steps 1000")
-  return cfg, fv.plot, fv.steps
-
-
-def _fail(message: str) -> int:
-  """Print `wsdjax: <message>` as one line on stderr; the exit status of bad input."""
-  print("wsdjax: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  return 2
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv))

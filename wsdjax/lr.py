@@ -1,0 +1,66 @@
+"""`python -m wsdjax.lr --config C [--plot lr.png] [--steps N]`: the phase table of a config's
+LR schedule (name, [start, end), LR at both ends, the decayed checkpoints' steps) and, with
+--plot, its curve with the phases shaded (`wsdjax.plots.plot_schedule`). Bad input: one
+line `wsdjax: <field>: ...` on stderr, exit 2. Importing it defines no global flags.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from wsdjax import schedules
+
+
+def main(argv: Sequence[str]) -> int:
+  """Print the phase table of `--config`'s schedule section; draw it with `--plot`.
+
+  Returns the exit status: 0, or 2 after a one-line `wsdjax: <field>: ...` on stderr.
+  """
+  try:
+    cfg, plot_path, steps = _parse(argv)
+    print(schedules.format_phases(schedules.phases_from_config(cfg),
+                                  schedules.checkpoint_steps_from_config(cfg)))
+    if plot_path:
+      from wsdjax import plots  # local: matplotlib only for --plot
+      plots.plot_schedule(cfg, plot_path, steps)
+      print(f"wrote {plot_path}")
+  except ValueError as e:
+    return _fail(str(e))
+  return 0
+
+
+def _parse(argv: Sequence[str]):
+  """(schedule section, --plot, --steps) from the command line; ValueError if bad."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()  # private: importing this module defines no global flags
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                  flag_values=fv, sys_argv=list(argv))
+  flags.DEFINE_string("plot", None, "Write the LR plot to this PNG path.", flag_values=fv)
+  flags.DEFINE_integer("steps", None, "Steps to plot (default: last checkpoint + 10%).",
+                       flag_values=fv)
+  try:
+    fv(list(argv))
+    config = fv.config
+    cfg = None if config is None else config.schedule if "schedule" in config else config
+  except flags.Error as e:  # a bad flag or override
+    raise ValueError(str(e).splitlines()[0]) from None
+  except Exception as e:  # noqa: BLE001 - a config file that does not load
+    raise ValueError(f"config: cannot load it: {e}; check the --config path") from None
+  if cfg is None:
+    raise ValueError("config: missing; pass --config configs/<name>.py")
+  if fv.steps is not None and fv.steps <= 0:
+    raise schedules.ScheduleError("steps", f"must be > 0, got {fv.steps}", "e.g. --steps 1000")
+  return cfg, fv.plot, fv.steps
+
+
+def _fail(message: str) -> int:
+  """Print `wsdjax: <message>` as one line on stderr; the exit status of bad input."""
+  print("wsdjax: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+  return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
