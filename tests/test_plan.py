@@ -45,6 +45,10 @@ def test_wsd_s_decays_in_place_and_resumes_from_the_decayed_state():
   ]
   wsd = plan_lib.make_plan(sched(name="wsd", budgets=(100, 200)))
   assert plan.total_steps == wsd.total_steps  # equal compute
+  # The decayed checkpoint at C_2 = 210 serves budget 200; WSD's end at their budgets.
+  assert [s.budget_served for s in plan.decayed] == [100, 200]
+  assert [s.budget_served for s in wsd.decayed] == [100, 200]
+  assert all(s.budget_served is None for s in plan.segments if not s.decayed)
   assert not any(plan.input_reused(i) for i in range(len(plan.segments)))
   # One LR schedule for the whole lineage: one compiled step.
   assert len({s.schedule for s in plan.segments}) == 1

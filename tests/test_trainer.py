@@ -4,6 +4,7 @@ accumulation, one compile per schedule, learning the bigram task, the CLI's arti
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from wsdjax import data as data_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib
 from wsdjax import sharding, trainer
+from wsdjax.plan import StateRef
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 
@@ -125,6 +127,11 @@ def test_train_step_compiles_once_per_schedule(tiny_config, tmp_path, caplog):
   compiled_train = [r for r in caplog.records if "train_step" in r.getMessage()
                     and "ompil" in r.getMessage() and "cache hit" not in r.getMessage()]
   assert 1 <= len(compiled_train) <= 2, [r.getMessage() for r in compiled_train]
+  # Each decayed checkpoint's manifest entry records the budget it serves: WSD-S's second
+  # decay ends at C_2 = 40 + the first decay (2 steps) and serves budget 40.
+  assert [(r["branch"], r["step"], r["budget"]) for r in t.summary()] == [
+      ("decay-20", 20, 20), ("decay-42", 42, 40)]
+  assert t.tree.entry(StateRef("decay-42", 42))["budget"] == 40
   t.tree.close()
 
 
@@ -152,6 +159,7 @@ def test_cli_tiny_runs_as_written_and_leaves_logs(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert "decayed checkpoints" in out and "decay-40" in out and "decay-84" in out
+  assert re.search(r"decay-84\s+80\s+84\s", out), out  # branch, the budget it serves, step
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   train_rows = [r for r in rows if "train_loss" in r]
   assert train_rows and {"step", "train_loss", "lr", "grad_norm", "tokens_per_s",

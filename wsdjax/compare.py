@@ -151,15 +151,20 @@ def collect(cfg, workdir) -> list[dict]:
     if not (workdir / run.dirname / "checkpoints").exists():
       continue
     tree = ckpt.CheckpointTree(workdir / run.dirname, read_only=True)
+    # The budget each of the run's own budgets stands for in the comparison (equal compute
+    # moves cyclic cosine's and cosine's to the WSD-S checkpoint steps C_i).
+    own = [int(b) for b in run.config.schedule.budgets]
+    label = dict(zip(own, labels)) if len(own) == len(labels) else {}
     try:
       plan = plan_lib.make_plan(run.config.schedule)
-      for i, seg in enumerate(plan.decayed):
+      for seg in plan.decayed:
         entry = tree.entry(seg.end_ref)
         if entry is None:
           continue
         loss = entry.get("eval_loss")
+        served = entry.get("budget", entry["step"])  # what the checkpoint's manifest records
         rows.append(dict(
-            strategy=run.strategy, budget=run.budget if run.budget else labels[i],
+            strategy=run.strategy, budget=run.budget or label.get(served, served),
             run=run.dirname, checkpoint=seg.branch, step=entry["step"],
             tokens=entry["tokens"], run_flops=entry["run_flops"],
             run_steps=int(round(entry["run_flops"] / flops_per_step)), eval_loss=loss,

@@ -51,7 +51,9 @@ class Segment:
 
   `schedule` is a flat mapping accepted by `schedules.from_config` (with `name`), evaluated
   at the absolute step. `decayed`: the end state is a decayed checkpoint (saved, evaluated,
-  kept forever). `parent`/`fork_step`: lineage of the branch for the manifest.
+  kept forever). `parent`/`fork_step`: lineage of the branch for the manifest. `budget`:
+  the budget a decayed checkpoint serves when it is not its end step (WSD-S's decay for
+  budget B_i ends at C_i = B_i + earlier decays); see `budget_served`.
   """
   branch: str
   start: int
@@ -61,6 +63,12 @@ class Segment:
   decayed: bool
   parent: str | None
   fork_step: int | None
+  budget: int | None = None
+
+  @property
+  def budget_served(self) -> int | None:
+    """The budget of the decayed checkpoint this segment ends in (None if it is not one)."""
+    return (self.end if self.budget is None else self.budget) if self.decayed else None
 
   @property
   def steps(self) -> int:
@@ -169,7 +177,7 @@ def _plan_wsd_s(cfg, budgets, whole_run):
   ends = schedules.wsd_s_checkpoints(budgets, cfg.decay_fraction)
   lengths = schedules.decay_lengths(budgets, cfg.decay_fraction)
   segments, at = [], None
-  for end, d in zip(ends, lengths):
+  for budget, end, d in zip(budgets, ends, lengths):
     fork = end - d
     start = 0 if at is None else at.step
     if fork > start or at is None:
@@ -177,7 +185,8 @@ def _plan_wsd_s(cfg, budgets, whole_run):
                               None if at is None else at.branch,
                               None if at is None else start))
       at = StateRef(MAIN, fork)
-    segments.append(Segment(decay_branch_name(end), fork, end, at, sched, True, at.branch, fork))
+    segments.append(Segment(decay_branch_name(end), fork, end, at, sched, True, at.branch, fork,
+                            budget))
     at = StateRef(decay_branch_name(end), end)
   return segments
 

@@ -422,7 +422,7 @@ class Trainer:
         start_loss = self._start_eval_loss(seg)
         gap = None if start_loss is None else start_loss - loss
         self._save(seg, seg.end, run_steps(seg.end), end, lr, decayed=True, eval_loss=loss,
-                   start_eval_loss=start_loss, gap=gap, **tags)
+                   start_eval_loss=start_loss, gap=gap, budget=seg.budget_served, **tags)
       else:
         self._save(seg, seg.end, run_steps(seg.end), end, lr, fork_point=True, eval_loss=loss,
                    **tags)
@@ -497,19 +497,15 @@ class Trainer:
                                                 remaining * row["step_time_s"]))
 
   def summary(self) -> list[dict]:
-    """Manifest entries of the decayed checkpoints with their budget, by step: the plan's,
-    then those forked outside it (live or after the fact; their budget is their end step)."""
-    budgets = list(self.cfg.schedule.budgets)
-    rows = []
-    for i, seg in enumerate(self.plan.decayed):
-      entry = self.tree.entry(seg.end_ref)
-      if entry is None:
-        continue
-      rows.append(dict(entry, budget=budgets[i] if i < len(budgets) else seg.end))
+    """Manifest entries of the decayed checkpoints, by step: the plan's, then those forked
+    outside it (live or after the fact). Each records the budget it serves (`budget`; an
+    entry written before budgets were recorded shows its step)."""
+    rows = [entry for seg in self.plan.decayed
+            if (entry := self.tree.entry(seg.end_ref)) is not None]
     planned = {(r["branch"], r["step"]) for r in rows}
-    rows += [dict(e, budget=e["step"]) for e in self.tree.manifest()
+    rows += [e for e in self.tree.manifest()
              if e.get("decayed") and e.get("extra") and (e["branch"], e["step"]) not in planned]
-    return sorted(rows, key=lambda r: r["step"])
+    return sorted(({"budget": r["step"]} | r for r in rows), key=lambda r: r["step"])
 
 
 def results_table(rows: list[dict], entropy_rate: float | None = None) -> str:
