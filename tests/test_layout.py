@@ -94,3 +94,39 @@ def test_the_model_knows_nothing_of_schedules_or_plans():
   for module in ("wsdjax.model", "wsdjax.sharding", *kernels):
     assert not reachable(graph, module) & {"wsdjax.plan", "wsdjax.schedules",
                                             "wsdjax.config"}, module
+
+
+def _private_uses(source: str) -> list[str]:
+  """`module._name` where `module` was imported from the package (`from wsdjax import x`,
+  `import wsdjax.x as y`): another module's private name."""
+  tree = ast.parse(source)
+  aliases = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wsdjax"):
+      aliases |= {a.asname or a.name for a in node.names}
+    elif isinstance(node, ast.Import):
+      aliases |= {a.asname or a.name.split(".")[0] for a in node.names
+                  if a.name.startswith("wsdjax")}
+  return sorted(f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and node.attr.startswith("_")
+                and not node.attr.startswith("__"))
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+  """The package and the notebooks use each other's public names only (tests may not)."""
+  import json
+  found = {}
+  for name, path in _modules().items():
+    with open(path) as f:
+      found[name] = _private_uses(f.read())
+  for path in sorted(os.listdir(os.path.join(REPO, "notebooks"))):
+    if path.endswith(".ipynb"):
+      with open(os.path.join(REPO, "notebooks", path)) as f:
+        cells = json.load(f)["cells"]
+      code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+      code = "\n".join(line for line in code.splitlines()  # no shell or magic lines
+                       if not line.lstrip().startswith(("!", "%")))
+      found[path] = _private_uses(code)
+  assert {k: v for k, v in found.items() if v} == {}
+  assert _private_uses("from wsdjax import plan as p\np._as_config(1)") == ["p._as_config"]

@@ -211,13 +211,9 @@ def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 3, workdir: str | No
 
   config_lib.validate(cfg, jax.device_count() if mesh is None else mesh.devices.size)
   with tempfile.TemporaryDirectory(prefix="wsdjax-bench-") as tmp:
-    trainer = trainer_lib.Trainer(cfg, workdir or tmp, mesh=mesh, stream=io.StringIO())
-    try:
+    with trainer_lib.Trainer(cfg, workdir or tmp, mesh=mesh, stream=io.StringIO()) as trainer:
       return _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib,
                   model_lib, sharding, trainer_lib)
-    finally:
-      trainer.writer.close()
-      trainer.tree.close()
 
 
 def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, model_lib,
@@ -256,7 +252,7 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
     t3 = time.perf_counter()
     host = (t1 - t0) + (t2 - t1)
     if (step + 1) % log_every == 0:  # the loop's logging: TensorBoard, JSONL, console line
-      trainer._log(seg, step + 1, metrics, t3 - t0, 1, 0.0, 0)
+      trainer.log(seg, step + 1, metrics, t3 - t0, 1, 0.0, 0)
       host += time.perf_counter() - t3
     cpu_times[-1] = time.process_time() - cpu_times[-1]
     return state, metrics, time.perf_counter() - t0, host
@@ -297,10 +293,10 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
     state, _, before, _ = one_step(state, step)
     step += 1
     t0 = time.perf_counter()
-    trainer._save(seg, step, step, trainer_lib.Live(state, it.position()), 0.0)
+    trainer.save(seg, step, step, trainer_lib.Live(state, it.position()), 0.0)
     save_call = time.perf_counter() - t0
     spent, n = save_call, 0
-    while trainer.tree._pending or n == 0:
+    while trainer.tree.saving or n == 0:
       state, _, dt, _ = one_step(state, step)
       step += 1
       spent += dt

@@ -76,13 +76,8 @@ def after_the_fact(workdir: str, from_step: int, decay_steps: int | None,
         "--decay_steps", f"branch {seg.branch} already exists in {workdir}",
         "pick another --decay-steps (the branch name is decay-<from_step + decay_steps>)")
   config_lib.validate(cfg, None)
-  trainer = trainer_lib.Trainer(cfg, workdir)
-  try:
-    entry = trainer.run_extra(seg)
-  finally:
-    trainer.writer.close()
-    trainer.tree.close()
-  return entry
+  with trainer_lib.Trainer(cfg, workdir) as trainer:
+    return trainer.run_extra(seg)
 
 
 def live(workdir: str, wait: bool, timeout: float) -> None:
@@ -94,11 +89,10 @@ def live(workdir: str, wait: bool, timeout: float) -> None:
   print(f"requested a decay branch from the job in {workdir} (request {request.id})")
   if not wait:
     return
-  done = live_branch._dir(workdir) / "done" / f"{request.id}.json"
   deadline = time.time() + timeout
   while time.time() < deadline:
-    if done.exists():
-      finished = live_branch._read(done)
+    finished = live_branch.finished(workdir, request.id)
+    if finished is not None:
       if finished.error:
         cli.fail(f"--now: the job refused the request: {finished.error}")
       entry = ckpt.CheckpointTree(workdir, read_only=True).entry(

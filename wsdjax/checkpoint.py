@@ -299,6 +299,21 @@ class CheckpointTree:
       self._write_manifest()
     return done
 
+  @property
+  def saving(self) -> bool:
+    """Whether a save of this process is still being written."""
+    return bool(self._pending)
+
+  @property
+  def failed(self) -> bool:
+    """Whether a save failed (reported once as SaveError)."""
+    return self._failed
+
+  def pending_entry(self, ref: StateRef) -> dict | None:
+    """The manifest entry of `ref` while its save is still being written, else None."""
+    return next((entry for branch, step, entry in self._pending
+                 if (branch, step) == (ref.branch, ref.step)), None)
+
   def wait(self) -> list[dict]:
     """Block until every save is on disk; return the entries that finished."""
     for branch, mgr in self._managers.items():

@@ -65,6 +65,13 @@ def _write(path: epath.Path, request: Request) -> None:
   files.atomic_write_text(path, json.dumps(dataclasses.asdict(request)))
 
 
+def finished(workdir, request_id: str) -> Request | None:
+  """The request `request_id` as the job finished it (its branch, or its error), or None
+  while it has not."""
+  path = _dir(workdir) / "done" / f"{request_id}.json"
+  return _read(path) if path.exists() else None
+
+
 def submit(workdir, decay_steps=None, decay_shape=None, min_lr_ratio=None) -> Request:
   """Ask the job running in `workdir` to fork a decay branch at its next step."""
   request = Request(f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:6]}", decay_steps,

@@ -152,7 +152,7 @@ def make_plan(cfg) -> Plan:
   if cfg.get("decay_steps", 0):
     whole_run["decay_steps"] = int(cfg.decay_steps)
   # Validate the whole-run schedule once: it raises ScheduleError naming the bad argument.
-  schedules.from_config(_as_config(whole_run))
+  schedules.from_config(as_config(whole_run))
   build = {"wsd": _plan_wsd, "wsd_s": _plan_wsd_s, "cyclic_cosine": _plan_cyclic,
            "cosine": _plan_single, "linear": _plan_single, "constant": _plan_constant}[name]
   return Plan(name, tuple(build(cfg, budgets, whole_run)))
@@ -225,19 +225,19 @@ def after_the_fact(cfg, from_step: int, decay_steps: int, decay_shape: str | Non
     overrides["min_lr_ratio"] = float(min_lr_ratio)
   end = int(from_step) + int(decay_steps)
   sched = wsd_decay_schedule(cfg, end, decay_steps, **overrides)
-  schedules.from_config(_as_config(sched))  # raises ValueError naming a bad argument
+  schedules.from_config(as_config(sched))  # raises ValueError naming a bad argument
   return Segment(decay_branch_name(end), int(from_step), end, StateRef(MAIN, int(from_step)),
                  _frozen(sched), True, MAIN, int(from_step))
 
 
-def _as_config(mapping: Mapping[str, Any]):
+def as_config(mapping: Mapping[str, Any]):
   import ml_collections  # local: keeps this module importable without it in pure tools
   return ml_collections.ConfigDict(dict(mapping))
 
 
 def schedule_of(segment: Segment):
   """The Optax schedule (step -> lr) a segment trains under."""
-  return schedules.from_config(_as_config(segment.schedule_dict()))
+  return schedules.from_config(as_config(segment.schedule_dict()))
 
 
 def describe(plan: Plan) -> str:

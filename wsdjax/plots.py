@@ -56,7 +56,7 @@ def read_manifest(workdir) -> list[dict]:
   return json.loads(path.read_text()) if path.exists() else []
 
 
-def _loss_ylim(values: Sequence[float]) -> tuple[float, float] | None:
+def loss_ylim(values: Sequence[float]) -> tuple[float, float] | None:
   """Y range that shows the late curve: the first tenth of the values (the steep fall
   from init) does not set the top."""
   if not values:
@@ -105,7 +105,7 @@ def plot_losses(groups: Sequence[tuple[str, str, Sequence]], path) -> None:
     values = []
     for w in workdirs:
       values += draw_run_losses(ax, w, COLORS.get(key, "C0"))
-    lim = _loss_ylim(values)
+    lim = loss_ylim(values)
     if lim:
       ax.set_ylim(*lim)
     ax.set_ylabel("loss (nats/token)")

@@ -125,7 +125,7 @@ class StepCache:
   def train(self, schedule_key: tuple, donate: bool) -> Callable:
     key = (schedule_key, donate)
     if key not in self._train:
-      schedule = schedules.from_config(plan_lib._as_config(dict(schedule_key)))
+      schedule = schedules.from_config(plan_lib.as_config(dict(schedule_key)))
       tx = make_optimizer(self.cfg.optimizer, schedule)
       k = self.cfg.train.micro_batches
       micro_sh = jax.sharding.NamedSharding(
@@ -172,7 +172,8 @@ class Live:
 
 
 class Trainer:
-  """Runs a config's branch plan in a workdir: `Trainer(cfg, workdir).run()`."""
+  """Runs a config's branch plan in a workdir: `with Trainer(cfg, workdir) as t: t.run()`
+  (the context closes its metric writer and checkpoint tree, waiting for pending saves)."""
 
   def __init__(self, cfg, workdir: str, mesh=None, stream=None):
     self.cfg = cfg
@@ -196,8 +197,19 @@ class Trainer:
     self.flops_per_token = model_lib.flops_per_token(cfg.model)
     self._eval_batches = None
     self._stop_signal = None
-    self._t_start = time.perf_counter()
-    self._steps_done_here = 0
+    self.started = time.perf_counter()  # for the closing line's wall time
+    self.steps_done_here = 0  # steps this process ran (a resumed run: since the resume)
+
+  def close(self) -> None:
+    """Close the metric writer and the checkpoint tree (which waits for pending saves)."""
+    self.writer.close()
+    self.tree.close()
+
+  def __enter__(self) -> "Trainer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   # -- bookkeeping --
   def run_steps_before(self, index: int) -> int:
@@ -277,8 +289,10 @@ class Trainer:
     return seg.start, restored, not reused
 
   # -- saving --
-  def _save(self, seg: Segment, step: int, run_steps: int, live: Live, lr: float,
-            **extra) -> None:
+  def save(self, seg: Segment, step: int, run_steps: int, live: Live, lr: float,
+           **extra) -> None:
+    """Save `live` as `seg`'s state at `step` (async), its manifest entry `entry_for(...)`
+    plus `extra`; reports the saves that have finished since the last call."""
     entry = self.entry_for(seg, step, run_steps, lr, **extra)
     positions = distributed.allgather_json(live.position)
     self.tree.save(StateRef(seg.branch, step), live.state, entry,
@@ -314,7 +328,7 @@ class Trainer:
       return self.summary()
     finally:
       self._restore_signal_handlers()
-      if not self.tree._failed:
+      if not self.tree.failed:
         self.tree.wait()
 
   def _run_plan(self) -> None:
@@ -382,7 +396,7 @@ class Trainer:
         state = faults.before_step(seg.branch, step + 1, state)
         state, metrics = (first if step == start else rest)(state, batch)
         n_window += 1
-        self._steps_done_here += 1
+        self.steps_done_here += 1
         done = step + 1
         faults.after_step(seg.branch, done)
         if pending is not None:
@@ -393,7 +407,7 @@ class Trainer:
           self._check_finite(pending)
           elapsed = time.perf_counter() - t_window
           remaining = self.plan.total_steps + self.extra_steps() - run_steps(done)
-          self._log(seg, done, metrics, elapsed, n_window, wait_window, remaining)
+          self.log(seg, done, metrics, elapsed, n_window, wait_window, remaining)
           t_window, n_window, wait_window = time.perf_counter(), 0, 0.0
         if done == seg.end:
           break
@@ -405,10 +419,10 @@ class Trainer:
         lr = lambda: float(schedule(done - 1))  # noqa: E731
         if done % cfg.checkpoint.every == 0:
           self._check_finite(pending)
-          self._save(seg, done, run_steps(done), current, lr(), **tags)
+          self.save(seg, done, run_steps(done), current, lr(), **tags)
         if self._should_stop(done):
           self._check_finite(pending)
-          self._save(seg, done, run_steps(done), current, lr(), **tags)
+          self.save(seg, done, run_steps(done), current, lr(), **tags)
           self._report_saves(wait=True)
           raise Stop(f"stopped at {seg.branch}@{done}; the same command resumes")
         if seg.branch == MAIN and not extra:
@@ -421,10 +435,10 @@ class Trainer:
       if seg.decayed:
         start_loss = self._start_eval_loss(seg)
         gap = None if start_loss is None else start_loss - loss
-        self._save(seg, seg.end, run_steps(seg.end), end, lr, decayed=True, eval_loss=loss,
+        self.save(seg, seg.end, run_steps(seg.end), end, lr, decayed=True, eval_loss=loss,
                    start_eval_loss=start_loss, gap=gap, budget=seg.budget_served, **tags)
       else:
-        self._save(seg, seg.end, run_steps(seg.end), end, lr, fork_point=True, eval_loss=loss,
+        self.save(seg, seg.end, run_steps(seg.end), end, lr, fork_point=True, eval_loss=loss,
                    **tags)
       return end
     finally:
@@ -439,14 +453,8 @@ class Trainer:
     if seg.init_from is None:
       return None
     self._report_saves()
-    entry = self.tree.entry(seg.init_from) or self._pending_entry(seg.init_from)
+    entry = self.tree.entry(seg.init_from) or self.tree.pending_entry(seg.init_from)
     return None if entry is None else entry.get("eval_loss")
-
-  def _pending_entry(self, ref: StateRef) -> dict | None:
-    for branch, step, entry in self.tree._pending:
-      if (branch, step) == (ref.branch, ref.step):
-        return entry
-    return None
 
   def _serve_live_requests(self, seg: Segment, done: int, run_steps: int, current: Live,
                            pending) -> None:
@@ -467,7 +475,7 @@ class Trainer:
       request = live_branch.accept(self.workdir, request, done,
                                      self.cfg.schedule.decay_fraction)
       self.writer.print(f"live request: forking {request.branch} from main@{done}")
-      self._save(seg, done, run_steps, current, float(plan_lib.schedule_of(seg)(done - 1)),
+      self.save(seg, done, run_steps, current, float(plan_lib.schedule_of(seg)(done - 1)),
                  fork_point=True, eval_loss=self.eval_loss(current.state.params))
       self._report_saves(wait=True)
       self.run_extra(request.segment(self.cfg.schedule), held=current)
@@ -483,7 +491,10 @@ class Trainer:
           "the last good checkpoint was saved; lower schedule.peak_lr or check the data, then "
           "rerun the same command to resume from that checkpoint")
 
-  def _log(self, seg, done, metrics, elapsed, n, wait, remaining) -> None:
+  def log(self, seg, done, metrics, elapsed, n, wait, remaining) -> None:
+    """One log row at step `done` of `seg`: the metrics, tokens/s and MFU over the `n` steps
+    that took `elapsed` s (`wait` of them waiting on input), `remaining` steps to go; to
+    TensorBoard, JSONL and the console."""
     tokens_per_s = n * self.tokens_per_step / max(elapsed, 1e-9)
     row = {k: float(v) for k, v in metrics.items() if k != "finite"}
     row["tokens_per_s"] = tokens_per_s
@@ -536,18 +547,15 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
       workdir_path.rmtree()  # a bad-input failure leaves no half-made run behind
     raise
   record_run_config(cfg, workdir_path)
-  try:
+  with trainer:
     rows = trainer.run()
     trainer.writer.print("decayed checkpoints:\n" + results_table(rows, trainer.data.entropy_rate))
-    total = time.perf_counter() - trainer._t_start
+    total = time.perf_counter() - trainer.started
     trainer.writer.print(
-        f"done: {trainer.plan.total_steps} steps in the plan, {trainer._steps_done_here} run "
+        f"done: {trainer.plan.total_steps} steps in the plan, {trainer.steps_done_here} run "
         f"now in {metrics_lib.format_duration(total)}; {trainer.steps.compiles} compiles "
         f"({trainer.steps.compile_seconds:.1f} s); checkpoints in {workdir_path / 'checkpoints'}")
     return rows
-  finally:
-    trainer.writer.close()
-    trainer.tree.close()
 
 
 def check_run_config(cfg, workdir: epath.Path, device_count: int | None = None) -> None:
