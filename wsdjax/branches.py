@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 from absl import flags
-from etils import epath
 
 from wsdjax import cli
 

@@ -326,7 +326,6 @@ def validate(cfg, device_count: int | None = None) -> None:
 
   _validate_schedule(cfg.schedule)
 
-  c = cfg.checkpoint
   _positive_int(flat, "checkpoint.every")
   _positive_int(flat, "checkpoint.keep", allow_zero=True)
 
