@@ -214,8 +214,9 @@ def test_auto_per_platform_and_splash_shapes():
   assert A.resolve("auto", q, platform="gpu") == "cudnn"
   assert A.resolve("auto", q.astype(jnp.float32), platform="gpu") is None
   assert A.resolve("splash", q, platform="cpu") == "splash"
+  assert sharding.platform_of(jax.sharding.get_abstract_mesh()) is None  # no mesh in force
   with sharding.with_rules(_mesh(), RULES):
-    assert A.current_platform() == "cpu" and A.resolve("auto", q) == "blocked"
+    assert sharding.current_platform() == "cpu" and A.resolve("auto", q) == "blocked"
   assert A.splash_block(256) == 256 and A.splash_block(1024) == 512
   assert A.splash_block(384) == 384 and A.splash_block(640) == 128
   assert A.splash_block(1536) == 512 and A.splash_block(1024, 256) == 256

@@ -27,7 +27,6 @@ _JSON = flags.DEFINE_string("json", None, "Also write the report as JSON to this
 _LIST = flags.DEFINE_bool("list", False, "List the TPU slices --topology accepts and exit.")
 
 EXIT_DOES_NOT_FIT = 1
-_GIB = 1 << 30
 
 
 def _si(x: float, unit: str, base: int = 1000) -> str:
@@ -38,11 +37,6 @@ def _si(x: float, unit: str, base: int = 1000) -> str:
     if abs(x) >= scale:
       return f"{x / scale:.2f} {p}{unit}"
   return f"{x:.0f} {unit}"
-
-
-def _libtpu_missing() -> bool:
-  import importlib.util
-  return importlib.util.find_spec("libtpu") is None
 
 
 def format_report(r, advice: str | None = None) -> str:
@@ -58,9 +52,10 @@ def format_report(r, advice: str | None = None) -> str:
               f"> {hbm}: does not fit (compile {r.compile_s:.0f} s)"]
   else:
     share = r.total_bytes / r.hbm_bytes
+    host = f"; host {gib(r.host_bytes)}" if r.host_bytes else ""
     lines += [f"  per chip: state {gib(r.state_bytes)} + temporaries {gib(r.temp_bytes)}"
               f" -> total {gib(r.total_bytes)} of {hbm} ({share:.0%}; eval "
-              f"{gib(r.eval_total_bytes)})" + (f"; host {gib(r.host_bytes)}" if r.host_bytes else ""),
+              f"{gib(r.eval_total_bytes)}){host}",
               f"  per step: model {_si(r.model_flops, 'FLOP')}, compiled program "
               f"{_si(r.xla_flops, 'FLOP')} (matmuls and attention kernels, recompute "
               "included)",
@@ -78,7 +73,7 @@ def format_report(r, advice: str | None = None) -> str:
 
 
 def main(argv):
-  from wsdjax.tpu import slices
+  from wsdjax.tpu import host, slices
   if _LIST.value:
     print("\n".join(slices.names()))
     return
@@ -90,7 +85,7 @@ def main(argv):
     tpu_slice = slices.lookup(_TOPOLOGY.value)
   except slices.UnknownSlice as e:
     cli.fail(str(e))
-  if _libtpu_missing():
+  if not host.installed("libtpu"):
     cli.fail("libtpu: not installed, and compiling for a TPU needs it; install it with "
              "pip install -e '.[tpu]' (or pip install 'jax[tpu]')")
   if _JSON.value and not os.path.isdir(os.path.dirname(os.path.abspath(_JSON.value))):

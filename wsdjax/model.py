@@ -101,7 +101,7 @@ class ModelConfig:
   `swiglu_impl` picks the SwiGLU gate's backward (`wsdjax.kernels.swiglu`): 'xla' autodiff, 'vjp'
   one float32 expression, 'pallas' one Pallas kernel (per shard under a mesh), 'auto' =
   'pallas' on GPU, 'xla' elsewhere.
-  `platform` ('cpu', 'gpu', 'tpu'; None = `jax.default_backend()`) is the platform of the
+  `platform` ('cpu', 'gpu', 'tpu'; None = `sharding.current_platform()`) is the platform of the
   devices the model is compiled for: every 'auto' above decides by it, so a TPU program
   compiled on a CPU host gets the TPU kernels. It is not a config field: `build_model`
   sets it (the trainer passes its mesh's platform, `sharding.platform_of`).
@@ -387,7 +387,8 @@ class Transformer(nn.Module):
 
 def build_model(model_cfg: ModelConfig | Any, platform: str | None = None) -> Transformer:
   """The Transformer for `model_cfg` (a ModelConfig or `config.model`), its kernels chosen
-  for devices of `platform` ('cpu' / 'gpu' / 'tpu'; None = jax.default_backend())."""
+  for devices of `platform` ('cpu' / 'gpu' / 'tpu'; None: the mesh in force's, else
+  jax.default_backend())."""
   cfg = ModelConfig.from_config(model_cfg)
   if platform is not None:
     cfg = dataclasses.replace(cfg, platform=platform)

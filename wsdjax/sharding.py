@@ -73,12 +73,23 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
-def platform_of(mesh: Mesh) -> str:
-  """The platform ('cpu', 'gpu', 'tpu') of the mesh's devices: what its programs are
-  compiled for, which need not be this host's backend (a TPU slice compiled on a CPU host).
+def platform_of(mesh) -> str | None:
+  """The platform ('cpu', 'gpu', 'tpu') of the devices of `mesh` (a Mesh, or the
+  AbstractMesh that jit traces under): what its programs are compiled for, which need not
+  be this host's backend (a TPU slice compiled on a CPU host). None for an empty mesh.
   jax calls NVIDIA and AMD devices 'cuda' / 'rocm'; both are 'gpu' here."""
-  platform = mesh.devices.flat[0].platform
-  return "gpu" if platform in ("cuda", "rocm", "gpu") else platform
+  if mesh is None or mesh.empty:
+    return None
+  abstract = mesh.abstract_mesh if isinstance(mesh, Mesh) else mesh
+  platform = getattr(abstract.abstract_device, "platform", None)
+  return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def current_platform() -> str:
+  """The platform the code being traced is compiled for: that of the mesh in force
+  (`jax.set_mesh`; an abstract mesh inside jit), else jax.default_backend(). The kernels'
+  'auto' choices ask this when not told a platform."""
+  return platform_of(jax.sharding.get_abstract_mesh()) or jax.default_backend()
 
 
 def _as_axes(x: Any) -> str | tuple[str, ...] | None:
@@ -90,6 +101,15 @@ def _as_axes(x: Any) -> str | tuple[str, ...] | None:
 def rules_from_config(mesh_cfg: Any) -> Rules:
   """`config.mesh.rules` as a tuple of (logical name, mesh axis | tuple of axes | None)."""
   return tuple((str(name), _as_axes(axes)) for name, axes in mesh_cfg.rules)
+
+
+def mesh_axes(entry, mesh) -> tuple[str, ...]:
+  """One PartitionSpec entry (an axis, a tuple of axes, None, UNCONSTRAINED) as a tuple of
+  mesh axis names, those `mesh` has (a rule may name an axis a mesh lacks)."""
+  if entry is None or entry is UNCONSTRAINED:
+    return ()
+  axes = (entry,) if isinstance(entry, str) else tuple(entry)
+  return tuple(a for a in axes if a in mesh.shape)
 
 
 def _axes_size(mesh: Mesh, axes: str | tuple[str, ...] | None) -> int:

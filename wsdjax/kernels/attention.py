@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from wsdjax import sharding
+
 IMPLS = ("auto", "xla", "cudnn", "blocked", "splash")
 _MASKED = -1e30  # a finite "minus infinity": exp underflows to 0, no inf - inf = nan.
 
@@ -63,30 +65,15 @@ def cudnn_fits(q: jax.Array) -> bool:
   return q.dtype in _CUDNN_DTYPES and dh % 8 == 0 and dh <= 128
 
 
-def _mesh_platform(mesh) -> str | None:
-  """Platform of the devices of `mesh` (a Mesh or AbstractMesh), None if it has none."""
-  if mesh is None or mesh.empty:
-    return None
-  abstract = getattr(mesh, "abstract_mesh", mesh)
-  return getattr(getattr(abstract, "abstract_device", None), "platform", None)
-
-
-def current_platform() -> str:
-  """Platform ('cpu' / 'gpu' / 'tpu') of the devices of the mesh in force (`jax.set_mesh`;
-  an abstract mesh inside jit), else jax.default_backend(). Compiling ahead of time for a
-  TPU topology on a CPU host gives 'tpu' here, where jax.default_backend() says 'cpu'."""
-  return _mesh_platform(jax.sharding.get_abstract_mesh()) or jax.default_backend()
-
-
 def resolve(impl: str | None, q: jax.Array | None = None,
             platform: str | None = None) -> str | None:
   """'blocked', 'splash', or the `implementation` argument of jax.nn.dot_product_attention,
   for `model.attention_impl` = `impl`, queries like `q` and devices of `platform`
-  ('cpu' / 'gpu' / 'tpu'; None = `current_platform()`) (module doc)."""
+  ('cpu' / 'gpu' / 'tpu'; None = `sharding.current_platform()`) (module doc)."""
   if impl is not None and impl not in IMPLS:
     raise ValueError(f"model: attention_impl must be one of {IMPLS}, got {impl!r}")
   if impl == "auto":
-    backend = platform or current_platform()
+    backend = platform or sharding.current_platform()
     if backend == "cpu":
       return "blocked"
     if backend == "gpu" and q is not None and cudnn_fits(q):
@@ -200,14 +187,6 @@ def _splash_local(q: jax.Array, k: jax.Array, v: jax.Array, *, block: int,
   return out.transpose(0, 2, 1, 3)
 
 
-def _mesh_axes(entry, mesh) -> tuple[str, ...]:
-  """One PartitionSpec entry as a tuple of mesh axis names (those the mesh has)."""
-  if entry is None or entry is P.UNCONSTRAINED:
-    return ()
-  axes = (entry,) if isinstance(entry, str) else tuple(entry)
-  return tuple(a for a in axes if a in mesh.shape)
-
-
 def _local_specs(mesh, q_shape, kv_shape, axes: frozenset) -> tuple[P, P]:
   """shard_map specs (of q and the output, of k and v) from the logical rules in force:
   batch over the mesh axes of 'act_batch' (those whose sizes divide B, in order), heads over
@@ -221,11 +200,12 @@ def _local_specs(mesh, q_shape, kv_shape, axes: frozenset) -> tuple[P, P]:
   kv_rule = nn.logical_to_mesh_axes(("act_batch", "act_length", "act_kv_heads", None))
   size = lambda names: math.prod(mesh.shape[a] for a in names)
   batch = ()
-  for a in _mesh_axes(q_rule[0], mesh):  # those of the batch axes whose sizes divide B
+  for a in sharding.mesh_axes(q_rule[0], mesh):  # the batch axes whose sizes divide B
     if a in axes and q_shape[0] % (size(batch) * mesh.shape[a]) == 0:
       batch += (a,)
-  heads = tuple(a for a in _mesh_axes(q_rule[2], mesh) if a in axes and a not in batch)
-  kv_heads = tuple(a for a in _mesh_axes(kv_rule[2], mesh) if a in axes and a not in batch)
+  usable = lambda entry: tuple(a for a in sharding.mesh_axes(entry, mesh)  # noqa: E731
+                               if a in axes and a not in batch)
+  heads, kv_heads = usable(q_rule[2]), usable(kv_rule[2])
   if heads != kv_heads or q_shape[2] % size(heads) or kv_shape[2] % size(heads):
     heads = ()
   entry = lambda names: (names[0] if len(names) == 1 else names) if names else None
@@ -255,7 +235,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
   if interpret is None:
-    interpret = (_mesh_platform(mesh) or jax.default_backend()) != "tpu"
+    interpret = (sharding.platform_of(mesh) or jax.default_backend()) != "tpu"
   t = q.shape[1]
   block = block or splash_block(t)
   if block % SPLASH_LANES or t % block:
@@ -277,7 +257,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   """softmax(q k^T / sqrt(Dh) + causal mask) v; q: [B, T, H, Dh], k, v: [B, T, K, Dh].
 
   Grouped-query attention: query head h reads kv head h // (H/K). `platform`: of the
-  devices the step is compiled for ('cpu' / 'gpu' / 'tpu'; None = `current_platform()`),
+  devices the step is compiled for ('cpu' / 'gpu' / 'tpu'; None =
+  `sharding.current_platform()`),
   for 'auto' and for whether 'splash' runs the kernel compiled or interpreted.
   """
   impl = resolve(implementation, q, platform)

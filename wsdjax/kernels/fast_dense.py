@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import jax
 
+from wsdjax import sharding
+
 IMPLS = ("auto", "xla", "cpu_dw")
 
 
 def resolve(impl: str, platform: str | None = None) -> str:
   """'xla' or 'cpu_dw' for a `model.dense_impl` value; 'auto' looks at `platform`, the
-  platform of the devices compiled for (None: jax.default_backend())."""
+  platform of the devices compiled for (None: `sharding.current_platform()`)."""
   if impl not in IMPLS:
     raise ValueError(f"model: dense_impl must be one of {IMPLS}, got {impl!r}")
   if impl == "auto":
-    return "cpu_dw" if (platform or jax.default_backend()) == "cpu" else "xla"
+    return "cpu_dw" if (platform or sharding.current_platform()) == "cpu" else "xla"
   return impl
 
 

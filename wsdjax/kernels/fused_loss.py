@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from wsdjax import sharding
 from wsdjax.kernels import fast_dense
 
 IMPLS = ("auto", "plain", "chunked")  # model.loss_impl
@@ -37,18 +38,20 @@ ACCELERATOR_CHUNK_ROWS = 16384  # on GPU/TPU: 1 GB of float32 logits a chunk at 
 
 def resolve(loss_impl: str, dense_impl: str, platform: str | None = None) -> str:
   """'chunked' or 'plain' for `model.loss_impl` on devices of `platform` (None:
-  jax.default_backend()): 'auto' = 'chunked' on GPU and TPU (the [B, T, V] float32 logits
-  of a 32k vocabulary would take half a v5e chip's HBM) and on the CPU fast path
+  `sharding.current_platform()`): 'auto' = 'chunked' on GPU and TPU (the [B, T, V] float32
+  logits of a 32k vocabulary would take half a v5e chip's HBM) and on the CPU fast path
   (`dense_impl` resolving to 'cpu_dw'); 'plain' on CPU with XLA's dense layers."""
   if loss_impl != "auto":
     return loss_impl
+  platform = platform or sharding.current_platform()
   fast_cpu = fast_dense.resolve(dense_impl, platform) == "cpu_dw"
-  return "chunked" if fast_cpu or (platform or jax.default_backend()) != "cpu" else "plain"
+  return "chunked" if fast_cpu or platform != "cpu" else "plain"
 
 
 def default_chunk_rows(platform: str | None = None) -> int:
   """CHUNK_ROWS on CPU (chunks that stay in cache), else ACCELERATOR_CHUNK_ROWS."""
-  return CHUNK_ROWS if (platform or jax.default_backend()) == "cpu" else ACCELERATOR_CHUNK_ROWS
+  on_cpu = (platform or sharding.current_platform()) == "cpu"
+  return CHUNK_ROWS if on_cpu else ACCELERATOR_CHUNK_ROWS
 
 
 def chunk_len(batch: int, seq_len: int, rows: int) -> int:
@@ -106,9 +109,7 @@ def _batch_split(batch: int, per_device: bool) -> tuple[int, Any]:
   mesh = jax.sharding.get_abstract_mesh()
   if not per_device or mesh.empty or mesh.size == 1:
     return 1, None
-  axes = nn.logical_to_mesh_axes(("act_batch",))[0]
-  names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  names = tuple(a for a in names if a in mesh.shape)
+  names = sharding.mesh_axes(nn.logical_to_mesh_axes(("act_batch",))[0], mesh)
   size = math.prod(mesh.shape[a] for a in names)
   return (size, names) if size > 1 and batch % size == 0 else (1, None)
 
@@ -188,11 +189,11 @@ def head_loss(x: jax.Array, w: jax.Array, targets: jax.Array, tied: bool,
 
   x: [B, T, D]; w: the embedding E [V, D] when `tied` (z = x E^T), else W [D, V];
   targets: int [B, T]; chunk_rows: rows per chunk (default `default_chunk_rows(platform)`).
-  Differentiable in x and w. On GPU/TPU (`platform`; None = jax.default_backend()) under a
-  mesh that spreads the batch, dW is summed per device and reduced once
+  Differentiable in x and w. On GPU/TPU (`platform`; None = `sharding.current_platform()`)
+  under a mesh that spreads the batch, dW is summed per device and reduced once
   (`_loss_and_grads`); on CPU it is reduced per chunk, as it always was (the same bits).
   """
   b, t = targets.shape
   c = chunk_len(b, t, chunk_rows or default_chunk_rows(platform))
-  per_device = (platform or jax.default_backend()) != "cpu"
+  per_device = (platform or sharding.current_platform()) != "cpu"
   return _head_loss(x, w, targets.astype(jnp.int32), tied, c, per_device)

@@ -42,12 +42,12 @@ def _has_pallas_triton() -> bool:
 
 def resolve(impl: str, platform: str | None = None) -> str:
   """'xla', 'vjp' or 'pallas' for `model.swiglu_impl` = `impl` on devices of `platform`
-  (None: jax.default_backend())."""
+  (None: `sharding.current_platform()`)."""
   if impl not in IMPLS:
     raise ValueError(f"model: swiglu_impl must be one of {IMPLS}, got {impl!r}")
   if impl != "auto":
     return impl
-  if (platform or jax.default_backend()) != "gpu":
+  if (platform or sharding.current_platform()) != "gpu":
     return "xla"
   return "pallas" if _has_pallas_triton() else "vjp"
 
@@ -79,7 +79,7 @@ def _pallas_grads(g, a, u, platform=None):
   `_grads` where the shape allows only small blocks. Interpreted off the GPU."""
   from jax.experimental import pallas as pl
 
-  interpret = (platform or jax.default_backend()) != "gpu"
+  interpret = (platform or sharding.current_platform()) != "gpu"
   shape, f = a.shape, a.shape[-1]
   g2, a2, u2 = (x.reshape(-1, f) for x in (g, a, u))
   m = a2.shape[0]

@@ -12,12 +12,13 @@ platform of the mesh's devices). It measures per chip:
 and per step: model FLOPs (6N + 6LTD per token, `model.flops_per_token`), the FLOPs the
 compiled program does: its matmuls as XLA emitted them (`hlo.matmul_flops`) plus the
 splash attention kernels' (`hlo.splash_flops`, from their shapes), recomputation
-included; collective traffic by kind (`hlo.collective_bytes`); and the step-time bound: the larger
-of the compute bound (the larger FLOP count at the chips' peak bf16 rate) and the
-collective bound (each chip's collective bytes at its full ICI send rate), as if XLA
+included; collective traffic by kind (`hlo.collective_bytes`); and the step-time bound:
+the larger of the compute bound (the larger FLOP count at the chips' peak bf16 rate) and
+the collective bound (each chip's collective bytes at its full ICI send rate), as if XLA
 overlapped every transfer with compute. A real step is slower: memory-bound work,
-imperfect overlap and collectives that cannot use every link are not in it. A program that does not fit
-in HBM fails to compile; the report then has `error` and XLA's largest temporaries.
+imperfect overlap and collectives that cannot use every link are not in it. A program
+that does not fit in HBM fails to compile; the report then has `error` and XLA's largest
+temporaries.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _host_bytes(stats) -> int:
 
 
 def _kernels(model) -> dict:
-  """The kernels 'auto' picked for the model's platform (what the report compiled)."""
+  """The kernels 'auto' picked for the model's platform and its remat (what the report
+  compiled)."""
   from wsdjax.kernels import attention, fast_dense, fused_loss, swiglu
   c = model.config
   head_dim, dtype = c.head_dim, c.compute_dtype
@@ -97,7 +99,7 @@ def _kernels(model) -> dict:
           "dense": fast_dense.resolve(c.dense_impl, c.platform),
           "loss": fused_loss.resolve(c.loss_impl, c.dense_impl, c.platform),
           "swiglu": swiglu.resolve(c.swiglu_impl, c.platform),
-          "remat": c.remat, "micro_batches": None}
+          "remat": c.remat}
 
 
 def dump_flags(dump_dir: str) -> str:
@@ -147,9 +149,8 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
     needed = re.search(r"temporaries \(([\d.]+)G\)", report.error)
     report.temp_bytes = int(float(needed.group(1)) * slices.GIB) if needed else 0
     report.total_bytes = report.state_bytes + report.temp_bytes
-    if dump_dir:
-      report.largest_temporaries = [dataclasses.asdict(t) for t in hlo.largest_temporaries(
-          dump_dir, "jit_train_step") or hlo.largest_temporaries(dump_dir, "jit_eval_step")]
+    report.largest_temporaries = _largest_temporaries(dump_dir, "jit_train_step",
+                                                      "jit_eval_step")
     return report
   report.compile_s = time.perf_counter() - t0
   stats = train.memory_analysis()
@@ -169,14 +170,23 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   report.compute_bound_s = flops / (tpu_slice.chips * tpu_slice.peak_flops)
   report.collective_bound_s = sum(report.collective_bytes.values()) / tpu_slice.send_bytes_per_s
   report.step_time_bound_s = max(report.compute_bound_s, report.collective_bound_s)
-  if dump_dir:
-    report.largest_temporaries = [dataclasses.asdict(t) for t in
-                                  hlo.largest_temporaries(dump_dir, "jit_train_step")]
+  report.largest_temporaries = _largest_temporaries(dump_dir, "jit_train_step")
   return report
+
+
+def _largest_temporaries(dump_dir: str | None, *modules: str) -> list[dict]:
+  """XLA's largest temporaries of the first of `modules` found in the dump ([] without)."""
+  from wsdjax.tpu import hlo
+  for module in modules if dump_dir else ():
+    found = hlo.largest_temporaries(dump_dir, module)
+    if found:
+      return [dataclasses.asdict(t) for t in found]
+  return []
 
 
 def advice(cfg, report: Report) -> str:
   """What to change so that a config that does not fit does: one line."""
+  from wsdjax.tpu import slices
   over = report.total_bytes - FIT_FRACTION * report.hbm_bytes
   tips = []
   if report.kernels.get("attention") == "xla" and cfg.model.seq_len % 128 == 0:
@@ -195,7 +205,7 @@ def advice(cfg, report: Report) -> str:
     tips.append(f"--config.model.remat=full (now {cfg.model.remat!r}; recomputes the "
                 "matmuls)")
   tips.append("a slice with more chips")
-  return (f"needs {over / (1 << 30):.2f} GiB less per chip to leave 10% of HBM free; try "
+  return (f"needs {over / slices.GIB:.2f} GiB less per chip to leave 10% of HBM free; try "
           + ", or ".join(tips))
 
 

@@ -29,7 +29,8 @@ def has_tpu_chips(sys_root: str = "/") -> bool:
   return bool(glob.glob(f"{root}/dev/accel*"))
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
+  """Whether `module` can be imported (found without importing it)."""
   try:
     return importlib.util.find_spec(module) is not None
   except (ImportError, ValueError):
@@ -41,9 +42,9 @@ def cpu_only_without_tpu(env=None, sys_root: str = "/") -> bool:
   nothing else was chosen (JAX_PLATFORMS unset, no CUDA plugin installed). Returns whether
   it set it. Must run before jax initialises a backend (jax may be imported already)."""
   env = os.environ if env is None else env
-  if "JAX_PLATFORMS" in env or not _installed("libtpu"):
+  if "JAX_PLATFORMS" in env or not installed("libtpu"):
     return False
-  if any(_installed(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")):
+  if any(installed(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")):
     return False
   if has_tpu_chips(sys_root):
     return False
