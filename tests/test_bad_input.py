@@ -91,9 +91,7 @@ BAD_CONFIG = [
     ("model.attention_impl", "flash", "model.attention_impl", "unknown value"),
     ("model.loss_impl", "fused", "model.loss_impl", "unknown value"),
     ("model.swiglu_impl", "triton", "model.swiglu_impl", "unknown value"),
-    ("checkpoint.write_priority", "low", "checkpoint.write_priority", "unknown value"),
     ("checkpoint.compression", "lz4", "checkpoint.compression", "unknown value"),
-    ("checkpoint.writer", "tensorstore", "checkpoint.writer", "unknown value"),
     ("mesh.tensor", 3, "mesh.data", "cannot fill"),
     ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),
     ("mesh.data", 0, "mesh.data", "-1 or >= 1"),
@@ -184,7 +182,8 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("args,field", [
     (["--config.model.n_layers=0"], "model.n_layers"),
-    (["--config.model.n_layerz=3"], None),  # unknown override key: absl's message
+    (["--config.model.n_layerz=3"], "--config.model.n_layerz"),  # names the known keys
+    (["--config.bogus.x=1"], "--config.bogus.x"),  # an unknown section: names the known ones
     (["--config.schedule.peak_lr=fast"], None),  # not a float
     (["--config.schedule.budgets=(8,4)"], "schedule.budgets"),
     (["--config.model.d_model=128"], "workdir"),  # a different run is in the workdir
@@ -216,6 +215,33 @@ def test_train_cli_missing_or_bad_arguments(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith(start), (args, out.stderr)
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_train_cli_bad_workdir_config_file_and_sections(existing_run, tmp_path):
+  """A --workdir that is a file, a config file returning no ConfigDict, a workdir whose
+  config.json is not JSON, an unknown section: one line each, exit 2, nothing written."""
+  (tmp_path / "a-file").write_text("x")
+  (tmp_path / "dict_config.py").write_text("def get_config():\n  return {'model': {}}\n")
+  (tmp_path / "torn").mkdir()
+  (tmp_path / "torn" / "config.json").write_text('{"model": ')
+  cases = [
+      (["--config", "configs/tiny.py", "--workdir", str(tmp_path / "a-file")],
+       "--workdir: ", "is a file, not a directory"),
+      (["--config", str(tmp_path / "dict_config.py"), "--workdir", str(tmp_path / "w")],
+       "--config: ", "returned a dict, not an ml_collections.ConfigDict"),
+      (["--config", "configs/tiny.py", "--workdir", str(tmp_path / "torn")],
+       "workdir: ", "config.json is not valid JSON"),
+      (["--config", "configs/tiny.py", "--config.bogus.x=1", "--workdir", str(tmp_path / "w")],
+       "--config.bogus.x: ", "unknown config section 'bogus'; known sections: checkpoint, data"),
+  ]
+  before = snapshot(tmp_path)
+  for args, field, words in cases:
+    out = run_cli("wsdjax.train", *args)
+    assert out.returncode == 2, (args, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("wsdjax: " + field), out.stderr[-2000:]
+    assert words in lines[0], lines[0]
+  assert snapshot(tmp_path) == before
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):

@@ -87,9 +87,46 @@ def test_branches_cli_prints_tree_and_json(tiny_config, tmp_path):
   assert all(KEYS <= set(r) for r in rows)
   text = cli("wsdjax.branches", "--workdir", str(tmp_path)).stdout
   assert "decay-20  (from main@18)" in text and "decayed" in text
+  # Every listed state restores with plain Orbax in a process that never imports wsdjax,
+  # equal to wsdjax's restore.
+  for r in rows:
+    plain = plain_orbax_restore(r["path"], tmp_path / f"{r['branch']}-{r['step']}.npz")
+    ours = jax.tree_util.tree_flatten_with_path(ckpt.restore(str(tmp_path), r["branch"],
+                                                             r["step"]))[0]
+    ours = {"/".join(_key_name(k) for k in path): np.asarray(x) for path, x in ours}
+    assert sorted(plain) == sorted(ours) and len(ours) > 10
+    for key, x in ours.items():
+      np.testing.assert_array_equal(plain[key], x, err_msg=key)
   bad = cli("wsdjax.branches", "--workdir", str(tmp_path / "nope"))
   assert bad.returncode == 2 and bad.stderr.startswith("wsdjax: --workdir:")
   assert "Traceback" not in bad.stderr
+
+
+_PLAIN_ORBAX = """
+import sys, jax, numpy as np, orbax.checkpoint as ocp
+state = ocp.StandardCheckpointer().restore(sys.argv[1])
+assert not any(m.startswith("wsdjax") for m in sys.modules), "imported wsdjax"
+flat = jax.tree_util.tree_flatten_with_path(state)[0]
+np.savez(sys.argv[2], **{"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p): x
+                         for p, x in flat})
+"""
+
+
+def _key_name(key) -> str:
+  """A path element as its name or index (an attribute, a dict key or a list index)."""
+  for attr in ("name", "key", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def plain_orbax_restore(path, out) -> dict:
+  """Restore `path` with orbax alone, in a fresh process: leaf path -> array."""
+  done = subprocess.run([sys.executable, "-c", _PLAIN_ORBAX, path, str(out)], cwd="/",
+                        env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with np.load(out) as arrays:
+    return dict(arrays)
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")

@@ -1,10 +1,12 @@
-"""How CheckpointTree stores a state's arrays (`checkpoint.writer`, `checkpoint.compression`):
-Orbax's zstd or raw chunks, or the direct-I/O writer's raw arrays, each read back by a tree
-of any setting, and saves written before the settings existed."""
+"""CheckpointTree's format and integrity: Orbax's standard PyTree checkpoint (zstd or raw
+chunks by `checkpoint.compression`), read back by plain Orbax without wsdjax; every file of
+a save checksummed, so a flipped byte, a truncated or a deleted file is reported; saves of
+the removed raw-array writer refused in one line."""
 
 import io
-import os
+import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -14,6 +16,7 @@ from conftest import one_device_mesh
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
 from wsdjax import trainer as trainer_lib
+from wsdjax.checkpoint import integrity
 from wsdjax.plan import StateRef
 
 
@@ -39,12 +42,10 @@ def _assert_same(restored, state):
     np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(state[key]))
 
 
-@pytest.mark.parametrize("backend, priority, expected", [
-    ("cpu", "normal", "none"), ("cpu", "idle", "zstd"), ("gpu", "normal", "zstd"),
-    ("tpu", "normal", "zstd"), ("tpu", "idle", "zstd")])
-def test_auto_compression_is_raw_only_where_the_write_takes_cpu_from_the_step(
-    backend, priority, expected):
-  assert ckpt.resolve_compression("auto", backend, priority) == expected
+@pytest.mark.parametrize("backend, expected", [("cpu", "none"), ("gpu", "zstd"),
+                                               ("tpu", "zstd")])
+def test_auto_compression_is_raw_only_on_the_cpu_backend(backend, expected):
+  assert ckpt.resolve_compression("auto", backend) == expected
   assert ckpt.resolve_compression("zstd", "cpu") == "zstd"
   assert ckpt.resolve_compression("none", "tpu") == "none"
 
@@ -56,20 +57,18 @@ def test_an_unknown_compression_is_refused(tmp_path):
     ckpt.CheckpointTree(tmp_path, compression="auto")  # resolved before the tree
 
 
-def test_zstd_saves_are_compressed_raw_ones_are_not_and_either_tree_reads_both(tmp_path):
+def test_zstd_and_raw_saves_restore_under_either_setting(tmp_path):
   state = _state()
   raw_bytes = sum(np.asarray(v).nbytes for v in state.values())
-  zstd_tree = ckpt.CheckpointTree(tmp_path, compression="zstd")
-  _save(zstd_tree, 1, state)
-  zstd_tree.close()
-  raw_tree = ckpt.CheckpointTree(tmp_path, compression="none")
-  _save(raw_tree, 2, state)
-  steps = tmp_path / "checkpoints" / "main"
-  assert _bytes_on_disk(steps / "2" / "state") > raw_bytes
-  assert _bytes_on_disk(steps / "1" / "state") < raw_bytes / 4
-  for step in (1, 2):  # the raw tree restores the zstd save too
-    _assert_same(raw_tree.restore(StateRef("main", step), state)[0], state)
-  raw_tree.close()
+  with ckpt.CheckpointTree(tmp_path, compression="zstd") as zstd_tree:
+    _save(zstd_tree, 1, state)
+  with ckpt.CheckpointTree(tmp_path, compression="none") as raw_tree:
+    _save(raw_tree, 2, state)
+    steps = tmp_path / "checkpoints" / "main"
+    assert _bytes_on_disk(steps / "2" / "state") > raw_bytes
+    assert _bytes_on_disk(steps / "1" / "state") < raw_bytes / 4
+    for step in (1, 2):  # the raw tree restores the zstd save too
+      _assert_same(raw_tree.restore(StateRef("main", step), state)[0], state)
   again = ckpt.CheckpointTree(tmp_path, compression="zstd", read_only=True)
   target = {k: np.zeros(v.shape, v.dtype) for k, v in state.items()}  # host arrays
   restored, meta = again.restore(StateRef("main", 2), target)
@@ -77,8 +76,23 @@ def test_zstd_saves_are_compressed_raw_ones_are_not_and_either_tree_reads_both(t
   assert isinstance(restored["flat"], np.ndarray) and meta["entry"]["step"] == 2
 
 
-def test_saves_written_with_orbaxs_standard_handler_still_restore(tmp_path):
-  """Before `checkpoint.compression`, the state item was written with StandardSave."""
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_plain_orbax_restores_a_save_without_wsdjax(tmp_path, compression):
+  state = _state()
+  with ckpt.CheckpointTree(tmp_path, compression=compression) as tree:
+    _save(tree, 4, state)
+    path = tree.path(StateRef("main", 4)) / "state"
+  _assert_same(ocp.StandardCheckpointer().restore(path), state)
+  _assert_same(ocp.PyTreeCheckpointer().restore(path), state)
+  mesh = one_device_mesh()
+  on_mesh = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=jax.sharding.NamedSharding(mesh, jax.P())), state)
+  restored = ocp.StandardCheckpointer().restore(path, on_mesh)
+  _assert_same(restored, state)
+  assert restored["flat"].sharding == on_mesh["flat"].sharding
+
+
+def test_saves_written_with_orbaxs_standard_handler_restore(tmp_path):
   state = _state()
   root = ckpt.checkpoint_dir(tmp_path)
   old = ocp.CheckpointManager(root / "main", item_names=("state", "meta"))
@@ -87,89 +101,102 @@ def test_saves_written_with_orbaxs_standard_handler_still_restore(tmp_path):
                                       meta=ocp.args.JsonSave(meta)))
   old.wait_until_finished()
   old.close()
-  tree = ckpt.CheckpointTree(tmp_path, compression="none")
-  assert [e["step"] for e in tree.manifest()] == [5]
-  restored, got = tree.restore(StateRef("main", 5), state)
-  _assert_same(restored, state)
-  assert got == meta
-  tree.close()
-
-
-def test_the_trainer_resolves_auto_for_its_backend_and_write_priority(tiny_config, tmp_path):
-  config_lib.validate(tiny_config, 1)
-  assert tiny_config.checkpoint.compression == "auto" and tiny_config.checkpoint.writer == "auto"
-  for priority, compression, writer, expected in (  # on the CPU backend, a local workdir
-      ("normal", "auto", "direct", "none"), ("idle", "auto", "direct", "none"),
-      ("normal", "zstd", "orbax", "zstd")):
-    tiny_config.checkpoint.write_priority = priority
-    tiny_config.checkpoint.compression = compression
-    trainer = trainer_lib.Trainer(tiny_config, tmp_path / priority / compression,
-                                  mesh=one_device_mesh(), stream=io.StringIO())
-    try:
-      assert (trainer.tree.writer, trainer.tree.compression) == (writer, expected)
-    finally:
-      trainer.writer.close()
-      trainer.tree.close()
-
-
-@pytest.mark.parametrize("backend, compression, workdir, expected", [
-    ("cpu", "auto", "/runs/a", "direct"), ("cpu", "none", "runs/a", "direct"),
-    ("cpu", "zstd", "/runs/a", "orbax"), ("cpu", "auto", "gs://bucket/a", "orbax"),
-    ("gpu", "auto", "/runs/a", "orbax"), ("tpu", "none", "/runs/a", "orbax")])
-def test_auto_writer_is_direct_only_for_raw_arrays_on_a_local_cpu_run(
-    backend, compression, workdir, expected):
-  assert ckpt.resolve_writer("auto", backend, compression, workdir) == expected
-  assert ckpt.resolve_writer("orbax", backend, compression, workdir) == "orbax"
-
-
-def test_a_direct_writer_that_cannot_work_is_refused(tmp_path):
-  with pytest.raises(ValueError, match="writer: 'tensorstore'"):
-    ckpt.resolve_writer("tensorstore", "cpu", "auto", tmp_path)
-  with pytest.raises(ValueError, match="compression to 'auto' or 'none'"):
-    ckpt.resolve_writer("direct", "cpu", "zstd", tmp_path)
-  with pytest.raises(ckpt.CheckpointError, match="needs a local workdir"):
-    ckpt.resolve_writer("direct", "gpu", "auto", "gs://bucket/run")
-  with pytest.raises(ValueError, match="writer"):
-    ckpt.CheckpointTree(tmp_path, writer="auto")  # resolved before the tree
-
-
-def test_a_config_asking_the_direct_writer_for_zstd_is_refused(tiny_config):
-  tiny_config.checkpoint.writer = "direct"
-  tiny_config.checkpoint.compression = "zstd"
-  with pytest.raises(config_lib.ConfigError, match=r"^checkpoint.writer: .*compression"):
-    config_lib.validate(tiny_config, 1)
-  tiny_config.checkpoint.compression = "none"
-  config_lib.validate(tiny_config, 1)
-
-
-def test_the_direct_writer_saves_raw_files_and_trees_of_either_writer_read_both(tmp_path):
-  state = _state()
-  direct = ckpt.CheckpointTree(tmp_path, writer="direct")
-  assert direct.compression == "none"
-  _save(direct, 1, state)
-  files = sorted(p.name for p in (tmp_path / "checkpoints" / "main" / "1" / "state").iterdir())
-  assert {"raw-0.bin", "raw-0.json", "raw_tree.json"} <= set(files)
-  assert not any("ocdbt" in f or f.startswith("_") for f in files)
-  direct.close()
-  orbax = ckpt.CheckpointTree(tmp_path, writer="orbax", compression="zstd")
-  _save(orbax, 2, state)
-  for step in (1, 2):
-    _assert_same(orbax.restore(StateRef("main", step), state)[0], state)
-  orbax.close()
-  again = ckpt.CheckpointTree(tmp_path, writer="direct", read_only=True)
-  target = {k: np.zeros(v.shape, v.dtype) for k, v in state.items()}
-  for step in (1, 2):
-    restored, meta = again.restore(StateRef("main", step), target)
+  with ckpt.CheckpointTree(tmp_path, compression="none") as tree:
+    assert [e["step"] for e in tree.manifest()] == [5]
+    restored, got = tree.restore(StateRef("main", 5), state)
     _assert_same(restored, state)
-    assert meta["entry"]["step"] == step
+    assert got == meta
 
 
-def test_a_truncated_direct_save_is_reported_broken(tmp_path):
-  tree = ckpt.CheckpointTree(tmp_path, writer="direct")
-  _save(tree, 3, _state())
-  tree.close()
-  data = tmp_path / "checkpoints" / "main" / "3" / "state" / "raw-0.bin"
-  os.truncate(data, 4096)
-  again = ckpt.CheckpointTree(tmp_path, writer="direct", read_only=True)
-  with pytest.raises(ckpt.BrokenCheckpoint, match="raw-0.bin"):
-    again.restore(StateRef("main", 3), _state())
+def test_the_trainer_saves_uncompressed_on_the_cpu_backend_unless_asked(tiny_config, tmp_path):
+  config_lib.validate(tiny_config, 1)
+  for compression, expected in (("auto", "none"), ("zstd", "zstd")):
+    tiny_config.checkpoint.compression = compression
+    with trainer_lib.Trainer(tiny_config, tmp_path / compression, mesh=one_device_mesh(),
+                             stream=io.StringIO()) as trainer:
+      assert trainer.tree.compression == expected
+
+
+def _files_of_a_save(tmp_path) -> list[str]:
+  with ckpt.CheckpointTree(tmp_path) as tree:
+    _save(tree, 1, _state())
+    _save(tree, 2, _state())
+  return integrity.files_of(ckpt.checkpoint_dir(tmp_path) / "main" / "2")
+
+
+def test_every_file_of_a_save_is_checksummed_when_it_completes(tmp_path):
+  files = _files_of_a_save(tmp_path)
+  record = json.loads((tmp_path / "checkpoints" / "integrity" / "main-2.json").read_text())
+  assert sorted(record) == files and len(files) > 5
+  assert any(f.startswith("state/") and "/d/" in f for f in files)  # the array data
+  assert all(len(r["sha256"]) == 64 for r in record.values())
+
+
+def test_a_flipped_byte_in_any_file_of_a_save_is_reported(tmp_path):
+  files = _files_of_a_save(tmp_path)
+  top = ckpt.checkpoint_dir(tmp_path) / "main" / "2"
+  tree = ckpt.CheckpointTree(tmp_path, read_only=True)
+  for rel in files:
+    path = top / rel
+    original = path.read_bytes()
+    if not original:
+      continue
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x10
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ckpt.BrokenCheckpoint, match=f"main@2 is broken: {rel} changed content"):
+      tree.restore(StateRef("main", 2), _state())
+    path.write_bytes(original)
+  _assert_same(tree.restore(StateRef("main", 2), _state())[0], _state())
+
+
+def test_a_truncated_or_deleted_file_is_reported(tmp_path):
+  files = _files_of_a_save(tmp_path)
+  top = ckpt.checkpoint_dir(tmp_path) / "main" / "2"
+  tree = ckpt.CheckpointTree(tmp_path, read_only=True)
+  biggest = max(files, key=lambda f: (top / f).stat().length)
+  (top / biggest).write_bytes((top / biggest).read_bytes()[:10])
+  with pytest.raises(ckpt.BrokenCheckpoint, match=f"{biggest} changed size"):
+    tree.restore(StateRef("main", 2), _state())
+  (top / files[0]).unlink()
+  with pytest.raises(ckpt.BrokenCheckpoint, match="1 file.s. missing"):
+    tree.restore(StateRef("main", 2), _state())
+
+
+def test_restore_falls_back_to_the_previous_save_or_names_the_broken_one(tiny_config, tmp_path):
+  tiny_config.schedule.budgets = (8,)
+  tiny_config.checkpoint.every = 4
+  trainer_lib.train_and_evaluate(tiny_config, str(tmp_path), mesh=one_device_mesh(),
+                                 stream=io.StringIO())
+  with ckpt.CheckpointTree(tmp_path, read_only=True) as tree:
+    steps = tree.steps("main")
+  newest = tmp_path / "checkpoints" / "main" / str(steps[-1])
+  data = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  good = ckpt.restore(str(tmp_path), "main", steps[-2])
+  flipped = bytearray(data.read_bytes())
+  flipped[100] ^= 1
+  data.write_bytes(bytes(flipped))
+  got = ckpt.restore(str(tmp_path), "main")  # the previous complete save, with a warning
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(good), strict=True):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(ckpt.BrokenCheckpoint, match=f"main@{steps[-1]} is broken"):
+    ckpt.restore(str(tmp_path), "main", steps[-1])
+
+
+def test_a_save_of_the_removed_raw_writer_is_refused_in_one_line(tmp_path):
+  with ckpt.CheckpointTree(tmp_path) as tree:
+    _save(tree, 3, _state())
+  (tmp_path / "checkpoints" / "main" / "3" / "state" / "raw_tree.json").write_text("{}")
+  tree = ckpt.CheckpointTree(tmp_path, read_only=True)
+  with pytest.raises(ckpt.CheckpointError, match="raw-array writer, which was removed") as e:
+    tree.restore(StateRef("main", 3), _state())
+  assert "\n" not in str(e.value)
+
+
+def test_a_stored_run_config_with_retired_checkpoint_fields_still_loads(tiny_config, tmp_path):
+  raw = json.loads(config_lib.to_json(tiny_config))
+  raw["checkpoint"] |= {"writer": "direct", "write_priority": "idle"}
+  (tmp_path / config_lib.RUN_CONFIG).write_text(json.dumps(raw))
+  loaded = config_lib.load_run_config(tmp_path)
+  assert "writer" not in loaded.checkpoint and "write_priority" not in loaded.checkpoint
+  assert config_lib.resume_conflicts(loaded, tiny_config) == []

@@ -1,7 +1,9 @@
-"""Faults survived, checked against one uninterrupted reference run (1 CPU device):
-SIGKILL (mid main branch, mid save, mid decay branch), SIGINT and SIGTERM, a full disk
-during a save, a broken latest checkpoint, all in one run that must end with the
-reference's bits; and a NaN that stops a run with nothing non-finite saved."""
+"""Faults survived on the default checkpoint path (Orbax's standard format, checksums),
+checked against one uninterrupted reference run (1 CPU device): SIGKILL (mid main branch,
+mid save, mid decay branch; each leaves its writer lock behind), SIGINT and SIGTERM, a full
+disk during a save, a truncated and a deleted file, a flipped byte, all in one run that
+must end with the reference's bits; and a NaN that stops a run with nothing non-finite
+saved."""
 
 import json
 import resource
@@ -111,8 +113,20 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
   assert all(p.read_bytes() == b for p, b in good.items())  # main@20 untouched
   assert "stopped at decay-40@33" in out.stdout + out.stderr
 
+  # One byte flipped in the newest save of decay-40 (its sizes unchanged): the checksums
+  # recorded at save catch it; the save is set aside and decay-40 resumes before it.
+  newest = run / "checkpoints" / "decay-40" / "33"
+  data = max((p for p in (newest / "state").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  flipped = bytearray(data.read_bytes())
+  flipped[len(flipped) // 3] ^= 0x01
+  data.write_bytes(bytes(flipped))
   out = train(run)
   assert out.returncode == 0, out.stderr[-2000:]
+  assert "checkpoint: decay-40@33 is broken: state/" in out.stdout
+  assert "changed content" in out.stdout
+  assert sorted(p.name for p in (run / "checkpoints" / "broken").iterdir()) == [
+      "decay-40-33-0", "main-22-0"]
   assert_bitwise_equal(reference, final_states(run))
 
 

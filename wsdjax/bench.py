@@ -18,9 +18,10 @@ pipeline, metric logging and `CheckpointTree` async save; the FLOPs of
                   minus as many plain steps (the mean of the plain steps just before and
                   after), per save (median over --saves, and the mean +- its standard
                   error: single steps vary by ~10% on a busy CPU), as a share of a
-                  step; with the write priority it ran at (`checkpoint.write_priority`)
-                  and who wrote the arrays, how compressed (`checkpoint.writer`,
-                  `checkpoint.compression`)
+                  step, with the arrays' compression (`checkpoint.compression`); the
+                  size of a save, and what its integrity check costs: computing the
+                  SHA-256 of every file when it completes (a background thread), and
+                  checking them before a restore, next to the restore itself
   fork            forking a decay branch (holding main while the branch trains from the
                   same arrays, its first step not donating): bytes copied, shared buffers
   memory          the compiled step's memory analysis, and the process's peak RSS (CPU)
@@ -314,12 +315,11 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
                ckpt_stall_mean_s=statistics.mean(stall_s),
                ckpt_stall_se_s=_standard_error(stall_s),
                ckpt_save_call_s=statistics.median(s[1] for s in stalls),
-               ckpt_write_priority=_write_priority(trainer.tree),
                ckpt_compression=trainer.tree.compression,
-               ckpt_writer=trainer.tree.writer,
                ckpt_steps_while_saving=[s[2] for s in stalls],
                ckpt_stall_all_s=stall_s)
     res["ckpt_stall_share"] = res["ckpt_stall_s"] / med
+    res.update(_integrity_costs(trainer, seg.branch, step))
 
   # Fork: the branch starts from main's arrays; its first step does not donate them.
   jax.block_until_ready(state)
@@ -367,11 +367,25 @@ def _standard_error(xs: list[float]) -> float | None:
   return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) >= 2 else None
 
 
-def _write_priority(tree) -> str:
-  """The checkpoint write's CPU priority as it ran: 'normal', 'idle', or why not idle."""
-  if tree.write_priority == "normal":
-    return "normal"
-  return "idle" if tree.writes_at_idle_priority else "normal (no SCHED_IDLE here)"
+def _integrity_costs(trainer, branch: str, step: int) -> dict:
+  """Seconds to checksum the newest save's files (what the tree does in the background
+  when a save completes), to check them (before each restore), and to restore it."""
+  import jax
+  from wsdjax.checkpoint import integrity
+  from wsdjax.plan import StateRef
+  tree = trainer.tree
+  ref = StateRef(branch, max(s for s in tree.steps(branch) if s <= step))
+  top = tree.path(ref)
+  t0 = time.perf_counter()
+  integrity.record(tree.root, ref, top)
+  t1 = time.perf_counter()
+  assert tree.damage(ref) is None
+  t2 = time.perf_counter()
+  jax.block_until_ready(tree.restore(ref, trainer.steps.abstract)[0])
+  t3 = time.perf_counter()
+  size = sum((top / rel).stat().length for rel in integrity.files_of(top))
+  return dict(ckpt_bytes=size, ckpt_checksum_s=t1 - t0, ckpt_verify_s=t2 - t1,
+              ckpt_restore_s=t3 - t2)
 
 
 # ---- report ----------------------------------------------------------------------------
@@ -411,9 +425,12 @@ def table(r: dict) -> str:
                                f"{100 * r['ckpt_stall_share']:+.1f}% of a step (median of "
                                f"{len(r['ckpt_stall_all_s'])} saves, mean "
                                f"{r['ckpt_stall_mean_s']:+.3f}{se} s; save() returns in "
-                               f"{1e3 * r['ckpt_save_call_s']:.0f} ms; write priority "
-                               f"{r['ckpt_write_priority']}, writer "
-                               f"{r['ckpt_writer']}, compression {r['ckpt_compression']})"))
+                               f"{1e3 * r['ckpt_save_call_s']:.0f} ms; Orbax, "
+                               f"compression {r['ckpt_compression']})"))
+    rows.append(("integrity", f"{_mib(r['ckpt_bytes'])} per save: SHA-256 of its files "
+                              f"{1e3 * r['ckpt_checksum_s']:.0f} ms at save (background), "
+                              f"check {1e3 * r['ckpt_verify_s']:.0f} ms before a restore "
+                              f"(restore {1e3 * r['ckpt_restore_s']:.0f} ms)"))
   rows += [
       ("fork", f"{r['fork_copy_bytes']:,} bytes copied, {r['fork_shared_buffers']}/"
                f"{r['state_buffers']} buffers shared, {1e6 * r['fork_s']:.0f} us; first "

@@ -53,28 +53,38 @@ def check_args() -> None:
 def after_the_fact(workdir: str, from_step: int, decay_steps: int | None,
                    decay_shape: str | None, min_lr_ratio: float | None) -> dict:
   """Decay main@from_step into a new decay branch; return its manifest entry."""
+  from wsdjax import config as config_lib
+  from wsdjax.checkpoint import lock
+  cfg = config_lib.load_run_config(workdir)
+  lock.acquire(workdir)  # before reading: a run writing the tree refuses us here
+  try:
+    return _decay(cfg, workdir, from_step, decay_steps, decay_shape, min_lr_ratio)
+  finally:
+    lock.release(workdir)
+
+
+def _decay(cfg, workdir, from_step, decay_steps, decay_shape, min_lr_ratio) -> dict:
   from wsdjax import checkpoint as ckpt
   from wsdjax import config as config_lib
   from wsdjax import live_branch
   from wsdjax import plan as plan_lib
   from wsdjax import trainer as trainer_lib
-  cfg = config_lib.load_run_config(workdir)
-  tree = ckpt.CheckpointTree(workdir, read_only=True)
-  saved = tree.steps(plan_lib.MAIN)
-  if from_step not in saved:
-    near = nearest(saved, from_step)
-    raise config_lib.ConfigError(
-        "--from_step", f"main has no saved state at step {from_step}",
-        f"use a saved main step, e.g. {', '.join(map(str, near))}" if near else
-        "this run has no saved main states")
-  decay_steps = decay_steps or live_branch.default_decay_steps(from_step,
-                                                                cfg.schedule.decay_fraction)
-  seg = plan_lib.after_the_fact(cfg.schedule, from_step, decay_steps, decay_shape,
-                                min_lr_ratio)
-  if tree.steps(seg.branch):
-    raise config_lib.ConfigError(
-        "--decay_steps", f"branch {seg.branch} already exists in {workdir}",
-        "pick another --decay-steps (the branch name is decay-<from_step + decay_steps>)")
+  with ckpt.CheckpointTree(workdir, read_only=True) as tree:
+    saved = tree.steps(plan_lib.MAIN)
+    if from_step not in saved:
+      near = nearest(saved, from_step)
+      raise config_lib.ConfigError(
+          "--from_step", f"main has no saved state at step {from_step}",
+          f"use a saved main step, e.g. {', '.join(map(str, near))}" if near else
+          "this run has no saved main states")
+    decay_steps = decay_steps or live_branch.default_decay_steps(
+        from_step, cfg.schedule.decay_fraction)
+    seg = plan_lib.after_the_fact(cfg.schedule, from_step, decay_steps, decay_shape,
+                                  min_lr_ratio)
+    if tree.steps(seg.branch):
+      raise config_lib.ConfigError(
+          "--decay_steps", f"branch {seg.branch} already exists in {workdir}",
+          "pick another --decay-steps (the branch name is decay-<from_step + decay_steps>)")
   config_lib.validate(cfg, None)
   with trainer_lib.Trainer(cfg, workdir) as trainer:
     return trainer.run_extra(seg)

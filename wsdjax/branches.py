@@ -3,7 +3,8 @@
 Prints each branch with its saved states (step, tokens, FLOPs, LR, eval loss), decay
 branches indented under the branch they forked from; `--json` prints a list with one
 object per saved state (keys: branch, step, parent, fork_step, tokens, flops, run_flops,
-lr, eval_loss, decayed, fork_point, gap).
+lr, eval_loss, decayed, fork_point, gap, and path: the state's Orbax checkpoint, which
+`orbax.checkpoint.StandardCheckpointer().restore(path)` reads without wsdjax).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ def define_flags() -> None:
 
 
 def load_entries(workdir) -> list[dict]:
-  """Manifest entries of every finished save in `workdir` (rebuilt from disk if needed)."""
+  """Manifest entries of every finished save in `workdir` (rebuilt from disk if needed),
+  each with the `path` of its state item."""
   from wsdjax import checkpoint as ckpt
   root = ckpt.checkpoint_dir(workdir)
   if not root.exists():
     raise ckpt.CheckpointError(f"--workdir: {workdir} has no checkpoints/ folder; pass the "
                                f"workdir of a run started with python -m wsdjax.train")
-  return ckpt.CheckpointTree(workdir, read_only=True).manifest()
+  with ckpt.CheckpointTree(workdir, read_only=True) as tree:
+    return [dict(e, path=str(tree.path(ckpt.StateRef(e["branch"], e["step"])) / "state"))
+            for e in tree.manifest()]
 
 
 def format_tree(entries: list[dict]) -> str:

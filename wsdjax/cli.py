@@ -3,6 +3,7 @@ absl flag parsing that reports bad flags the same way. `--debug` shows traceback
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -30,16 +31,25 @@ def loaded_config(argv: Sequence[str], config_flag, example: str):
   if config_flag.value is None:
     fail(f"--config: missing; pass --config {example} (or another config file)")
   try:
-    config_flag.value.keys()
+    value = config_flag.value
+    value.keys()
   except OSError as e:
     why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
     fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. {example}")
-  return config_flag.value
+  import ml_collections
+  if not isinstance(value, ml_collections.ConfigDict):
+    fail(f"--config: get_config() returned a {type(value).__name__}, not an "
+         "ml_collections.ConfigDict; start from wsdjax.config.base_config() and return it, "
+         f"as {example} does")
+  return value
 
 
 def require_workdir(workdir: str | None) -> str:
   if not workdir:
     fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    fail(f"--workdir: {workdir} is a file, not a directory; pass a directory (created if "
+         "absent, resumed if present)")
   return workdir
 
 
@@ -64,6 +74,12 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   except Exception as e:  # noqa: BLE001 - a config file that fails to load
     if "--debug" in argv:
       raise
+    if isinstance(e, (KeyError, AttributeError)):  # an override naming no config field
+      from wsdjax import config as config_lib
+      for arg in argv:
+        if arg.startswith("--config.") and (problem := config_lib.unknown_field(
+            arg[len("--config."):].split("=", 1)[0])):
+          fail(problem)
     fail(f"config: cannot load it: {type(e).__name__}: {e}")
   return []
 

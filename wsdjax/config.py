@@ -165,23 +165,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   # Write checkpoints in the background while training goes on.
   c.checkpoint.async_save = True
-  # CPU priority of the checkpoint write: 'normal', or 'idle' (Linux SCHED_IDLE: it runs
-  # only on cores nothing else wants, so on a CPU-only host the run has to itself the
-  # background write slows the train step about half as much). Only on such a host: where
-  # other processes keep every core busy, an idle write waits for them, and training waits
-  # for the write (a synchronous save, the next save). Without SCHED_IDLE: normal priority.
-  c.checkpoint.write_priority = "normal"
-  # How Orbax's writer (checkpoint.writer) stores the state's arrays: 'zstd' (level 1),
-  # 'none' (raw), or 'auto': 'none' on the CPU backend at normal write priority (there
-  # zstd's ~0.18 CPU-s per 100 MB come out of the step, for a trained float32 state only
-  # ~10% smaller), else 'zstd'. Restores read either.
+  # How the state's arrays are stored (Orbax's zarr chunks): 'zstd' (level 1), 'none'
+  # (raw), or 'auto': 'none' on the CPU backend (there zstd's ~0.18 CPU-s per 100 MB come
+  # out of the step, for a trained float32 state only ~10% smaller), else 'zstd'.
+  # Restores read either.
   c.checkpoint.compression = "auto"
-  # Who writes the state's arrays: 'orbax' (TensorStore, through the page cache, any
-  # storage Orbax reaches), 'direct' (wsdjax's raw arrays written with O_DIRECT from a
-  # reused host buffer: ~0.03 CPU-s per 100 MB instead of ~0.35; local paths only), or
-  # 'auto': 'direct' on the CPU backend for a local workdir unless compression is 'zstd',
-  # else 'orbax'. Restores read either.
-  c.checkpoint.writer = "auto"
+  # Record a SHA-256 of every file of a save when it completes and check it before a
+  # restore (a changed byte is reported and the save set aside); False: sizes only, for
+  # very large states on remote storage where reading every save back costs too much.
+  c.checkpoint.checksums = True
 
   # ---- device mesh (wsdjax/sharding.py) ----
   c.mesh = ml_collections.ConfigDict()
@@ -248,6 +240,30 @@ def _choices_of(module: str, name: str) -> tuple:
   return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
 
 
+def unknown_field(field: str) -> str | None:
+  """Why `field` (dotted, as in --config.<field>=...) names no config field, as one line
+  naming the known ones; None if it names one."""
+  node, path = base_config(), []
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f"--config.{field}: {'.'.join(path)} is a value, not a section; set it as "
+              f"--config.{'.'.join(path)}=...")
+    if part not in node:
+      sections = sorted(k for k, v in node.items() if isinstance(v, ml_collections.ConfigDict))
+      keys = sorted(k for k in node if k not in sections)
+      if not path and part not in keys:
+        return (f"--config.{field}: unknown config section {part!r}; known sections: "
+                f"{', '.join(sections)} (and top-level keys {', '.join(keys)})")
+      where = ".".join(path)
+      close = difflib.get_close_matches(part, list(node), n=1, cutoff=0.6)
+      hint = f"did you mean {where}.{close[0]}? " if close else ""
+      return (f"--config.{field}: unknown config key {part!r} of {where}; {hint}known keys: "
+              f"{', '.join(sorted(node))}")
+    node = node[part]
+    path.append(part)
+  return None
+
+
 def validate(cfg, device_count: int | None = None) -> None:
   """Check every field and cross-field rule; raise ConfigError on the first problem."""
   flat = _flat(cfg)
@@ -281,13 +297,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _choice(flat, "model.layer_loop", _choices_of("model", "LAYER_LOOPS"))
   _choice(flat, "model.loss_impl", _choices_of("kernels.fused_loss", "IMPLS"))
   _choice(flat, "model.swiglu_impl", _choices_of("kernels.swiglu", "IMPLS"))
-  _choice(flat, "checkpoint.write_priority", ("idle", "normal"))
-  _choice(flat, "checkpoint.compression", ("auto", "zstd", "none"))
-  _choice(flat, "checkpoint.writer", ("auto", "orbax", "direct"))
-  _require(not (cfg.checkpoint.writer == "direct" and cfg.checkpoint.compression == "zstd"),
-           "checkpoint.writer", "'direct' writes raw arrays but checkpoint.compression is "
-           "'zstd'", "set checkpoint.compression to 'auto' or 'none', or checkpoint.writer "
-           "to 'orbax'")
+  _choice(flat, "checkpoint.compression", ("auto",) + _choices_of("checkpoint", "COMPRESSIONS"))
 
   d = cfg.data
   _choice(flat, "data.source", SOURCES)
@@ -396,7 +406,14 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ConfigError("workdir", f"{workdir} holds no run ({RUN_CONFIG} missing)",
                       "pass the --workdir of a run started with python -m wsdjax.train")
-  raw = json.loads(path.read_text())
+  try:
+    raw = json.loads(path.read_text())
+  except ValueError as e:
+    raise ConfigError("workdir", f"{path} is not valid JSON ({e})",
+                      "restore that file from a copy, or start a new --workdir") from None
+  if not isinstance(raw, dict):
+    raise ConfigError("workdir", f"{path} holds a {type(raw).__name__}, not a config",
+                      "restore that file from a copy, or start a new --workdir")
   return _from_json_dict(raw)
 
 
@@ -404,6 +421,8 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
   cfg = base_config()
   flat = _flat(ml_collections.ConfigDict(raw))
   for field, value in flat.items():
+    if field in RETIRED_FIELDS:
+      continue
     node = cfg
     *parents, leaf = field.split(".")
     for p in parents:
@@ -415,10 +434,14 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
   return cfg
 
 
+# Fields of earlier versions that a stored run config may hold and that mean nothing now
+# (the raw-array checkpoint writer and its idle-priority thread).
+RETIRED_FIELDS = ("checkpoint.writer", "checkpoint.write_priority")
+
 # Fields a resumed run may change without rewriting history.
 MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
                   "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
-                  "checkpoint.write_priority", "checkpoint.compression", "checkpoint.writer",
+                  "checkpoint.compression", "checkpoint.checksums",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
                   "model.remat", "model.dense_impl", "model.attention_impl",
                   "model.layer_loop", "model.loss_impl", "model.swiglu_impl")

@@ -1,5 +1,6 @@
-"""Crash-safe file writes for the run's small text files (manifest, integrity records,
-live-branch requests): a reader sees the old file or the new one, never half of one."""
+"""Files of a run: crash-safe writes of its small text files (manifest, integrity records,
+live-branch requests), where a reader sees the old file or the new one, never half of one;
+and whether a path is local."""
 
 from __future__ import annotations
 
@@ -20,3 +21,8 @@ def atomic_write_text(path: epath.Path, text: str) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def is_local(path) -> bool:
+  """Whether `path` is on a local filesystem (not a URL such as gs://bucket/run)."""
+  return "://" not in str(path)

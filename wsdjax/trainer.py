@@ -24,6 +24,8 @@ import optax
 from etils import epath
 
 from wsdjax import checkpoint as ckpt
+from wsdjax import files
+from wsdjax.checkpoint import lock as ckpt_lock
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
 from wsdjax.process import distributed
@@ -178,6 +180,14 @@ class Trainer:
   def __init__(self, cfg, workdir: str, mesh=None, stream=None):
     self.cfg = cfg
     self.workdir = epath.Path(workdir)
+    ckpt_lock.acquire(workdir)  # first: nothing is written to a workdir another run writes
+    try:
+      self._open(cfg, mesh, stream)
+    except BaseException:
+      ckpt_lock.release(workdir)
+      raise
+
+  def _open(self, cfg, mesh, stream) -> None:
     self.mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)
     self.rules = sharding.rules_from_config(cfg.mesh)
     platform = sharding.platform_of(self.mesh)
@@ -187,11 +197,8 @@ class Trainer:
     self.writer = metrics_lib.MetricWriter(self.workdir, stream=stream)
     self.tree = ckpt.CheckpointTree(
         self.workdir, async_save=cfg.checkpoint.async_save,
-        write_priority=cfg.checkpoint.write_priority,
-        compression=ckpt.resolve_compression(cfg.checkpoint.compression, platform,
-                                             cfg.checkpoint.write_priority),
-        writer=ckpt.resolve_writer(cfg.checkpoint.writer, platform,
-                                   cfg.checkpoint.compression, self.workdir))
+        compression=ckpt.resolve_compression(cfg.checkpoint.compression, platform),
+        checksums=cfg.checkpoint.checksums)
     self.steps = StepCache(cfg, self.mesh, self.model)
     self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
     self.flops_per_token = model_lib.flops_per_token(cfg.model)
@@ -201,9 +208,13 @@ class Trainer:
     self.steps_done_here = 0  # steps this process ran (a resumed run: since the resume)
 
   def close(self) -> None:
-    """Close the metric writer and the checkpoint tree (which waits for pending saves)."""
-    self.writer.close()
-    self.tree.close()
+    """Close the metric writer and the checkpoint tree (which waits for pending saves),
+    then drop the workdir's writer lock."""
+    try:
+      self.writer.close()
+      self.tree.close()
+    finally:
+      ckpt_lock.release(self.workdir)
 
   def __enter__(self) -> "Trainer":
     return self
@@ -576,4 +587,4 @@ def record_run_config(cfg, workdir: epath.Path) -> None:
   path = workdir / config_lib.RUN_CONFIG
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(path, config_lib.to_json(cfg))
+    files.atomic_write_text(path, config_lib.to_json(cfg))

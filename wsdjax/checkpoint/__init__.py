@@ -1,0 +1,20 @@
+"""The checkpoint tree of a run: main and decay branches side by side under one workdir,
+in Orbax's standard format (any Orbax user restores a state without wsdjax).
+
+  tree.py       CheckpointTree: save (async), manifest, restore, prune, quarantine
+  integrity.py  checksums of every file of a save, recorded at save, checked at restore
+  lock.py       one writer per workdir
+  load.py       restore(workdir, branch, step): a state for users
+  errors.py     CheckpointError, BrokenCheckpoint, SaveError, WorkdirInUse
+"""
+
+from wsdjax.checkpoint.errors import (BrokenCheckpoint, CheckpointError, SaveError,
+                                      WorkdirInUse)
+from wsdjax.checkpoint.load import latest_step, restore
+from wsdjax.checkpoint.tree import (COMPRESSIONS, CheckpointTree, checkpoint_dir,
+                                    resolve_compression)
+from wsdjax.plan import StateRef
+
+__all__ = ["BrokenCheckpoint", "CheckpointError", "CheckpointTree", "COMPRESSIONS",
+           "SaveError", "StateRef", "WorkdirInUse", "checkpoint_dir", "latest_step",
+           "resolve_compression", "restore"]

@@ -1,0 +1,25 @@
+"""What can go wrong with the checkpoint tree, as typed errors the CLIs show as one line."""
+
+from __future__ import annotations
+
+from wsdjax.plan import StateRef
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, incomplete or unreadable."""
+
+
+class BrokenCheckpoint(CheckpointError):
+  """A finished save whose files are missing, truncated or changed since it was written."""
+
+  def __init__(self, ref: StateRef, reason: str):
+    self.ref, self.reason = ref, reason
+    super().__init__(f"checkpoint: {ref.branch}@{ref.step} is broken: {reason}")
+
+
+class SaveError(CheckpointError):
+  """A save failed (e.g. a full disk); the checkpoints saved before it are intact."""
+
+
+class WorkdirInUse(CheckpointError):
+  """Another process holds the workdir's writer lock (see `checkpoint.lock`)."""

@@ -1,0 +1,51 @@
+"""`restore(workdir, branch, step)`: a train state of a finished or running run, for users."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import numpy as np
+
+from wsdjax.checkpoint.errors import BrokenCheckpoint, CheckpointError
+from wsdjax.checkpoint.tree import CheckpointTree
+from wsdjax.plan import MAIN, StateRef
+
+
+def latest_step(tree: CheckpointTree, branch: str, before: int | None = None) -> int | None:
+  """Newest finished save of `branch` (at or before `before`, if given)."""
+  steps = [s for s in tree.steps(branch) if before is None or s <= before]
+  return steps[-1] if steps else None
+
+
+def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
+  """Load a train state of a run: `branch` ('main' or 'decay-<N>') at `step` (default: its
+  latest complete save, passing over broken ones with a warning). Onto `mesh` with the
+  run's shardings, or as host numpy arrays without one. Takes no lock: it works while a run
+  writes the tree."""
+  from wsdjax import config as config_lib  # local: the tree itself needs neither
+  from wsdjax import train_state
+  cfg = config_lib.load_run_config(workdir)
+  tree = CheckpointTree(workdir, read_only=True)
+  try:
+    steps = tree.steps(branch)
+    if not steps:
+      raise CheckpointError(f"branch: no saved states of {branch!r} in {workdir}; saved "
+                            f"branches: {tree.branches()}")
+    if mesh is None:
+      target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                            train_state.abstract_state(cfg))
+    else:
+      target = train_state.abstract_state(cfg, mesh)
+    if step is not None:
+      return tree.restore(StateRef(branch, int(step)), target)[0]
+    for newest in reversed(steps):  # the latest complete save of the branch
+      try:
+        return tree.restore(StateRef(branch, newest), target)[0]
+      except BrokenCheckpoint as broken:
+        if newest == steps[0]:
+          raise
+        print(f"wsdjax: {broken}; using the previous save", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+  finally:
+    tree.close()
