@@ -18,7 +18,7 @@ from wsdjax import config as config_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib
 from wsdjax import sharding
-from wsdjax import trainer
+from wsdjax import train_state
 
 PAPER = {"paper_0.1b": 0.1e9, "paper_0.3b": 0.3e9, "paper_0.6b": 0.6e9, "paper_1.2b": 1.2e9}
 POD_CHIPS = {"v4-64": 32, "v5e-64": 64}
@@ -34,7 +34,7 @@ def load(name):
 
 @functools.lru_cache(maxsize=None)
 def abstract(name):
-  return trainer.abstract_state(load(name))
+  return train_state.abstract_state(load(name))
 
 
 def non_embedding(params) -> int:
@@ -75,7 +75,7 @@ def test_paper_config_shards_over_a_pod(name, pod):
   cfg = load(name)
   config_lib.validate(cfg, chips)  # batch, micro-batches and heads divide the mesh
   mesh = pod_mesh(chips)
-  shardings = trainer.state_shardings(cfg, mesh)
+  shardings = train_state.state_shardings(cfg, mesh)
   state = abstract(name)
   assert sharding.mesh_shape(cfg.mesh, chips) == (1, chips, 1)  # FSDP over every chip
   per_chip = 0

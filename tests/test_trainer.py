@@ -18,7 +18,7 @@ from conftest import REPO, one_device_mesh, subprocess_env
 from wsdjax import data as data_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib
-from wsdjax import sharding, trainer
+from wsdjax import sharding, steps, trainer
 from wsdjax.plan import StateRef
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -34,9 +34,9 @@ def sharded_config(tiny_config, layout):
 
 def run_steps(cfg, mesh, n):
   state = trainer.init_state(cfg, mesh)
-  steps = trainer.StepCache(cfg, mesh, model_lib.build_model(cfg.model))
+  compiled = steps.StepCache(cfg, mesh, model_lib.build_model(cfg.model))
   seg = plan_lib.make_plan(cfg.schedule).segments[0]
-  step = steps.train(seg.schedule, donate=True)
+  step = compiled.train(seg.schedule, donate=True)
   pipeline = data_lib.build_pipeline(cfg, process_index=0, process_count=1)
   it = pipeline.train_iterator(0)
   losses = []
@@ -46,7 +46,7 @@ def run_steps(cfg, mesh, n):
     losses.append(float(m["train_loss"]))
   it.close()
   eval_batch = data_lib.to_global(pipeline.eval_batches()[0], sharding.batch_sharding(mesh))
-  losses.append(float(steps.eval()(state.params, eval_batch)))
+  losses.append(float(compiled.eval()(state.params, eval_batch)))
   return state, losses
 
 
@@ -99,7 +99,7 @@ def test_micro_batches_equal_one_big_step(tiny_config, k):
   model = model_lib.build_model(cfg.model)
   pipeline = data_lib.build_pipeline(cfg, process_index=0, process_count=1)
   batch = jnp.asarray(next(pipeline.train_iterator(0)))
-  grads_of = jax.jit(trainer.loss_and_grads, static_argnames=("model", "micro_batches"))
+  grads_of = jax.jit(steps.loss_and_grads, static_argnames=("model", "micro_batches"))
   loss1, g1 = grads_of(params, batch, model=model, micro_batches=1)
   lossk, gk = grads_of(params, batch, model=model, micro_batches=k)
   np.testing.assert_allclose(float(lossk), float(loss1), rtol=1e-6)

@@ -205,22 +205,18 @@ def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 3, workdir: str | No
   replaces the measured/table peak (tests use it to skip the CPU matmul measurement)."""
   import jax
   from wsdjax import config as config_lib
-  from wsdjax import data as data_lib
-  from wsdjax import model as model_lib
-  from wsdjax import sharding
   from wsdjax import trainer as trainer_lib
 
   config_lib.validate(cfg, jax.device_count() if mesh is None else mesh.devices.size)
   with tempfile.TemporaryDirectory(prefix="wsdjax-bench-") as tmp:
     with trainer_lib.Trainer(cfg, workdir or tmp, mesh=mesh, stream=io.StringIO()) as trainer:
-      return _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib,
-                  model_lib, sharding, trainer_lib)
+      return _run(trainer, steps, warmup, saves, profile_dir, peak_flops)
 
 
-def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, model_lib,
-         sharding, trainer_lib) -> dict:
+def _run(trainer, steps, warmup, saves, profile_dir, peak_flops) -> dict:
+  import jax
+  from wsdjax import model as model_lib
   cfg = trainer.cfg
-  seg = trainer.plan.segments[0]
   res = {"config": cfg.name, "model": model_lib.describe(cfg.model),
          "dense_impl": cfg.model.dense_impl, "attention_impl": cfg.model.attention_impl,
          "layer_loop": cfg.model.layer_loop, "backend": jax.default_backend(),
@@ -228,138 +224,157 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops, jax, data_lib, 
          "steps": steps, "warmup": warmup}
   peak = _Peak(peak_flops)
   res["peak_source"] = peak.source
-
-  # Compile: the donating step of the first segment (what the loop uses for most steps).
-  t0 = time.perf_counter()
-  step_fn = trainer.steps.train(seg.schedule, donate=True)
-  res["compile_s"] = time.perf_counter() - t0
-  res.update(_compiled_stats(step_fn))
-  no_donate = trainer.steps.train(seg.schedule, donate=False)  # a fork's first step
-
-  batch_sh = sharding.batch_sharding(trainer.mesh)
-  it = trainer.data.train_iterator(0)
-  state = trainer_lib.init_state(cfg, trainer.mesh)
-  log_every = cfg.train.log_every
-
-  def one_step(state, step):
-    """(new state, metrics, step seconds, host seconds) of the loop's work for `step`."""
-    cpu_times.append(time.process_time())
-    t0 = time.perf_counter()
-    batch = data_lib.to_global(next(it), batch_sh)
-    t1 = time.perf_counter()
-    state, metrics = step_fn(state, batch)
-    t2 = time.perf_counter()
-    jax.block_until_ready((state, metrics))
-    t3 = time.perf_counter()
-    host = (t1 - t0) + (t2 - t1)
-    if (step + 1) % log_every == 0:  # the loop's logging: TensorBoard, JSONL, console line
-      trainer.log(seg, step + 1, metrics, t3 - t0, 1, 0.0, 0)
-      host += time.perf_counter() - t3
-    cpu_times[-1] = time.process_time() - cpu_times[-1]
-    return state, metrics, time.perf_counter() - t0, host
-
-  cpu_times: list[float] = []
-  step = 0
+  loop = _Loop(trainer)
+  res["compile_s"] = loop.compile_s
+  res.update(_compiled_stats(loop.step_fn))
   for _ in range(warmup):
-    state, _, _, _ = one_step(state, step)
-    step += 1
-  times, hosts = [], []
-  del cpu_times[:]
+    loop.one_step()
+  res.update(_step_times(loop, steps, peak))
+  if saves:
+    res.update(_checkpoint_stall(loop, saves, res["step_s_median"]))
+    res.update(_integrity_costs(trainer, loop.seg.branch, loop.step))
+  res.update(_fork(loop))
+  if profile_dir:
+    res.update(_profile(loop, profile_dir))
+  loop.it.close()
+  res["peak_memory_bytes"], res["peak_memory_source"] = _peak_memory()
+  return res
+
+
+class _Loop:
+  """The training loop's work, one timed step at a time: the next batch, host-to-device,
+  the compiled update (the donating step of the first segment, what the loop uses for most
+  steps), and the logging of every `log_every` steps."""
+
+  def __init__(self, trainer):
+    from wsdjax import trainer as trainer_lib
+    self.trainer, self.seg = trainer, trainer.plan.segments[0]
+    t0 = time.perf_counter()
+    self.step_fn = trainer.steps.train(self.seg.schedule, donate=True)
+    self.compile_s = time.perf_counter() - t0
+    self.no_donate = trainer.steps.train(self.seg.schedule, donate=False)  # a fork's first
+    self.it = trainer.data.train_iterator(0)
+    self.state = trainer_lib.init_state(trainer.cfg, trainer.mesh)
+    self.metrics = None
+    self.step = 0
+    self.cpu_s = 0.0  # process CPU time of the last step
+
+  def next_batch(self):
+    from wsdjax import data as data_lib
+    return data_lib.to_global(next(self.it), self.trainer.steps.batch_sh)
+
+  def one_step(self) -> tuple[float, float]:
+    """Run the loop's work for one step; (step seconds, host seconds)."""
+    import jax
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    batch = self.next_batch()
+    self.state, self.metrics = self.step_fn(self.state, batch)
+    t2 = time.perf_counter()
+    jax.block_until_ready((self.state, self.metrics))
+    t3 = time.perf_counter()
+    host = t2 - t0
+    self.step += 1
+    if self.step % self.trainer.cfg.train.log_every == 0:  # TensorBoard, JSONL, console
+      self.trainer.log(self.seg, self.step, self.metrics, t3 - t0, 1, 0.0, 0)
+      host += time.perf_counter() - t3
+    self.cpu_s = time.process_time() - cpu0
+    return time.perf_counter() - t0, host
+
+
+def _step_times(loop: _Loop, steps: int, peak: "_Peak") -> dict:
+  """Step time, CPU time, host share, tokens/s and MFU over `steps` timed steps."""
+  import jax
+  from wsdjax import model as model_lib
+  times, hosts, cpu = [], [], []
   for i in range(steps):
     if i % max(1, steps // 4) == 0:
       peak.sample()
-    state, metrics, dt, host = one_step(state, step)
+    dt, host = loop.one_step()
     times.append(dt)
     hosts.append(host)
-    step += 1
+    cpu.append(loop.cpu_s)
   peak.sample()
   med = statistics.median(times)
-  tokens = trainer.tokens_per_step
-  fpt = model_lib.flops_per_token(cfg.model)
-  res.update(step_s_median=med, step_s_min=min(times), step_s_max=max(times),
-             step_s_all=times, tokens_per_step=tokens, tokens_per_s=tokens / med,
-             model_flops_per_token=fpt, model_flops_per_step=fpt * tokens,
-             peak_flops=peak.value, peak_flops_samples=peak.samples,
-             cpu_s_median=statistics.median(cpu_times[:steps]),
-             host_s_per_step=statistics.mean(hosts), host_share=statistics.mean(hosts) / med,
-             train_loss=float(metrics["train_loss"]))
-  res["mfu"] = fpt * tokens / med / (peak.value * jax.process_count())
+  tokens = loop.trainer.tokens_per_step
+  fpt = model_lib.flops_per_token(loop.trainer.cfg.model)
+  return dict(step_s_median=med, step_s_min=min(times), step_s_max=max(times),
+              step_s_all=times, tokens_per_step=tokens, tokens_per_s=tokens / med,
+              model_flops_per_token=fpt, model_flops_per_step=fpt * tokens,
+              peak_flops=peak.value, peak_flops_samples=peak.samples,
+              cpu_s_median=statistics.median(cpu), host_s_per_step=statistics.mean(hosts),
+              host_share=statistics.mean(hosts) / med,
+              train_loss=float(loop.metrics["train_loss"]),
+              mfu=fpt * tokens / med / (peak.value * jax.process_count()))
 
-  # Checkpoint stall: the steps that run while an async save writes, against the plain
-  # steps just before and after (neighbours, not the median: CPU speed drifts on a shared
-  # host).
-  stalls = []
+
+def _checkpoint_stall(loop: _Loop, saves: int, step_s: float) -> dict:
+  """The steps that run while an async save writes, against the plain steps just before
+  and after (neighbours, not the median: CPU speed drifts on a shared host)."""
+  from wsdjax import trainer as trainer_lib
+  tree, stalls = loop.trainer.tree, []
   for _ in range(saves):
-    trainer.tree.wait()
-    state, _, before, _ = one_step(state, step)
-    step += 1
+    tree.wait()
+    before, _ = loop.one_step()
     t0 = time.perf_counter()
-    trainer.save(seg, step, step, trainer_lib.Live(state, it.position()), 0.0)
+    loop.trainer.save(loop.seg, loop.step, loop.step,
+                      trainer_lib.Live(loop.state, loop.it.position()), 0.0)
     save_call = time.perf_counter() - t0
     spent, n = save_call, 0
-    while trainer.tree.saving or n == 0:
-      state, _, dt, _ = one_step(state, step)
-      step += 1
-      spent += dt
+    while (tree.saving or n == 0) and n < 50:
+      spent += loop.one_step()[0]
       n += 1
-      trainer.tree.poll()
-      if n >= 50:
-        break
-    state, _, after, _ = one_step(state, step)
-    step += 1
+      tree.poll()
+    after, _ = loop.one_step()
     stalls.append((spent - n * (before + after) / 2, save_call, n))
-  trainer.tree.wait()
-  if stalls:
-    stall_s = [s[0] for s in stalls]
-    res.update(ckpt_stall_s=statistics.median(stall_s),
-               ckpt_stall_mean_s=statistics.mean(stall_s),
-               ckpt_stall_se_s=_standard_error(stall_s),
-               ckpt_save_call_s=statistics.median(s[1] for s in stalls),
-               ckpt_compression=trainer.tree.compression,
-               ckpt_steps_while_saving=[s[2] for s in stalls],
-               ckpt_stall_all_s=stall_s)
-    res["ckpt_stall_share"] = res["ckpt_stall_s"] / med
-    res.update(_integrity_costs(trainer, seg.branch, step))
+  tree.wait()
+  stall_s = [s[0] for s in stalls]
+  return dict(ckpt_stall_s=statistics.median(stall_s),
+              ckpt_stall_mean_s=statistics.mean(stall_s),
+              ckpt_stall_se_s=_standard_error(stall_s),
+              ckpt_save_call_s=statistics.median(s[1] for s in stalls),
+              ckpt_compression=tree.compression,
+              ckpt_steps_while_saving=[s[2] for s in stalls],
+              ckpt_stall_all_s=stall_s, ckpt_stall_share=statistics.median(stall_s) / step_s)
 
-  # Fork: the branch starts from main's arrays; its first step does not donate them.
-  jax.block_until_ready(state)
+
+def _fork(loop: _Loop) -> dict:
+  """A WSD fork: the branch starts from main's arrays, its first step not donating them;
+  bytes copied, buffers shared, what the branch's first step allocates, main intact."""
+  import jax
+  from wsdjax import trainer as trainer_lib
+  jax.block_until_ready(loop.state)
   before = _live_bytes()
   t0 = time.perf_counter()
-  main = trainer_lib.Live(state, it.position())
+  main = trainer_lib.Live(loop.state, loop.it.position())
   branch = trainer_lib.Live(main.state, dict(main.position))
-  res["fork_s"] = time.perf_counter() - t0
-  res["fork_copy_bytes"] = _live_bytes() - before
+  res = {"fork_s": time.perf_counter() - t0, "fork_copy_bytes": _live_bytes() - before}
   main_ptrs = _pointers(main.state)
   res["fork_shared_buffers"] = sum(a == b for a, b in zip(main_ptrs, _pointers(branch.state)))
   res["state_buffers"] = len(main_ptrs)
-  state_bytes = sum(x.nbytes for x in jax.tree.leaves(main.state))
-  batch = data_lib.to_global(next(it), batch_sh)
-  del metrics  # the loop's last metrics: freeing them must not count against the fork
+  res["state_bytes"] = sum(x.nbytes for x in jax.tree.leaves(main.state))
+  batch = loop.next_batch()
+  loop.metrics = None  # the loop's last metrics: freeing them must not count against the fork
   before = _live_bytes()
   t0 = time.perf_counter()
-  new_state, metrics = no_donate(branch.state, batch)
+  new_state, metrics = loop.no_donate(branch.state, batch)
   jax.block_until_ready((new_state, metrics))
   res["fork_first_step_s"] = time.perf_counter() - t0
   grown = _live_bytes() - before - sum(x.nbytes for x in jax.tree.leaves((new_state, metrics)))
   res["fork_first_step_extra_bytes"] = grown
   res["fork_main_intact"] = (_pointers(main.state) == main_ptrs and
                              not any(x.is_deleted() for x in jax.tree.leaves(main.state)))
-  res["state_bytes"] = state_bytes
-  del new_state, metrics, branch, main
-
-  if profile_dir:
-    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-      for _ in range(_PROFILED_STEPS):
-        state, _, _, _ = one_step(state, step)
-        step += 1
-    res["profile_dir"] = profile_dir
-    ops = trace_top(profile_dir, _PROFILED_STEPS, n=None)
-    res["profile_top"] = ops[:12]
-    res["profile_ops"] = ops
-    res["profile_ms_by_kind"] = time_by_kind(ops)
-  it.close()
-  res["peak_memory_bytes"], res["peak_memory_source"] = _peak_memory()
   return res
+
+
+def _profile(loop: _Loop, profile_dir: str) -> dict:
+  """A jax.profiler trace of `_PROFILED_STEPS` steps and its costliest ops."""
+  import jax
+  with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+    for _ in range(_PROFILED_STEPS):
+      loop.one_step()
+  ops = trace_top(profile_dir, _PROFILED_STEPS, n=None)
+  return {"profile_dir": profile_dir, "profile_top": ops[:12], "profile_ops": ops,
+          "profile_ms_by_kind": time_by_kind(ops)}
 
 
 def _standard_error(xs: list[float]) -> float | None:
@@ -419,26 +434,36 @@ def table(r: dict) -> str:
       ("host time", f"{1e3 * r['host_s_per_step']:.1f} ms/step = "
                     f"{100 * r['host_share']:.2f}% of a step"),
   ]
-  if "ckpt_stall_s" in r:
-    se = "" if r["ckpt_stall_se_s"] is None else f" +- {r['ckpt_stall_se_s']:.3f}"
-    rows.append(("checkpoint", f"async save stall {r['ckpt_stall_s']:+.3f} s/save = "
-                               f"{100 * r['ckpt_stall_share']:+.1f}% of a step (median of "
-                               f"{len(r['ckpt_stall_all_s'])} saves, mean "
-                               f"{r['ckpt_stall_mean_s']:+.3f}{se} s; save() returns in "
-                               f"{1e3 * r['ckpt_save_call_s']:.0f} ms; Orbax, "
-                               f"compression {r['ckpt_compression']})"))
-    rows.append(("integrity", f"{_mib(r['ckpt_bytes'])} per save: SHA-256 of its files "
-                              f"{1e3 * r['ckpt_checksum_s']:.0f} ms at save (background), "
-                              f"check {1e3 * r['ckpt_verify_s']:.0f} ms before a restore "
-                              f"(restore {1e3 * r['ckpt_restore_s']:.0f} ms)"))
-  rows += [
+  rows += _checkpoint_rows(r) + [
       ("fork", f"{r['fork_copy_bytes']:,} bytes copied, {r['fork_shared_buffers']}/"
                f"{r['state_buffers']} buffers shared, {1e6 * r['fork_s']:.0f} us; first "
                f"branch step {r['fork_first_step_s']:.3f} s, +{r['fork_first_step_extra_bytes']:,}"
                f" bytes beyond its outputs; main intact: {r['fork_main_intact']}"),
       ("memory", f"{_mib(r['peak_memory_bytes'])} ({r['peak_memory_source']}); compiled "
                  "step: " + ", ".join(f"{k} {_mib(v)}" for k, v in r["compiled_bytes"].items())),
-  ]
+  ] + _profile_rows(r)
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _checkpoint_rows(r: dict) -> list[tuple[str, str]]:
+  if "ckpt_stall_s" not in r:
+    return []
+  se = "" if r["ckpt_stall_se_s"] is None else f" +- {r['ckpt_stall_se_s']:.3f}"
+  return [("checkpoint", f"async save stall {r['ckpt_stall_s']:+.3f} s/save = "
+                         f"{100 * r['ckpt_stall_share']:+.1f}% of a step (median of "
+                         f"{len(r['ckpt_stall_all_s'])} saves, mean "
+                         f"{r['ckpt_stall_mean_s']:+.3f}{se} s; save() returns in "
+                         f"{1e3 * r['ckpt_save_call_s']:.0f} ms; Orbax, "
+                         f"compression {r['ckpt_compression']})"),
+          ("integrity", f"{_mib(r['ckpt_bytes'])} per save: SHA-256 of its files "
+                        f"{1e3 * r['ckpt_checksum_s']:.0f} ms at save (background), "
+                        f"check {1e3 * r['ckpt_verify_s']:.0f} ms before a restore "
+                        f"(restore {1e3 * r['ckpt_restore_s']:.0f} ms)")]
+
+
+def _profile_rows(r: dict) -> list[tuple[str, str]]:
+  rows = []
   if "profile_ms_by_kind" in r:
     rows.append(("device time", ", ".join(f"{k} {v:.2f} ms" for k, v in
                                           r["profile_ms_by_kind"].items()) + " per step"))
@@ -446,8 +471,7 @@ def table(r: dict) -> str:
     rows.append(("top ops" if i == 0 else "", f"{op['ms_per_step']:9.2f} ms/step "
                  f"{100 * op['share']:5.1f}%  {op['op'][:40]}"
                  + (f"  [{op['kernel'][:60]}]" if op["kernel"] != op["op"] else "")))
-  width = max(len(k) for k, _ in rows)
-  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+  return rows
 
 
 def main(argv):

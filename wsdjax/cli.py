@@ -16,9 +16,14 @@ EXIT_FAULT = 3
 flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 
 
+def print_error(message: str) -> None:
+  """Print `wsdjax: message` as one line on stderr."""
+  print("wsdjax: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
   """Print `wsdjax: message` as one line on stderr and exit."""
-  print("wsdjax: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+  print_error(message)
   sys.exit(code)
 
 

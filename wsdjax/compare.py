@@ -20,6 +20,7 @@ section: strategies (tuple), cosine (bool), equal_compute (bool).
 
 from __future__ import annotations
 
+
 import csv
 import dataclasses
 import io
@@ -203,6 +204,30 @@ def to_csv(rows: list[dict]) -> str:
   return buf.getvalue()
 
 
+# The console table's columns (all but `run steps`), their widths and short names.
+_CONSOLE_WIDTHS = {"strategy": 14, "budget": 7, "checkpoint": 11, "step": 6, "tokens": 11,
+                   "run FLOPs": 10, "eval loss": 10, "gap": 8, "to optimum": 8}
+_CONSOLE_NAMES = {"to optimum": "to opt"}
+
+
+def _columns(h: float | None) -> tuple[str, ...]:
+  """The comparison table's columns; `to optimum` only where the optimal loss is known."""
+  return ("strategy", "budget", "checkpoint", "step", "tokens", "run steps", "run FLOPs",
+          "eval loss", "gap") + (("to optimum",) if h is not None else ())
+
+
+def _cells(r: dict, h: float | None) -> dict[str, str]:
+  """Column name -> the text of row `r`."""
+  cells = {"strategy": LABELS[r["strategy"]], "budget": str(r["budget"]),
+           "checkpoint": str(r["checkpoint"]), "step": str(r["step"]),
+           "tokens": f"{r['tokens']:,}", "run steps": str(r["run_steps"]),
+           "run FLOPs": f"{r['run_flops']:.3g}", "eval loss": _fmt(r["eval_loss"]),
+           "gap": _fmt(r["gap"])}
+  if h is not None:
+    cells["to optimum"] = _fmt(r["gap_to_optimum"])
+  return cells
+
+
 def to_markdown(cfg, rows: list[dict], plots: Sequence[str] = ()) -> str:
   """results.md: the table, the ordering verdict per budget, and the plots."""
   h = entropy_rate(cfg)
@@ -217,18 +242,9 @@ def to_markdown(cfg, rows: list[dict], plots: Sequence[str] = ()) -> str:
            "loss (the \"hill\" the decay removed)."
            + (f" Entropy rate of the chain (optimal loss): {h:.4f}." if h is not None else ""),
            ""]
-  head = ("| strategy | budget | checkpoint | step | tokens | run steps | run FLOPs | "
-          "eval loss | gap |")
-  if h is not None:
-    head += " to optimum |"
-  lines += [head, "|" + "---|" * (head.count("|") - 1)]
-  for r in rows:
-    line = (f"| {LABELS[r['strategy']]} | {r['budget']} | {r['checkpoint']} | {r['step']} | "
-            f"{r['tokens']:,} | {r['run_steps']} | {r['run_flops']:.3g} | "
-            f"{_fmt(r['eval_loss'])} | {_fmt(r['gap'])} |")
-    if h is not None:
-      line += f" {_fmt(r['gap_to_optimum'])} |"
-    lines.append(line)
+  names = _columns(h)
+  lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+  lines += ["| " + " | ".join(_cells(r, h).values()) + " |" for r in rows]
   verdicts = ordering(rows)
   if verdicts:
     lines += ["", "Paper's ordering per budget (WSD-S <= WSD <= cyclic cosine):", "",
@@ -247,16 +263,11 @@ def to_markdown(cfg, rows: list[dict], plots: Sequence[str] = ()) -> str:
 def format_table(cfg, rows: list[dict]) -> str:
   """The console table of the comparison."""
   h = entropy_rate(cfg)
-  head = (f"{'strategy':>14} {'budget':>7} {'checkpoint':>11} {'step':>6} {'tokens':>11} "
-          f"{'run FLOPs':>10} {'eval loss':>10} {'gap':>8}")
-  lines = [head + (f" {'to opt':>8}" if h is not None else "")]
+  names = [n for n in _columns(h) if n in _CONSOLE_WIDTHS]
+  lines = [" ".join(f"{_CONSOLE_NAMES.get(n, n):>{_CONSOLE_WIDTHS[n]}}" for n in names)]
   for r in rows:
-    line = (f"{LABELS[r['strategy']]:>14} {r['budget']:>7} {r['checkpoint']:>11} "
-            f"{r['step']:>6} {r['tokens']:>11,} {r['run_flops']:>10.3g} "
-            f"{_fmt(r['eval_loss']):>10} {_fmt(r['gap']):>8}")
-    if h is not None:
-      line += f" {_fmt(r['gap_to_optimum']):>8}"
-    lines.append(line)
+    cells = _cells(r, h)
+    lines.append(" ".join(f"{cells[n]:>{_CONSOLE_WIDTHS[n]}}" for n in names))
   for v in ordering(rows):
     lines.append(f"budget {v['budget']}: WSD-S {v['wsd_s']:.4f}, WSD {v['wsd']:.4f}, "
                  f"cyclic cosine {v['cyclic_cosine']:.4f}: paper's ordering "

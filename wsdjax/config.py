@@ -267,6 +267,20 @@ def unknown_field(field: str) -> str | None:
 def validate(cfg, device_count: int | None = None) -> None:
   """Check every field and cross-field rule; raise ConfigError on the first problem."""
   flat = _flat(cfg)
+  _validate_keys(flat)
+  _validate_model(cfg.model, flat)
+  _validate_data(cfg.data, flat)
+  _validate_train(cfg.train, flat)
+  _validate_optimizer(cfg.optimizer)
+  _validate_schedule(cfg.schedule)
+  _choice(flat, "checkpoint.compression", ("auto",) + _choices_of("checkpoint", "COMPRESSIONS"))
+  _positive_int(flat, "checkpoint.every")
+  _positive_int(flat, "checkpoint.keep", allow_zero=True)
+  _validate_mesh(cfg, device_count)
+
+
+def _validate_keys(flat: dict) -> None:
+  """Every key of the config is a known field, and every known field is there."""
   known = _flat(base_config())
   for field in flat:
     if field not in known:
@@ -278,7 +292,8 @@ def validate(cfg, device_count: int | None = None) -> None:
     _require(field in flat, field, "missing from the config",
              "start configs from wsdjax.config.base_config()")
 
-  m = cfg.model
+
+def _validate_model(m, flat: dict) -> None:
   for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"):
     _positive_int(flat, f"model.{f}")
   _require(m.d_model % m.n_heads == 0, "model.d_model",
@@ -297,9 +312,9 @@ def validate(cfg, device_count: int | None = None) -> None:
   _choice(flat, "model.layer_loop", _choices_of("model", "LAYER_LOOPS"))
   _choice(flat, "model.loss_impl", _choices_of("kernels.fused_loss", "IMPLS"))
   _choice(flat, "model.swiglu_impl", _choices_of("kernels.swiglu", "IMPLS"))
-  _choice(flat, "checkpoint.compression", ("auto",) + _choices_of("checkpoint", "COMPRESSIONS"))
 
-  d = cfg.data
+
+def _validate_data(d, flat: dict) -> None:
   _choice(flat, "data.source", SOURCES)
   _choice(flat, "data.tokenizer", TOKENIZERS)
   if d.source == "text":
@@ -317,7 +332,8 @@ def validate(cfg, device_count: int | None = None) -> None:
            "e.g. 0.1")
   _positive_int(flat, "data.prefetch", allow_zero=True)
 
-  t = cfg.train
+
+def _validate_train(t, flat: dict) -> None:
   for f in ("global_batch_size", "micro_batches", "log_every", "eval_batches"):
     _positive_int(flat, f"train.{f}")
   _positive_int(flat, "train.eval_every", allow_zero=True)
@@ -325,7 +341,8 @@ def validate(cfg, device_count: int | None = None) -> None:
            f"{t.micro_batches} does not divide train.global_batch_size={t.global_batch_size}",
            "pick a divisor of the global batch")
 
-  o = cfg.optimizer
+
+def _validate_optimizer(o) -> None:
   _require(0 <= o.b1 < 1, "optimizer.b1", f"must be in [0, 1), got {o.b1}", "e.g. 0.9")
   _require(0 <= o.b2 < 1, "optimizer.b2", f"must be in [0, 1), got {o.b2}", "e.g. 0.95")
   _require(o.eps > 0, "optimizer.eps", f"must be > 0, got {o.eps}", "e.g. 1e-8")
@@ -333,13 +350,6 @@ def validate(cfg, device_count: int | None = None) -> None:
            "e.g. 0.1")
   _require(o.grad_clip >= 0, "optimizer.grad_clip", f"must be >= 0, got {o.grad_clip}",
            "0 disables clipping")
-
-  _validate_schedule(cfg.schedule)
-
-  _positive_int(flat, "checkpoint.every")
-  _positive_int(flat, "checkpoint.keep", allow_zero=True)
-
-  _validate_mesh(cfg, device_count)
 
 
 def _validate_schedule(s) -> None:

@@ -25,8 +25,10 @@ def main(argv: Sequence[str]) -> int:
       from wsdjax import plots  # local: matplotlib only for --plot
       plots.plot_schedule(cfg, plot_path, steps)
       print(f"wrote {plot_path}")
-  except ValueError as e:
-    return _fail(str(e))
+  except ValueError as e:  # a bad flag, config or schedule field (ScheduleError, ConfigError)
+    from wsdjax import cli  # local: importing cli defines its global --debug flag
+    cli.print_error(str(e))
+    return cli.EXIT_BAD_INPUT
   return 0
 
 
@@ -54,12 +56,6 @@ def _parse(argv: Sequence[str]):
   if fv.steps is not None and fv.steps <= 0:
     raise schedules.ScheduleError("steps", f"must be > 0, got {fv.steps}", "e.g. --steps 1000")
   return cfg, fv.plot, fv.steps
-
-
-def _fail(message: str) -> int:
-  """Print `wsdjax: <message>` as one line on stderr; the exit status of bad input."""
-  print("wsdjax: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  return 2
 
 
 if __name__ == "__main__":

@@ -159,3 +159,19 @@ def progress_line(branch: str, step: int, metrics: Mapping[str, float], eta_s: f
     parts.append(f"input {100 * m['input_share']:.1f}%")
   parts.append(f"ETA {format_duration(eta_s)}")
   return " | ".join(parts)
+
+
+def results_table(rows: list[dict], entropy_rate: float | None = None) -> str:
+  """The table of decayed checkpoints: budget, step, tokens, FLOPs of the run, eval loss."""
+  head = f"{'checkpoint':>14} {'budget':>8} {'step':>8} {'tokens':>12} {'run FLOPs':>10} {'eval loss':>10}"
+  if entropy_rate is not None:
+    head += f" {'gap to opt':>10}"
+  lines = [head]
+  for r in rows:
+    loss = r.get("eval_loss")
+    line = (f"{r['branch']:>14} {r['budget']:>8} {r['step']:>8} {r['tokens']:>12,} "
+            f"{r['run_flops']:>10.3g} {loss if loss is None else format(loss, '.4f'):>10}")
+    if entropy_rate is not None and loss is not None:
+      line += f" {loss - entropy_rate:>10.4f}"
+    lines.append(line)
+  return "\n".join(lines)

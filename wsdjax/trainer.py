@@ -11,16 +11,13 @@ command resumes where the plan stopped.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from etils import epath
 
 from wsdjax import checkpoint as ckpt
@@ -34,127 +31,12 @@ from wsdjax import metrics as metrics_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib
 from wsdjax import live_branch
-from wsdjax import schedules
 from wsdjax import sharding
 from wsdjax.plan import MAIN, Segment, StateRef
 
 
-# The train state lives in its own module (checkpoint.restore needs it, not the trainer);
-# these names stay importable from here.
-from wsdjax.train_state import (TrainState, abstract_state, init_state,  # noqa: F401
-                                make_optimizer, state_shardings)
-
-
-# ---- the steps ----
-def _loss(params, model, tokens):
-  return model.apply({"params": params}, tokens[:, :-1], tokens[:, 1:])
-
-
-def loss_and_grads(params, batch: jax.Array, *, model, micro_batches: int = 1,
-                   micro_sharding=None) -> tuple[jax.Array, Any]:
-  """Mean loss and its gradient over a batch of token rows [B, T+1].
-
-  With k = micro_batches > 1 the batch is split into k micro-batches (rows i*k + j form
-  micro-batch j, so each stays spread over the data devices); their losses and gradients
-  are averaged in a `lax.scan`, equal to one pass over the whole batch.
-  """
-  grad_fn = jax.value_and_grad(_loss)
-  if micro_batches == 1:
-    return grad_fn(params, model, batch)
-  b, t = batch.shape
-  stack = batch.reshape(b // micro_batches, micro_batches, t).swapaxes(0, 1)
-  if micro_sharding is not None:
-    stack = jax.lax.with_sharding_constraint(stack, micro_sharding)
-
-  def accumulate(carry, micro):
-    loss_sum, grad_sum = carry
-    loss, grads = grad_fn(params, model, micro)
-    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), stack)
-  return loss / micro_batches, jax.tree.map(lambda g: g / micro_batches, grads)
-
-
-def train_step(state: TrainState, batch: jax.Array, *, model, tx, schedule,
-               micro_batches: int = 1, micro_sharding=None) -> tuple[TrainState, dict]:
-  """One optimizer update on a global batch of token rows [B, T+1].
-
-  Args:
-    state: the train state before update `state.step`.
-    batch: int32 tokens; inputs are batch[:, :-1], targets batch[:, 1:].
-    model, tx, schedule: the Flax model, the optax optimizer, and its LR schedule.
-    micro_batches, micro_sharding: gradient accumulation (see `loss_and_grads`).
-  Returns:
-    (new state, metrics): train_loss, grad_norm, lr of this update, and `finite`.
-  """
-  loss, grads = loss_and_grads(state.params, batch, model=model, micro_batches=micro_batches,
-                               micro_sharding=micro_sharding)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"train_loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
-             "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def eval_step(params, batch: jax.Array, *, model) -> jax.Array:
-  """Mean next-token loss (nats) of a batch of token rows [B, T+1]."""
-  return _loss(params, model, batch)
-
-
-class StepCache:
-  """Train steps compiled ahead of time, one per (LR schedule, donate) pair.
-
-  Compiling before the loop means a step never recompiles inside it; `compiles` counts
-  how many were built (the tests assert it).
-  """
-
-  def __init__(self, cfg, mesh, model):
-    self.cfg, self.mesh, self.model = cfg, mesh, model
-    self.rules = sharding.rules_from_config(cfg.mesh)
-    self.state_sh = state_shardings(cfg, mesh)
-    self.batch_sh = sharding.batch_sharding(mesh)
-    self.abstract = abstract_state(cfg, mesh)
-    rows = cfg.train.global_batch_size
-    self.batch_spec = jax.ShapeDtypeStruct((rows, cfg.model.seq_len + 1), jnp.int32,
-                                           sharding=self.batch_sh)
-    self._train: dict[tuple, Callable] = {}
-    self._eval = None
-    self.compiles = 0
-    self.compile_seconds = 0.0
-
-  def train(self, schedule_key: tuple, donate: bool) -> Callable:
-    key = (schedule_key, donate)
-    if key not in self._train:
-      schedule = schedules.from_config(plan_lib.as_config(dict(schedule_key)))
-      tx = make_optimizer(self.cfg.optimizer, schedule)
-      k = self.cfg.train.micro_batches
-      micro_sh = jax.sharding.NamedSharding(
-          self.mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
-      fn = functools.partial(train_step, model=self.model, tx=tx, schedule=schedule,
-                             micro_batches=k, micro_sharding=micro_sh)
-      jitted = jax.jit(fn, in_shardings=(self.state_sh, self.batch_sh),
-                       out_shardings=(self.state_sh, sharding.replicated(self.mesh)),
-                       donate_argnums=(0,) if donate else ())
-      self._train[key] = self._compile(jitted, self.abstract, self.batch_spec)
-    return self._train[key]
-
-  def eval(self) -> Callable:
-    if self._eval is None:
-      fn = functools.partial(eval_step, model=self.model)
-      jitted = jax.jit(fn, in_shardings=(self.state_sh.params, self.batch_sh),
-                       out_shardings=sharding.replicated(self.mesh))
-      self._eval = self._compile(jitted, self.abstract.params, self.batch_spec)
-    return self._eval
-
-  def _compile(self, jitted, *args):
-    t0 = time.perf_counter()
-    with sharding.with_rules(self.mesh, self.rules):
-      compiled = jitted.lower(*args).compile()
-    self.compile_seconds += time.perf_counter() - t0
-    self.compiles += 1
-    return compiled
+from wsdjax.steps import StepCache
+from wsdjax.train_state import TrainState, init_state
 
 
 # ---- the loop ----
@@ -171,6 +53,28 @@ class Live:
   """A state held in memory with the data position that goes with it."""
   state: TrainState
   position: dict
+
+
+@dataclasses.dataclass
+class _SegmentRun:
+  """The running state of one segment's loop: its log window and the metrics of the last
+  update, not yet checked for finiteness."""
+  seg: Segment
+  run_steps_before: int
+  schedule: Any
+  tags: dict
+  pending: tuple | None = None
+  t_window: float = dataclasses.field(default_factory=time.perf_counter)
+  n_window: int = 0
+  wait_window: float = 0.0
+
+  def run_steps(self, step: int) -> int:
+    """Updates the run has executed once this segment reaches `step`."""
+    return self.run_steps_before + (step - self.seg.start)
+
+  def lr(self, done: int) -> float:
+    """The LR of the update that produced `done`."""
+    return float(self.schedule(done - 1))
 
 
 class Trainer:
@@ -386,74 +290,91 @@ class Trainer:
 
     `run_steps_before`: updates the run executed before this segment began.
     """
-    cfg = self.cfg
-    schedule = plan_lib.schedule_of(seg)
+    run = _SegmentRun(seg, run_steps_before, plan_lib.schedule_of(seg),
+                      {"extra": True} if extra else {})
     first = self.steps.train(seg.schedule, donate=donate_first)
     rest = first if donate_first else self.steps.train(seg.schedule, donate=True)
-    batch_sh = sharding.batch_sharding(self.mesh)
-    run_steps = lambda step: run_steps_before + (step - seg.start)  # noqa: E731
-    tags = {"extra": True} if extra else {}
     it = self.data.train_iterator(start, held.position)
     state = held.state
     self.writer.print(f"segment {seg.branch} [{start}, {seg.end})"
                       + ("" if start == seg.start else f", resumed at {start}"))
-    t_window, n_window, wait_window = time.perf_counter(), 0, 0.0
-    pending = None
     try:
       for step in range(start, seg.end):
-        local = next(it)
-        wait_window += it.last_wait_s
-        batch = data_lib.to_global(local, batch_sh)
-        state = faults.before_step(seg.branch, step + 1, state)
-        state, metrics = (first if step == start else rest)(state, batch)
-        n_window += 1
-        self.steps_done_here += 1
+        state, metrics = self._step(run, step, state, it, first if step == start else rest)
         done = step + 1
-        faults.after_step(seg.branch, done)
-        if pending is not None:
-          self._check_finite(pending)
-        pending = (seg.branch, step, metrics)
-        if done % cfg.train.log_every == 0 or done == seg.end:
-          jax.block_until_ready(metrics)
-          self._check_finite(pending)
-          elapsed = time.perf_counter() - t_window
-          remaining = self.plan.total_steps + self.extra_steps() - run_steps(done)
-          self.log(seg, done, metrics, elapsed, n_window, wait_window, remaining)
-          t_window, n_window, wait_window = time.perf_counter(), 0, 0.0
+        self._log_window(run, done, metrics)
         if done == seg.end:
           break
         current = Live(state, it.position())
-        if seg.branch == MAIN and cfg.train.eval_every and done % cfg.train.eval_every == 0:
-          loss = self.eval_loss(state.params)
-          self.writer.write(done, {"eval_loss": loss}, branch=seg.branch)
-          self.writer.print(f"{seg.branch:>11} step {done:>6} | eval loss {loss:.4f}")
-        lr = lambda: float(schedule(done - 1))  # noqa: E731
-        if done % cfg.checkpoint.every == 0:
-          self._check_finite(pending)
-          self.save(seg, done, run_steps(done), current, lr(), **tags)
-        if self._should_stop(done):
-          self._check_finite(pending)
-          self.save(seg, done, run_steps(done), current, lr(), **tags)
-          self._report_saves(wait=True)
-          raise Stop(f"stopped at {seg.branch}@{done}; the same command resumes")
+        self._eval_main(seg, done, state)
+        self._save_or_stop(run, done, current)
         if seg.branch == MAIN and not extra:
-          self._serve_live_requests(seg, done, run_steps(done), current, pending)
-      self._check_finite(pending)
-      end = Live(state, it.position())
-      lr = float(schedule(seg.end - 1))
-      loss = self.eval_loss(state.params)
-      self.writer.write(seg.end, {"eval_loss": loss}, branch=seg.branch)
-      if seg.decayed:
-        start_loss = self._start_eval_loss(seg)
-        gap = None if start_loss is None else start_loss - loss
-        self.save(seg, seg.end, run_steps(seg.end), end, lr, decayed=True, eval_loss=loss,
-                   start_eval_loss=start_loss, gap=gap, budget=seg.budget_served, **tags)
-      else:
-        self.save(seg, seg.end, run_steps(seg.end), end, lr, fork_point=True, eval_loss=loss,
-                   **tags)
-      return end
+          self._serve_live_requests(seg, done, run.run_steps(done), current, run.pending)
+      return self._finish_segment(run, Live(state, it.position()))
     finally:
       it.close()
+
+  def _step(self, run: "_SegmentRun", step: int, state, it, compiled):
+    """Next batch, one update (producing `step + 1`), and the finiteness check of the
+    previous update's metrics (checked one step late, so the host never waits)."""
+    local = next(it)
+    run.wait_window += it.last_wait_s
+    batch = data_lib.to_global(local, self.steps.batch_sh)
+    state = faults.before_step(run.seg.branch, step + 1, state)
+    state, metrics = compiled(state, batch)
+    run.n_window += 1
+    self.steps_done_here += 1
+    faults.after_step(run.seg.branch, step + 1)
+    if run.pending is not None:
+      self._check_finite(run.pending)
+    run.pending = (run.seg.branch, step, metrics)
+    return state, metrics
+
+  def _log_window(self, run: "_SegmentRun", done: int, metrics) -> None:
+    """Every `log_every` steps and at the segment's end: the window's metrics."""
+    if done % self.cfg.train.log_every and done != run.seg.end:
+      return
+    jax.block_until_ready(metrics)
+    self._check_finite(run.pending)
+    elapsed = time.perf_counter() - run.t_window
+    remaining = self.plan.total_steps + self.extra_steps() - run.run_steps(done)
+    self.log(run.seg, done, metrics, elapsed, run.n_window, run.wait_window, remaining)
+    run.t_window, run.n_window, run.wait_window = time.perf_counter(), 0, 0.0
+
+  def _eval_main(self, seg: Segment, done: int, state) -> None:
+    """Every `eval_every` steps of the main branch: the eval loss."""
+    if seg.branch == MAIN and self.cfg.train.eval_every and done % self.cfg.train.eval_every == 0:
+      loss = self.eval_loss(state.params)
+      self.writer.write(done, {"eval_loss": loss}, branch=seg.branch)
+      self.writer.print(f"{seg.branch:>11} step {done:>6} | eval loss {loss:.4f}")
+
+  def _save_or_stop(self, run: "_SegmentRun", done: int, current: Live) -> None:
+    """Every `checkpoint.every` steps a save; on a stop request a save, then `Stop`."""
+    stop = self._should_stop(done)
+    if done % self.cfg.checkpoint.every == 0 or stop:
+      self._check_finite(run.pending)
+      self.save(run.seg, done, run.run_steps(done), current, run.lr(done), **run.tags)
+    if stop:
+      self._report_saves(wait=True)
+      raise Stop(f"stopped at {run.seg.branch}@{done}; the same command resumes")
+
+  def _finish_segment(self, run: "_SegmentRun", end: Live) -> Live:
+    """The segment's end state: evaluated and saved as a decayed checkpoint or a fork
+    point."""
+    seg = run.seg
+    self._check_finite(run.pending)
+    loss = self.eval_loss(end.state.params)
+    self.writer.write(seg.end, {"eval_loss": loss}, branch=seg.branch)
+    if seg.decayed:
+      start_loss = self._start_eval_loss(seg)
+      gap = None if start_loss is None else start_loss - loss
+      self.save(seg, seg.end, run.run_steps(seg.end), end, run.lr(seg.end), decayed=True,
+                eval_loss=loss, start_eval_loss=start_loss, gap=gap,
+                budget=seg.budget_served, **run.tags)
+    else:
+      self.save(seg, seg.end, run.run_steps(seg.end), end, run.lr(seg.end), fork_point=True,
+                eval_loss=loss, **run.tags)
+    return end
 
   def _start_eval_loss(self, seg: Segment) -> float | None:
     """Eval loss of the state a decay branch started from (main at the fork), if known.
@@ -530,22 +451,6 @@ class Trainer:
     return sorted(({"budget": r["step"]} | r for r in rows), key=lambda r: r["step"])
 
 
-def results_table(rows: list[dict], entropy_rate: float | None = None) -> str:
-  """The table of decayed checkpoints: budget, step, tokens, FLOPs of the run, eval loss."""
-  head = f"{'checkpoint':>14} {'budget':>8} {'step':>8} {'tokens':>12} {'run FLOPs':>10} {'eval loss':>10}"
-  if entropy_rate is not None:
-    head += f" {'gap to opt':>10}"
-  lines = [head]
-  for r in rows:
-    loss = r.get("eval_loss")
-    line = (f"{r['branch']:>14} {r['budget']:>8} {r['step']:>8} {r['tokens']:>12,} "
-            f"{r['run_flops']:>10.3g} {loss if loss is None else format(loss, '.4f'):>10}")
-    if entropy_rate is not None and loss is not None:
-      line += f" {loss - entropy_rate:>10.4f}"
-    lines.append(line)
-  return "\n".join(lines)
-
-
 def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
   """The library entry point behind `python -m wsdjax.train` (and the notebooks)."""
   workdir_path = epath.Path(workdir)
@@ -560,7 +465,8 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
   record_run_config(cfg, workdir_path)
   with trainer:
     rows = trainer.run()
-    trainer.writer.print("decayed checkpoints:\n" + results_table(rows, trainer.data.entropy_rate))
+    trainer.writer.print("decayed checkpoints:\n" + metrics_lib.results_table(
+        rows, trainer.data.entropy_rate))
     total = time.perf_counter() - trainer.started
     trainer.writer.print(
         f"done: {trainer.plan.total_steps} steps in the plan, {trainer.steps_done_here} run "

@@ -2,7 +2,7 @@
 
 `compile_for_slice(cfg, slice)` builds the mesh from the slice's abstract devices (libtpu's
 topology description), then compiles exactly what a training run on that slice compiles:
-`trainer.StepCache`, the same shardings, donation and kernels (chosen for 'tpu', the
+`wsdjax.steps.StepCache`, the same shardings, donation and kernels (chosen for 'tpu', the
 platform of the mesh's devices). It measures per chip:
   state        params + optimizer state (their shards on one chip)
   temporaries  XLA's temporary buffers of the train step
@@ -116,12 +116,12 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   config that cannot run on the slice (e.g. a batch the chips do not divide).
   """
   import jax
-  from wsdjax.kernels import attention
   from wsdjax import config as config_lib
   from wsdjax import model as model_lib
   from wsdjax import plan as plan_lib
-  from wsdjax import sharding, trainer
-  from wsdjax.tpu import hlo, slices
+  from wsdjax import sharding
+  from wsdjax import steps as steps_lib
+  from wsdjax.tpu import slices
 
   config_lib.validate(cfg, device_count=tpu_slice.chips)
   # jax's persistent compilation cache cannot hold programs compiled without a TPU client
@@ -134,30 +134,44 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   report.kernels = _kernels(model) | {"micro_batches": cfg.train.micro_batches}
   tokens = cfg.train.global_batch_size * cfg.model.seq_len
   report.model_flops = model_lib.flops_per_token(cfg.model) * tokens
-  steps = trainer.StepCache(cfg, mesh, model)
-  report.state_bytes = _shard_bytes(steps.abstract)
+  compiled = steps_lib.StepCache(cfg, mesh, model)
+  report.state_bytes = _shard_bytes(compiled.abstract)
   first = plan_lib.make_plan(cfg.schedule).segments[0]
   t0 = time.perf_counter()
   try:
-    train = steps.train(first.schedule, donate=True)
-    evaluate = steps.eval()
+    train = compiled.train(first.schedule, donate=True)
+    evaluate = compiled.eval()
   except Exception as e:  # noqa: BLE001 - XLA reports running out of HBM as a runtime error
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     report.compile_s = time.perf_counter() - t0
-    report.error = " ".join(str(e).split())
-    needed = re.search(r"temporaries \(([\d.]+)G\)", report.error)
-    report.temp_bytes = int(float(needed.group(1)) * slices.GIB) if needed else 0
-    report.total_bytes = report.state_bytes + report.temp_bytes
-    report.largest_temporaries = _largest_temporaries(dump_dir, "jit_train_step",
-                                                      "jit_eval_step")
-    return report
+    return _out_of_memory(report, e, dump_dir)
   report.compile_s = time.perf_counter() - t0
+  _measure(report, cfg, tpu_slice, train, evaluate, compiled.abstract.opt_state)
+  report.largest_temporaries = _largest_temporaries(dump_dir, "jit_train_step")
+  return report
+
+
+def _out_of_memory(report: "Report", error: Exception, dump_dir: str | None) -> "Report":
+  """The report of a program that does not fit: XLA's message and the bytes it asked for."""
+  from wsdjax.tpu import slices
+  report.error = " ".join(str(error).split())
+  needed = re.search(r"temporaries \(([\d.]+)G\)", report.error)
+  report.temp_bytes = int(float(needed.group(1)) * slices.GIB) if needed else 0
+  report.total_bytes = report.state_bytes + report.temp_bytes
+  report.largest_temporaries = _largest_temporaries(dump_dir, "jit_train_step",
+                                                    "jit_eval_step")
+  return report
+
+
+def _measure(report: "Report", cfg, tpu_slice, train, evaluate, opt_state) -> None:
+  """Memory per chip (the train or the eval program, whichever needs more), XLA's FLOPs
+  and collective bytes, and the step-time bounds they give."""
+  from wsdjax.kernels import attention
+  from wsdjax.tpu import hlo
   stats = train.memory_analysis()
-  eval_stats = evaluate.memory_analysis()
-  opt_bytes = _shard_bytes(steps.abstract.opt_state)
   report.temp_bytes = stats.temp_size_in_bytes
-  report.eval_total_bytes = _program_bytes(eval_stats) + opt_bytes
+  report.eval_total_bytes = _program_bytes(evaluate.memory_analysis()) + _shard_bytes(opt_state)
   report.total_bytes = max(_program_bytes(stats), report.eval_total_bytes)
   report.host_bytes = _host_bytes(stats)
   program = train.as_text()
@@ -170,8 +184,6 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   report.compute_bound_s = flops / (tpu_slice.chips * tpu_slice.peak_flops)
   report.collective_bound_s = sum(report.collective_bytes.values()) / tpu_slice.send_bytes_per_s
   report.step_time_bound_s = max(report.compute_bound_s, report.collective_bound_s)
-  report.largest_temporaries = _largest_temporaries(dump_dir, "jit_train_step")
-  return report
 
 
 def _largest_temporaries(dump_dir: str | None, *modules: str) -> list[dict]:
