@@ -200,3 +200,18 @@ def test_a_stored_run_config_with_retired_checkpoint_fields_still_loads(tiny_con
   loaded = config_lib.load_run_config(tmp_path)
   assert "writer" not in loaded.checkpoint and "write_priority" not in loaded.checkpoint
   assert config_lib.resume_conflicts(loaded, tiny_config) == []
+
+
+def test_saves_enter_the_manifest_as_they_complete_not_when_the_branch_rests(tmp_path):
+  """Orbax writes one save of a branch at a time: starting a save waits for the one before,
+  so every save but the newest is complete, and poll() reports it at once."""
+  with ckpt.CheckpointTree(tmp_path, async_save=True) as tree:
+    for step in (1, 2, 3):
+      tree.save(StateRef("main", step), _state(), {"branch": "main", "step": step})
+    done = [e["step"] for e in tree.poll()]
+    assert done[:2] == [1, 2] and set(done) <= {1, 2, 3}
+    assert [e["step"] for e in tree.manifest()] == done
+    tree.wait()
+    assert [e["step"] for e in tree.manifest()] == [1, 2, 3]
+  records = sorted(p.name for p in (tmp_path / "checkpoints" / "integrity").iterdir())
+  assert records == ["main-1.json", "main-2.json", "main-3.json"]

@@ -45,7 +45,16 @@ STALE_AFTER_S = 300.0
 def _holder_record() -> dict:
   return {"host": socket.gethostname(), "pid": os.getpid(),
           "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-          "heartbeat": time.time(), "command": " ".join(sys.argv)[:300]}
+          "heartbeat": time.time(), "command": _command()}
+
+
+def _command() -> str:
+  """This process's command line, `python -m wsdjax.X ...` for a wsdjax front door."""
+  argv = list(sys.argv)
+  parts = os.path.normpath(argv[0] if argv else "").split(os.sep)
+  if len(parts) >= 2 and parts[-2] == "wsdjax" and parts[-1].endswith(".py"):
+    argv[0] = f"python -m wsdjax.{parts[-1][:-3]}"
+  return " ".join(argv)[:300]
 
 
 def describe(holder: dict | None) -> str:

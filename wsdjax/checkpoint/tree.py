@@ -207,11 +207,16 @@ class CheckpointTree:
     """Entries of saves that finished since the last call (now in the manifest); their
     checksums are computed in the background (`wait` waits for them)."""
     done, still = [], []
+    newest = {}
+    for branch, step, _ in self._pending:
+      newest[branch] = max(step, newest.get(branch, step))
     for branch, step, entry in self._pending:
       mgr = self._managers[branch]
       with _save_errors(self, StateRef(branch, step)):
         mgr.check_for_errors()
-      if mgr.is_saving_in_progress():
+      # A manager writes one save at a time (save() waits for the one before it), so only
+      # the branch's newest save can still be in flight; the older ones are committed.
+      if step == newest[branch] and mgr.is_saving_in_progress():
         still.append((branch, step, entry))
       elif step in mgr.all_steps():
         done.append(entry)
