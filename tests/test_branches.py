@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,53 @@ def test_branch_after_the_fact_equals_the_planned_decay(tmp_path):
   assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_a_branch_stopped_by_sigterm_resumes_to_the_same_bits(tmp_path):
+  """`wsdjax.branch` as sturdy as training: SIGTERM saves and exits 0, the same command
+  resumes and ends bitwise equal to an uninterrupted branch, a third run returns at once,
+  and the branch's intermediate saves are pruned."""
+  later = tmp_path / "later"
+  train_cli(later, "--config.schedule.name=constant", "--config.schedule.budgets=(24,)",
+            "--config.checkpoint.every=7")
+  twin = tmp_path / "twin"
+  shutil.copytree(later, twin)
+  args = ["--from-step", "21", "--decay-steps", "6"]
+  out = subprocess.run([sys.executable, "-m", "wsdjax.branch", "--workdir", str(later), *args],
+                       cwd=REPO, env=subprocess_env(1) | {"WSDJAX_FAULTS":
+                                                          "term_after_step@decay-27:23"},
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "stopped at decay-27@23; the same command resumes" in out.stdout + out.stderr
+  again = cli("wsdjax.branch", "--workdir", str(later), *args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "resumed at 23" in again.stdout and "decay-27: decayed from main@21" in again.stdout
+  whole = cli("wsdjax.branch", "--workdir", str(twin), *args)
+  assert whole.returncode == 0, whole.stderr[-2000:]
+  assert_same_state(ckpt.restore(str(later), branch="decay-27"),
+                    ckpt.restore(str(twin), branch="decay-27"))
+  with ckpt.CheckpointTree(later, read_only=True) as tree:
+    assert tree.steps("decay-27") == [27]  # decay-27@23 pruned once the branch was done
+  done = cli("wsdjax.branch", "--workdir", str(later), *args)
+  assert done.returncode == 0 and "decay-27: decayed from main@21" in done.stdout
+  assert "segment" not in done.stdout  # nothing ran
+
+
+def test_a_live_request_without_a_running_job_is_refused_unless_queued(tiny_config, tmp_path):
+  (tmp_path / config_lib.RUN_CONFIG).write_text(config_lib.to_json(tiny_config))
+  out = cli("wsdjax.branch", "--workdir", str(tmp_path), "--now")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      f"wsdjax: --now: no job is running in {tmp_path} (nobody holds its writer lock); start "
+      "it with python -m wsdjax.train, decay a saved step with --from-step N, or pass --queue "
+      "to leave the request for the next run"]
+  assert not (tmp_path / "requests").exists()
+  queued = cli("wsdjax.branch", "--workdir", str(tmp_path), "--now", "--queue")
+  assert queued.returncode == 0 and len(list((tmp_path / "requests").glob("*.json"))) == 1
+  from wsdjax import live_branch
+  request = live_branch.pending(tmp_path)[0]
+  assert live_branch.withdraw(tmp_path, request.id)  # what a timed-out --wait does
+  assert live_branch.pending(tmp_path) == []
+
+
 def test_branch_cli_bad_arguments(tmp_path):
   for args, field in [(["--now", "--from-step", "3"], "--from_step/--now"),
                       (["--from-step", "3", "--decay-steps", "0"], "--decay_steps"),
@@ -249,7 +297,7 @@ def test_extending_budgets_adds_branches_and_history_changes_are_refused(tiny_co
   assert [r["branch"] for r in rows] == ["decay-20", "decay-42"]
   assert_same_state(first, ckpt.restore(str(tmp_path), branch="decay-20"))
   for field, value in [("schedule.budgets", (30,)), ("model.d_model", 32),
-                       ("optimizer.weight_decay", 0.0)]:
+                       ("schedule.decay_fraction", 0.5)]:
     bad = cfg.copy_and_resolve_references()
     section, name = field.split(".")
     bad[section][name] = value

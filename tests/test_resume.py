@@ -77,11 +77,24 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
   """One run taken through every fault in turn, then finished: it must end with the
   reference's bits (main, decay-20 and decay-40)."""
   run = tmp_path
-  for fault in ["kill_after_step@main:12",        # mid main branch (last save: main@10)
-                "kill_in_save@main:15",           # while the fork point is being written
+  out = train(run, "kill_after_step@main:12",  # mid main branch (last save: main@10)
+              extra=["--config.checkpoint.async_save=false"])  # both saves complete by then
+  assert out.returncode == -9, out.stderr[-2000:]
+  assert main_steps(run) == [5, 10]  # each save of the segment entered the manifest
+
+  # The newest save loses half a file, and its checksum record (as when a kill lands
+  # between Orbax's commit and the record): restore fails, so it is set aside and the run
+  # falls back to main@5.
+  newest = run / "checkpoints" / "main" / "10"
+  data = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+  (run / "checkpoints" / "integrity" / "main-10.json").unlink(missing_ok=True)
+  for fault in ["kill_in_save@main:15",           # while the fork point is being written
                 "kill_after_step@decay-20:18"]:   # mid decay branch
     out = train(run, fault)
     assert out.returncode == -9, (fault, out.returncode, out.stderr[-2000:])
+    if fault.endswith("main:15"):
+      assert "main@10 is broken: unreadable" in out.stdout and "resumed at 5" in out.stdout
 
   # SIGINT (Ctrl-C): finish the step, save it, wait for the async save, exit 0.
   out = train(run, "int_after_step@main:22")
@@ -109,7 +122,8 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
   out = train(run, "term_after_step@decay-40:33", extra=["--config.checkpoint.keep=100"])
   assert out.returncode == 0, out.stderr[-2000:]
   assert "checkpoint: main@22 is broken" in out.stdout and "resumed at 20" in out.stdout
-  assert [p.name for p in (run / "checkpoints" / "broken").iterdir()] == ["main-22-0"]
+  assert sorted(p.name for p in (run / "checkpoints" / "broken").iterdir()) == [
+      "main-10-0", "main-22-0"]
   assert all(p.read_bytes() == b for p, b in good.items())  # main@20 untouched
   assert "stopped at decay-40@33" in out.stdout + out.stderr
 
@@ -126,7 +140,19 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
   assert "checkpoint: decay-40@33 is broken: state/" in out.stdout
   assert "changed content" in out.stdout
   assert sorted(p.name for p in (run / "checkpoints" / "broken").iterdir()) == [
-      "decay-40-33-0", "main-22-0"]
+      "decay-40-33-0", "main-10-0", "main-22-0"]
+  assert_bitwise_equal(reference, final_states(run))
+
+  # A decayed checkpoint of the finished run gets a flipped byte: the rerun finds it and
+  # rebuilds it from its fork point, bitwise equal again.
+  data = max((p for p in (run / "checkpoints" / "decay-20" / "20").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  flipped = bytearray(data.read_bytes())
+  flipped[7] ^= 0x80
+  data.write_bytes(bytes(flipped))
+  out = train(run)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "decay-20@20 is broken" in out.stdout and "rebuilding it" in out.stdout
   assert_bitwise_equal(reference, final_states(run))
 
 
@@ -139,3 +165,19 @@ def test_nan_stops_the_run_naming_step_and_metric_and_saves_nothing_non_finite(t
   assert main_steps(tmp_path) == [5]  # the last good checkpoint is the latest
   for leaf in jax.tree.leaves(ckpt.restore(str(tmp_path), branch="main")):
     assert np.isfinite(np.asarray(leaf)).all()
+  # The remedy the message names: a lower peak LR. The rerun resumes from main@5 with it
+  # and finishes; the manifest records the change at main@5.
+  assert "rerun with a lower --config.schedule.peak_lr" in last
+  peak = json.loads((tmp_path / "config.json").read_text())["schedule"]["peak_lr"]
+  out = train(tmp_path, extra=[f"--config.schedule.peak_lr={peak / 2}"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"config change from main@5: schedule.peak_lr {peak!r} -> {peak / 2!r}" in out.stdout
+  assert "resumed at 5" in out.stdout
+  assert json.loads((tmp_path / "checkpoints" / "config_changes.json").read_text()) == [
+      {"branch": "main", "step": 5, "changes": {"schedule.peak_lr": [peak, peak / 2]}}]
+  entries = {(e["branch"], e["step"]): e for e in manifest(tmp_path)}
+  assert entries[("decay-40", 40)]["decayed"]
+  assert entries[("main", 30)]["lr"] == pytest.approx(peak / 2)
+  listed = subprocess.run([sys.executable, "-m", "wsdjax.branches", "--workdir", str(tmp_path)],
+                          cwd=REPO, env=subprocess_env(1), capture_output=True, text=True)
+  assert "config change from main@5: schedule.peak_lr" in listed.stdout, listed.stdout

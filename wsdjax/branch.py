@@ -11,6 +11,7 @@ D defaults to the run's decay_fraction of the budget the branch ends at.
 
 from __future__ import annotations
 
+import json
 import time
 
 from absl import flags
@@ -21,7 +22,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m wsdj
 _FROM = flags.DEFINE_integer("from_step", None, "Saved main step to decay from.")
 _NOW = flags.DEFINE_bool("now", False, "Ask the running job to fork at its next step.")
 _WAIT = flags.DEFINE_bool("wait", False, "With --now: wait until the branch is saved.")
-_TIMEOUT = flags.DEFINE_float("timeout", 3600.0, "With --now --wait: give up after seconds.")
+_TIMEOUT = flags.DEFINE_float("timeout", 3600.0, "With --now --wait: give up after seconds "
+                               "(and withdraw the request if the job has not accepted it).")
+_QUEUE = flags.DEFINE_bool("queue", False, "With --now and no job running: leave the request "
+                           "for the next run of the workdir.")
 _DECAY_STEPS = flags.DEFINE_integer("decay_steps", None, "Decay length in steps.")
 _SHAPE = flags.DEFINE_string("decay_shape", None, "linear | cosine | 1-sqrt | exponential.")
 _MIN_LR = flags.DEFINE_float("min_lr_ratio", None, "End LR as a fraction of peak.")
@@ -81,20 +85,28 @@ def _decay(cfg, workdir, from_step, decay_steps, decay_shape, min_lr_ratio) -> d
         from_step, cfg.schedule.decay_fraction)
     seg = plan_lib.after_the_fact(cfg.schedule, from_step, decay_steps, decay_shape,
                                   min_lr_ratio)
-    if tree.steps(seg.branch):
+    recipe = json.loads(json.dumps(seg.schedule_dict()))
+    saved = [tree.entry(ckpt.StateRef(seg.branch, s)) for s in tree.steps(seg.branch)]
+    if any(e is None or e.get("schedule") != recipe for e in saved):
       raise config_lib.ConfigError(
-          "--decay_steps", f"branch {seg.branch} already exists in {workdir}",
-          "pick another --decay-steps (the branch name is decay-<from_step + decay_steps>)")
+          "--decay_steps", f"branch {seg.branch} already exists in {workdir} with another "
+          "decay (or from a planned segment)", "pick another --decay-steps (the branch name "
+          "is decay-<from_step + decay_steps>); the same command resumes its own branch")
   config_lib.validate(cfg, None)
   with trainer_lib.Trainer(cfg, workdir) as trainer:
-    return trainer.run_extra(seg)
+    return trainer.run_branch(seg)  # resumes a branch this command began, if any
 
 
 def live(workdir: str, wait: bool, timeout: float) -> None:
   from wsdjax import checkpoint as ckpt
   from wsdjax import config as config_lib
   from wsdjax import live_branch
+  from wsdjax.checkpoint import lock
   config_lib.load_run_config(workdir)  # a clear error if W holds no run
+  if lock.holder(workdir) is None and not _QUEUE.value:
+    cli.fail(f"--now: no job is running in {workdir} (nobody holds its writer lock); start "
+             "it with python -m wsdjax.train, decay a saved step with --from-step N, or pass "
+             "--queue to leave the request for the next run")
   request = live_branch.submit(workdir, _DECAY_STEPS.value, _SHAPE.value, _MIN_LR.value)
   print(f"requested a decay branch from the job in {workdir} (request {request.id})")
   if not wait:
@@ -111,7 +123,10 @@ def live(workdir: str, wait: bool, timeout: float) -> None:
       print(f"{finished.branch}: forked at main@{finished.fork_step}, eval loss {loss}")
       return
     time.sleep(0.5)
-  cli.fail(f"--timeout: no branch after {timeout:.0f} s; is a job running in {workdir}?", 1)
+  withdrawn = live_branch.withdraw(workdir, request.id)
+  cli.fail(f"--timeout: no branch after {timeout:.0f} s; "
+           + ("the request is withdrawn" if withdrawn else "the job accepted it, so the "
+              "branch will still be made"), 1)
 
 
 def main(argv):
@@ -121,8 +136,13 @@ def main(argv):
   if _NOW.value:
     live(_WORKDIR.value, _WAIT.value, _TIMEOUT.value)
     return
-  entry = after_the_fact(_WORKDIR.value, _FROM.value, _DECAY_STEPS.value, _SHAPE.value,
-                         _MIN_LR.value)
+  from wsdjax import trainer as trainer_lib
+  try:
+    entry = after_the_fact(_WORKDIR.value, _FROM.value, _DECAY_STEPS.value, _SHAPE.value,
+                           _MIN_LR.value)
+  except trainer_lib.Stop as stop:  # SIGTERM/SIGINT: saved; the same command resumes
+    print(f"wsdjax: {stop}", flush=True)
+    return
   print(f"{entry['branch']}: decayed from main@{entry['fork_step']} to step {entry['step']}, "
         f"eval loss {entry['eval_loss']:.4f}")
 

@@ -3,7 +3,8 @@
 Prints each branch with its saved states (step, tokens, FLOPs, LR, eval loss), decay
 branches indented under the branch they forked from; `--json` prints a list with one
 object per saved state (keys: branch, step, parent, fork_step, tokens, flops, run_flops,
-lr, eval_loss, decayed, fork_point, gap, and path: the state's Orbax checkpoint, which
+lr, eval_loss, decayed, fork_point, gap, config_changes (where a resume went on from this
+state with changed fields: a list of {field: [old, new]}), and path: the state's Orbax checkpoint, which
 `orbax.checkpoint.StandardCheckpointer().restore(path)` reads without wsdjax).
 """
 
@@ -27,14 +28,19 @@ def define_flags() -> None:
 
 def load_entries(workdir) -> list[dict]:
   """Manifest entries of every finished save in `workdir` (rebuilt from disk if needed),
-  each with the `path` of its state item."""
+  each with the `path` of its state item and the config changes a resume made from it."""
   from wsdjax import checkpoint as ckpt
   root = ckpt.checkpoint_dir(workdir)
   if not root.exists():
     raise ckpt.CheckpointError(f"--workdir: {workdir} has no checkpoints/ folder; pass the "
                                f"workdir of a run started with python -m wsdjax.train")
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
+    changes = {}
+    for c in tree.config_changes():
+      changes.setdefault((c["branch"], c["step"]), []).append(c["changes"])
     return [dict(e, path=str(tree.path(ckpt.StateRef(e["branch"], e["step"])) / "state"))
+            | ({"config_changes": changes[key]} if (key := (e["branch"], e["step"])) in changes
+               else {})
             for e in tree.manifest()]
 
 
@@ -66,6 +72,17 @@ def format_tree(entries: list[dict]) -> str:
   return "\n".join(lines) if lines else "(no saved states yet)"
 
 
+def format_config_changes(workdir) -> str:
+  """One line per resume that changed fields, and the state it went on from."""
+  from wsdjax import checkpoint as ckpt
+  with ckpt.CheckpointTree(workdir, read_only=True) as tree:
+    records = tree.config_changes()
+  return "\n".join(
+      "config change" + (f" from {c['branch']}@{c['step']}" if c["branch"] else "") + ": "
+      + ", ".join(f"{f} {a!r} -> {b!r}" for f, (a, b) in c["changes"].items())
+      for c in records)
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; usage: --workdir W [--json]")
@@ -76,6 +93,9 @@ def main(argv):
     print(json.dumps(entries, indent=1))
   else:
     print(format_tree(entries))
+    changes = format_config_changes(_WORKDIR.value)
+    if changes:
+      print(changes)
 
 
 if __name__ == "__main__":

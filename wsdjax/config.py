@@ -457,10 +457,26 @@ MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_ba
                   "model.layer_loop", "model.loss_impl", "model.swiglu_impl")
 
 
+# Fields that act only on updates not yet made: a resumed run may change them (the
+# remedy after a NaN is a lower peak LR); the change is recorded in the manifest at the
+# state the run resumes from. Saved states keep the values they were trained with.
+FUTURE_FIELDS = ("schedule.peak_lr", "schedule.min_lr_ratio", "schedule.decay_shape",
+                 "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.weight_decay",
+                 "optimizer.grad_clip")
+
+
+def future_changes(old, new) -> dict[str, list]:
+  """FUTURE_FIELDS whose value differs between `old` and `new`: field -> [old, new]."""
+  old_flat, new_flat = _flat(old), _flat(new)
+  return {f: [old_flat.get(f), new_flat.get(f)] for f in FUTURE_FIELDS
+          if old_flat.get(f) != new_flat.get(f)}
+
+
 def resume_conflicts(old, new) -> list[str]:
   """Fields whose change would rewrite the history of the run in the workdir.
 
-  Allowed: the MUTABLE_FIELDS, and `schedule.budgets` growing by new, later budgets.
+  Allowed: the MUTABLE_FIELDS, the FUTURE_FIELDS (see `future_changes`), and
+  `schedule.budgets` growing by new, later budgets.
   """
   old_flat, new_flat = _flat(old), _flat(new)
   bad = []
@@ -470,7 +486,7 @@ def resume_conflicts(old, new) -> list[str]:
       a = tuple(a)
     if isinstance(b, list):
       b = tuple(b)
-    if field in MUTABLE_FIELDS or a == b:
+    if field in MUTABLE_FIELDS or field in FUTURE_FIELDS or a == b:
       continue
     if field == "schedule.budgets" and tuple(b[:len(a)]) == tuple(a):
       continue

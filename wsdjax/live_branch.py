@@ -81,6 +81,15 @@ def submit(workdir, decay_steps=None, decay_shape=None, min_lr_ratio=None) -> Re
   return request
 
 
+def withdraw(workdir, request_id: str) -> bool:
+  """Take back a request the job has not accepted yet; False if it has (or it is gone)."""
+  path = _dir(workdir) / f"{request_id}.json"
+  if not path.exists() or _read(path).fork_step is not None:
+    return False
+  path.unlink(missing_ok=True)
+  return True
+
+
 def _listed(workdir) -> list[Request]:
   folder = _dir(workdir)
   if not folder.exists():

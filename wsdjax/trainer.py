@@ -11,6 +11,7 @@ command resumes where the plan stopped.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import time
@@ -215,10 +216,15 @@ class Trainer:
     self._report_saves()
 
   def _report_saves(self, wait: bool = False) -> None:
-    for entry in (self.tree.wait() if wait else self.tree.poll()):
+    """Print the saves that finished; in a single-process job, prune as they do (a
+    multi-process job prunes at the end, where every process knows the same saves)."""
+    done = self.tree.wait() if wait else self.tree.poll()
+    for entry in done:
       what = "decayed checkpoint" if entry.get("decayed") else "checkpoint"
       extra = f", eval loss {entry['eval_loss']:.4f}" if entry.get("eval_loss") is not None else ""
       self.writer.print(f"saved {what} {entry['branch']}@{entry['step']}{extra}")
+    if done and jax.process_count() == 1:
+      self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
 
   # -- main entry --
   def run(self) -> list[dict]:
@@ -230,6 +236,7 @@ class Trainer:
                         f"{self.data.entropy_rate:.4f} nats/token")
     self._install_signal_handlers()
     try:
+      self._set_aside_broken([seg.end_ref for seg in self.plan.segments])
       while True:
         try:
           self._run_plan()
@@ -245,6 +252,36 @@ class Trainer:
       self._restore_signal_handlers()
       if not self.tree.failed:
         self.tree.wait()
+
+  def resume_ref(self) -> StateRef | None:
+    """The saved state the run goes on from: the newest save inside the first unfinished
+    segment, else that segment's start state; None for a fresh or finished run."""
+    for seg in self.plan.segments:
+      if self.tree.has(seg.end_ref):
+        continue
+      inside = [s for s in self.tree.steps(seg.branch) if seg.start < s < seg.end]
+      return StateRef(seg.branch, inside[-1]) if inside else seg.init_from
+    return None
+
+  def record_config_changes(self, changes: dict) -> None:
+    """Record fields changed on resume (`config.future_changes`) with the state the run
+    goes on from (`CheckpointTree.config_changes`); they act on the updates after it."""
+    if not changes:
+      return
+    ref = self.resume_ref()
+    text = ", ".join(f"{f} {a!r} -> {b!r}" for f, (a, b) in changes.items())
+    self.tree.record_config_change(ref, changes)
+    where = f" from {ref.branch}@{ref.step}" if ref is not None else ""
+    self.writer.print(f"config change{where}: {text}")
+
+  def _set_aside_broken(self, refs) -> None:
+    """Quarantine the saved ones of `refs` (a finished run's decayed checkpoints and fork
+    points) whose files changed since they were saved, so the plan rebuilds them."""
+    for ref in refs:
+      if self.tree.has(ref) and (damage := self.tree.damage(ref)):
+        broken = ckpt.BrokenCheckpoint(ref, damage)
+        moved = self.tree.quarantine(ref, str(broken))
+        self.writer.print(f"{broken}; moved it to {moved}; rebuilding it")
 
   def _run_plan(self) -> None:
     """Run every segment of the plan not yet on disk, and live branches cut short."""
@@ -267,15 +304,31 @@ class Trainer:
   def run_extra(self, seg: Segment, held: Live | None = None) -> dict:
     """Run a decay branch outside the plan (after the fact, or live) from `seg.init_from`
     (held in memory, or restored); save and evaluate it. Returns its manifest entry."""
-    if held is None:
+    start, donate = seg.start, held is None  # held: main goes on from the same arrays
+    inside = [s for s in self.tree.steps(seg.branch) if seg.start < s < seg.end]
+    if held is None and inside:  # a rerun: go on from the branch's newest save
+      start, held = inside[-1], self._restore(StateRef(seg.branch, inside[-1]))
+    elif held is None:
       held = self._restore(seg.init_from)
-      donate = True
-    else:
-      donate = False  # the main branch goes on from the same arrays
     run_steps = self.run_steps_upto(seg.init_from)
-    self._run_segment(seg, seg.start, held, donate, run_steps, extra=True)
+    self._run_segment(seg, start, held, donate, run_steps, extra=True)
     self._report_saves(wait=True)
     return self.tree.entry(seg.end_ref)
+
+  def run_branch(self, seg: Segment) -> dict:
+    """Run a decay branch after the fact as sturdily as the plan: SIGTERM/SIGINT save and
+    raise Stop, a rerun goes on from the branch's newest save (or returns its entry at once
+    when it is done), and retention prunes its intermediate saves."""
+    entry = self.tree.entry(seg.end_ref)
+    if entry is not None:
+      return entry
+    self._install_signal_handlers()
+    try:
+      entry = self.run_extra(seg)
+    finally:
+      self._restore_signal_handlers()
+    self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
+    return entry
 
   def run_steps_upto(self, ref: StateRef) -> int:
     """Updates the run had executed when it produced the saved state `ref`."""
@@ -290,8 +343,8 @@ class Trainer:
 
     `run_steps_before`: updates the run executed before this segment began.
     """
-    run = _SegmentRun(seg, run_steps_before, plan_lib.schedule_of(seg),
-                      {"extra": True} if extra else {})
+    tags = {"extra": True, "schedule": json.loads(json.dumps(seg.schedule_dict()))}
+    run = _SegmentRun(seg, run_steps_before, plan_lib.schedule_of(seg), tags if extra else {})
     first = self.steps.train(seg.schedule, donate=donate_first)
     rest = first if donate_first else self.steps.train(seg.schedule, donate=True)
     it = self.data.train_iterator(start, held.position)
@@ -308,6 +361,8 @@ class Trainer:
         current = Live(state, it.position())
         self._eval_main(seg, done, state)
         self._save_or_stop(run, done, current)
+        if self.tree.saving:  # a save that completed enters the manifest now
+          self._report_saves()
         if seg.branch == MAIN and not extra:
           self._serve_live_requests(seg, done, run.run_steps(done), current, run.pending)
       return self._finish_segment(run, Live(state, it.position()))
@@ -337,7 +392,10 @@ class Trainer:
     jax.block_until_ready(metrics)
     self._check_finite(run.pending)
     elapsed = time.perf_counter() - run.t_window
-    remaining = self.plan.total_steps + self.extra_steps() - run.run_steps(done)
+    if run.tags.get("extra"):  # a branch outside the plan: its own steps
+      remaining = run.seg.end - done
+    else:
+      remaining = self.plan.total_steps + self.extra_steps() - run.run_steps(done)
     self.log(run.seg, done, metrics, elapsed, run.n_window, run.wait_window, remaining)
     run.t_window, run.n_window, run.wait_window = time.perf_counter(), 0, 0.0
 
@@ -420,8 +478,9 @@ class Trainer:
                       if k != "finite" and not math.isfinite(float(v)))
       raise NonFiniteLoss(
           f"train: non-finite {bad or 'update'} at {branch} step {step + 1}; nothing after "
-          "the last good checkpoint was saved; lower schedule.peak_lr or check the data, then "
-          "rerun the same command to resume from that checkpoint")
+          f"the last good checkpoint was saved; rerun with a lower "
+          f"--config.schedule.peak_lr (e.g. {self.cfg.schedule.peak_lr / 2:g}; a resume may "
+          "change it) or check the data: the run resumes from that checkpoint")
 
   def log(self, seg, done, metrics, elapsed, n, wait, remaining) -> None:
     """One log row at step `done` of `seg`: the metrics, tokens/s and MFU over the `n` steps
@@ -455,15 +514,16 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
   """The library entry point behind `python -m wsdjax.train` (and the notebooks)."""
   workdir_path = epath.Path(workdir)
   fresh = not workdir_path.exists()
-  check_run_config(cfg, workdir_path, None if mesh is None else mesh.devices.size)
+  changes = check_run_config(cfg, workdir_path, None if mesh is None else mesh.devices.size)
   try:
     trainer = Trainer(cfg, workdir, mesh=mesh, stream=stream)  # data errors surface here
   except (config_lib.ConfigError, data_lib.DataConfigError):
     if fresh and workdir_path.exists() and jax.process_index() == 0:
       workdir_path.rmtree()  # a bad-input failure leaves no half-made run behind
     raise
-  record_run_config(cfg, workdir_path)
   with trainer:
+    trainer.record_config_changes(changes)
+    record_run_config(cfg, workdir_path)
     rows = trainer.run()
     trainer.writer.print("decayed checkpoints:\n" + metrics_lib.results_table(
         rows, trainer.data.entropy_rate))
@@ -475,17 +535,21 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
     return rows
 
 
-def check_run_config(cfg, workdir: epath.Path, device_count: int | None = None) -> None:
-  """Validate `cfg` and refuse a workdir holding a different run; writes nothing."""
+def check_run_config(cfg, workdir: epath.Path, device_count: int | None = None) -> dict:
+  """Validate `cfg` and refuse a workdir holding a different run; writes nothing. Returns
+  the changes of fields that act only on future updates (`config.future_changes`)."""
   config_lib.validate(cfg, device_count or jax.device_count())
   path = workdir / config_lib.RUN_CONFIG
-  if path.exists():
-    old = config_lib.load_run_config(workdir)
-    conflicts = config_lib.resume_conflicts(old, cfg)
-    if conflicts:
-      raise config_lib.ConfigError(
-          "workdir", f"{workdir} holds a run with a different config: {', '.join(conflicts)}",
-          "use a new --workdir, or only extend schedule.budgets / change logging fields")
+  if not path.exists():
+    return {}
+  old = config_lib.load_run_config(workdir)
+  conflicts = config_lib.resume_conflicts(old, cfg)
+  if conflicts:
+    raise config_lib.ConfigError(
+        "workdir", f"{workdir} holds a run with a different config: {', '.join(conflicts)}",
+        "use a new --workdir, or only extend schedule.budgets / change the LR, optimizer, "
+        "logging or checkpoint fields")
+  return config_lib.future_changes(old, cfg)
 
 
 def record_run_config(cfg, workdir: epath.Path) -> None:

@@ -3,6 +3,7 @@
 Layout:
   WORKDIR/checkpoints/<branch>/<step>/{state,meta}   one Orbax CheckpointManager per branch
   WORKDIR/checkpoints/manifest.json                  index of every finished save
+  WORKDIR/checkpoints/config_changes.json            fields changed on resume, and where
   WORKDIR/checkpoints/integrity/<branch>-<step>.json checksums of each save's files
   WORKDIR/checkpoints/broken/<branch>-<step>-<n>/    saves found damaged, kept for a look
 
@@ -33,6 +34,7 @@ from wsdjax.plan import MAIN, StateRef
 from wsdjax.process import faults
 
 MANIFEST = "manifest.json"
+CONFIG_CHANGES = "config_changes.json"
 BROKEN = "broken"
 COMPRESSIONS = ("zstd", "none")
 _BRANCH_RE = re.compile(r"^(main|decay-\d+)$")
@@ -153,7 +155,12 @@ class CheckpointTree:
       for step in self.steps(branch):
         entry = cached.get((branch, step))
         if entry is None:
-          entry = self.read_meta(StateRef(branch, step)).get("entry")
+          try:
+            entry = self.read_meta(StateRef(branch, step)).get("entry")
+          except CheckpointError as e:  # e.g. an empty step folder, a lost meta item
+            if not self.read_only:
+              self.quarantine(StateRef(branch, step), str(e))
+            continue
         if entry is not None:
           self._entries[(branch, step)] = entry
     if not self.read_only and self.is_primary and (
@@ -177,6 +184,21 @@ class CheckpointTree:
     """Add fields to a finished save's manifest entry (e.g. an eval loss computed later)."""
     self._entries[(ref.branch, ref.step)].update(fields)
     self._write_manifest()
+
+  def config_changes(self) -> list[dict]:
+    """Config fields changed on a resume, oldest first: {"branch", "step" (the state the
+    run went on from; None before any save), "changes": {field: [old, new]}}. Kept apart
+    from the saves' entries, so retention never drops them."""
+    path = self.root / CONFIG_CHANGES
+    return json.loads(path.read_text()) if path.exists() else []
+
+  def record_config_change(self, ref: StateRef | None, changes: dict) -> None:
+    if self.is_primary and not self.read_only:
+      record = {"branch": ref.branch if ref else None, "step": ref.step if ref else None,
+                "changes": changes}
+      atomic_write_text(self.root / CONFIG_CHANGES,
+                        json.dumps(self.config_changes() + [record], indent=1,
+                                   default=_json_default))
 
   # ---- save ----
   def save(self, ref: StateRef, state, entry: dict, extra_meta: dict | None = None) -> None:
@@ -313,6 +335,7 @@ class CheckpointTree:
     manager = self._managers.pop(ref.branch, None)
     if manager is not None:
       manager.close()
+    self._pending = [p for p in self._pending if p[0] != ref.branch or p[1] != ref.step]
     if self.is_primary:
       integrity.record_path(self.root, ref).unlink(missing_ok=True)
     self._entries.pop((ref.branch, ref.step), None)
@@ -325,7 +348,9 @@ class CheckpointTree:
     try:
       return mgr.restore(ref.step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001 - any read failure means a broken save
-      raise CheckpointError(f"{ref.branch}@{ref.step}: cannot read its meta: {e}") from e
+      text = " ".join(str(e).split())[:300]
+      raise CheckpointError(f"checkpoint: {ref.branch}@{ref.step}: cannot read its meta "
+                            f"({text})") from e
 
   def restore(self, ref: StateRef, target) -> tuple[Any, dict]:
     """Restore `ref` into the structure/shardings of `target` (abstract or concrete);
@@ -348,9 +373,11 @@ class CheckpointTree:
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001
       damage = self.damage(ref, collective=False)
+      text = " ".join(str(e).split())[:400]
       if damage:
         raise BrokenCheckpoint(ref, damage) from e
-      text = " ".join(str(e).split())[:400]
+      if integrity.recorded(self.root, ref) is None:  # files not vouched for: unreadable
+        raise BrokenCheckpoint(ref, f"unreadable ({text})") from e
       raise CheckpointError(
           f"checkpoint: cannot restore {ref.branch}@{ref.step} ({text}); if its files are "
           f"damaged, move {self.path(ref)} away and rerun to resume from the previous "
