@@ -22,8 +22,11 @@ def print_error(message: str) -> None:
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-  """Print `wsdjax: message` as one line on stderr and exit."""
+  """Print `wsdjax: message` as one line on stderr and exit. What threads still unwinding
+  would print after it (e.g. TensorStore's callbacks of a failed save, into an event loop
+  Orbax has closed) goes nowhere: the one line is the report."""
   print_error(message)
+  sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
   sys.exit(code)
 
 
@@ -103,11 +106,34 @@ def exit_code(error: BaseException) -> int | None:
   return next((code for kind, code in table if isinstance(error, kind)), None)
 
 
+def _drop_orbax_errors(record) -> bool:
+  """Orbax logs a failed save's traceback from its writer thread (and asyncio the tasks of
+  it nobody awaited); the trainer reports the same failure as one line
+  (`checkpoint.SaveError`), so without --debug those logs are dropped."""
+  if record.levelno < 40:
+    return True
+  from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+  orbax_task = record.name == "asyncio" and "orbax" in str(record.getMessage())
+  return not (from_orbax or orbax_task)
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+  """After a failed save, TensorStore completes the writes Orbax gave up on into an event
+  loop Orbax has closed; each prints 'Event loop is closed'. Those are dropped, anything
+  else is shown as Python would."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """app.run(main) where the library's exceptions become one-line errors (`exit_code`)."""
   def guarded(argv):
     if not flags.FLAGS.debug:
       absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
+      absl_logging.get_absl_handler().addFilter(_drop_orbax_errors)
+      sys.unraisablehook = _drop_closed_loop_callbacks
     try:
       main(argv)
     except Exception as e:  # noqa: BLE001 - sorted by exit_code; the rest re-raised

@@ -112,20 +112,25 @@ class Trainer:
     self.started = time.perf_counter()  # for the closing line's wall time
     self.steps_done_here = 0  # steps this process ran (a resumed run: since the resume)
 
-  def close(self) -> None:
-    """Close the metric writer and the checkpoint tree (which waits for pending saves),
-    then drop the workdir's writer lock."""
-    try:
-      self.writer.close()
-      self.tree.close()
-    finally:
-      ckpt_lock.release(self.workdir)
+  def close(self, failing: bool = False) -> None:
+    """Close the checkpoint tree (which waits for pending saves) and the metric writer,
+    then drop the workdir's writer lock. Raises the first error of those closes, unless
+    `failing` (an error is already on its way: theirs must not replace it)."""
+    errors = []
+    for close in (self.tree.close, self.writer.close):
+      try:
+        close()
+      except Exception as e:  # noqa: BLE001 - e.g. a full disk: the first one is reported
+        errors.append(e)
+    ckpt_lock.release(self.workdir)
+    if errors and not failing:
+      raise errors[0]
 
   def __enter__(self) -> "Trainer":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, kind, error, _tb) -> None:
+    self.close(failing=error is not None)
 
   # -- bookkeeping --
   def run_steps_before(self, index: int) -> int:

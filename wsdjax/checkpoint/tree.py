@@ -461,10 +461,23 @@ class _save_errors:
     where = f"{branch}@{failed[0]}" if failed[0] >= 0 else branch
     tree._pending = [p for p in tree._pending if p[0] != branch]  # none of those is on disk
     tree._failed = True
-    text = " ".join(str(error).split())[:300]
-    raise SaveError(f"checkpoint: saving {where} failed ({type(error).__name__}: {text}); "
-                    "free disk space (or fix the storage) and rerun the same command: the "
-                    "checkpoints saved before are intact") from error
+    raise SaveError(f"checkpoint: saving {where} failed ({_why(error)}); free disk space "
+                    "(or fix the storage) and rerun the same command: the checkpoints saved "
+                    "before are intact") from error
+
+
+_DISK_FULL = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _why(error: Exception) -> str:
+  """A write error in a few words: the OS's reason where it names a full disk (TensorStore
+  wraps it in a long spec) and the save's folder, else the error's first 300 characters."""
+  text = " ".join(str(error).split())
+  reason = next((r for r in _DISK_FULL if r in text), None)
+  if reason is None:
+    return f"{type(error).__name__}: {text[:300]}"
+  folder = re.search(r'(/[^"\s]*/checkpoints/[^/"\s]+/\d+)', text)
+  return reason + (f" under {folder.group(1)}" if folder else "")
 
 
 def _barrier(name: str) -> None:
