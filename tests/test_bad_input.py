@@ -92,6 +92,17 @@ BAD_CONFIG = [
     ("model.loss_impl", "fused", "model.loss_impl", "unknown value"),
     ("model.swiglu_impl", "triton", "model.swiglu_impl", "unknown value"),
     ("checkpoint.compression", "lz4", "checkpoint.compression", "unknown value"),
+    ("model.rope_theta", -1.0, "model.rope_theta", "positive finite"),
+    ("model.init_std", 0.0, "model.init_std", "positive finite"),
+    ("model.init_std", float("nan"), "model.init_std", "finite"),
+    ("data.bigram_alpha", float("inf"), "data.bigram_alpha", "finite"),
+    ("optimizer.weight_decay", float("inf"), "optimizer.weight_decay", "finite"),
+    ("optimizer.eps", float("inf"), "optimizer.eps", "finite"),
+    ("seed", 2**70, "seed", "[0, 2**31)"),
+    ("seed", -1, "seed", "[0, 2**31)"),
+    ("schedule.budgets", (True,), "schedule.budgets", "positive step counts"),
+    ("mesh.rules", (("act_batch", "bogus"),), "mesh.rules", "names no mesh axis 'bogus'"),
+    ("mesh.rules", (("act_batch",),), "mesh.rules", "not a (logical name, mesh axes) pair"),
     ("mesh.tensor", 3, "mesh.data", "cannot fill"),
     ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),
     ("mesh.data", 0, "mesh.data", "-1 or >= 1"),
@@ -242,6 +253,97 @@ def test_train_cli_bad_workdir_config_file_and_sections(existing_run, tmp_path):
     assert lines == [lines[0]] and lines[0].startswith("wsdjax: " + field), out.stderr[-2000:]
     assert words in lines[0], lines[0]
   assert snapshot(tmp_path) == before
+
+
+def _families(tmp_path, run_dir):
+  """(command, args, the start of the one line) of every family of bad input the CLIs
+  get: flags, config files, workdirs, data files, a broken tree, Ctrl-C at start-up."""
+  files = tmp_path / "inputs"
+  files.mkdir()
+  for name, text in [("syntax.py", "def get_config(:\n"),
+                     ("raises.py", "def get_config():\n  raise RuntimeError('boom')\n"),
+                     ("exits.py", "import sys\ndef get_config():\n  sys.exit(4)\n"),
+                     ("none.py", "def get_config():\n  return None\n"),
+                     ("a-file", "x"), ("bad.txt.gz", "not gzip"), ("tok.json", "{not json"),
+                     ("docs.txt", "one doc\n\nanother doc\n\na third\n")]:
+    (files / name).write_text(text)
+  new = str(tmp_path / "new-run")
+  tiny = ["--config", "configs/tiny.py", "--workdir", new]
+  return [
+      ("wsdjax.train", tiny + ["--config.model.n_layers=abc"],
+       "--config.model.n_layers: cannot use 'abc'"),
+      ("wsdjax.train", tiny + ["--config.train.log_every=1.5"],
+       "--config.train.log_every: cannot use '1.5'"),
+      ("wsdjax.train", tiny + ["--bogus_flag=1"], "--bogus_flag: unknown flag; see --help"),
+      ("wsdjax.train", ["--config", str(files / "syntax.py"), "--workdir", new],
+       "--config: cannot load it (SyntaxError"),
+      ("wsdjax.train", ["--config", str(files / "raises.py"), "--workdir", new],
+       "--config: cannot load it (RuntimeError: boom)"),
+      ("wsdjax.train", ["--config", str(files / "exits.py"), "--workdir", new],
+       "--config: loading it exited (sys.exit(4))"),
+      ("wsdjax.train", ["--config", str(files / "none.py"), "--workdir", new],
+       "--config: its get_config() returned None"),
+      ("wsdjax.train", ["--config", "configs/tiny.py", "--workdir", str(files / "a-file" / "w")],
+       f"--workdir: {files / 'a-file' / 'w'} cannot be created: {files / 'a-file'} is a file"),
+      ("wsdjax.train", tiny + ["--config.data.source=text",
+                               f"--config.data.path={files / 'bad.txt.gz'}"],
+       f"data.path: cannot read {files / 'bad.txt.gz'} (BadGzipFile"),
+      ("wsdjax.train", tiny + ["--config.data.source=text", f"--config.data.path={files}/docs.txt",
+                               "--config.data.tokenizer=huggingface",
+                               f"--config.data.tokenizer_path={files / 'tok.json'}"],
+       f"data.tokenizer_path: {files / 'tok.json'} is not a valid tokenizer.json"),
+      ("wsdjax.train", tiny + ["--num_processes=2"], "--coordinator_address: missing"),
+      ("wsdjax.lr", ["--config", "configs/tiny.py", "--plot", str(files / "no" / "lr.png")],
+       f"--plot: its folder {files / 'no'} does not exist"),
+      ("wsdjax.branches", ["--workdir", str(run_dir("manifest-dir"))],
+       "workdir: ") ,
+      ("wsdjax.train", ["--config", "configs/tiny.py", "--workdir", str(run_dir("ckpt-file"))],
+       "workdir: "),
+  ]
+
+
+def test_every_family_of_bad_input_is_one_line_exit_2_and_touches_nothing(existing_run,
+                                                                          tmp_path):
+  _, workdir = existing_run
+  made = {}
+
+  def run_dir(kind):  # a copy of the finished run, its tree broken in one way
+    import shutil
+    copy = tmp_path / kind
+    shutil.copytree(workdir, copy)
+    ckpts = copy / "checkpoints"
+    if kind == "manifest-dir":
+      (ckpts / "manifest.json").unlink()
+      (ckpts / "manifest.json").mkdir()
+    else:
+      shutil.rmtree(ckpts)
+      ckpts.write_text("")
+    made[kind] = copy
+    return copy
+
+  cases = _families(tmp_path, run_dir)
+  before = snapshot(tmp_path)
+  for module, args, start in cases:
+    out = run_cli(module, *args)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, (args, out.returncode, out.stderr[-2000:])
+    assert lines == [lines[0]] and lines[0].startswith("wsdjax: " + start), (args, lines)
+    assert "; " in lines[0], lines[0]  # the problem, then how to fix it
+  assert snapshot(tmp_path) == before  # nothing created, nothing changed
+  assert "is a folder, not the manifest" in run_cli(
+      "wsdjax.branches", "--workdir", str(made["manifest-dir"])).stderr
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_workdir(tmp_path):
+  env = subprocess_env(1) | {"WSDJAX_FAULTS": "int_at_startup@main:0"}
+  out = subprocess.run([sys.executable, "-m", "wsdjax.train", "--config", "configs/tiny.py",
+                        "--workdir", str(tmp_path / "w")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      "wsdjax: interrupted: Ctrl-C outside the training loop (a run stopped before its first "
+      "step records nothing; saves made before are kept); rerun the command to go on"]
+  assert not (tmp_path / "w").exists()
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):

@@ -37,6 +37,9 @@ def loaded_config(argv: Sequence[str], config_flag, example: str):
   if len(argv) > 1:
     fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
   if config_flag.value is None:
+    if any(a == "--config" or a.startswith("--config=") for a in sys.argv):
+      fail("--config: its get_config() returned None; return an ml_collections.ConfigDict "
+           f"(start from wsdjax.config.base_config(), as {example} does)")
     fail(f"--config: missing; pass --config {example} (or another config file)")
   try:
     value = config_flag.value
@@ -53,11 +56,22 @@ def loaded_config(argv: Sequence[str], config_flag, example: str):
 
 
 def require_workdir(workdir: str | None) -> str:
+  """The --workdir, or a one-line failure: missing, a file, or not creatable where it is."""
   if not workdir:
     fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
+  if "://" in workdir:  # remote storage: its client reports its own errors
+    return workdir
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     fail(f"--workdir: {workdir} is a file, not a directory; pass a directory (created if "
          "absent, resumed if present)")
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    fail(f"--workdir: {workdir} cannot be created: {parent} is a file; pass a directory path")
+  if not os.path.exists(workdir) and not os.access(parent, os.W_OK):
+    fail(f"--workdir: {workdir} cannot be created: {parent} is not writable; pass a "
+         "directory you may write")
   return workdir
 
 
@@ -75,10 +89,18 @@ def normalize_flag_names(argv: Sequence[str]) -> list[str]:
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl parsing, with flag errors (bad override, unknown key, missing file) as one line."""
   argv = normalize_flag_names(argv)
+  if "--debug" not in argv:  # config_flags warns about what we report as one line
+    absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    fail(_flag_problem(str(e).splitlines()[0] if str(e) else type(e).__name__))
+  except SystemExit as e:  # --help, or a config file that calls sys.exit
+    if any(a.split("=")[0] in ("--help", "-h", "--helpfull", "--helpshort", "-?")
+           for a in argv):
+      raise
+    fail(f"--config: loading it exited (sys.exit({e.code!r})); its get_config() must return "
+         "an ml_collections.ConfigDict")
   except Exception as e:  # noqa: BLE001 - a config file that fails to load
     if "--debug" in argv:
       raise
@@ -88,8 +110,27 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         if arg.startswith("--config.") and (problem := config_lib.unknown_field(
             arg[len("--config."):].split("=", 1)[0])):
           fail(problem)
-    fail(f"config: cannot load it: {type(e).__name__}: {e}")
+    fail(f"--config: cannot load it ({type(e).__name__}: {e}); fix the config file "
+         "(--debug shows the traceback)")
   return []
+
+
+def _flag_problem(message: str) -> str:
+  """absl's message about a flag, with the field and how to fix it."""
+  import re
+  bad_value = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)$", message)
+  if bad_value:
+    field, value, why = bad_value.groups()
+    from wsdjax import config as config_lib
+    default = config_lib.default_of(field)
+    kind = f"value of type {type(default).__name__}" if default is not None else "value"
+    return (f"--config.{field}: cannot use {value!r} ({why}); pass a {kind}, e.g. "
+            f"--config.{field}={default!r}")
+  unknown = re.match(r"Unknown command line flag '([\w-]+)'", message)
+  if unknown:
+    return (f"--{unknown.group(1)}: unknown flag; see --help (config fields are set as "
+            "--config.<section>.<field>=value)")
+  return message
 
 
 def exit_code(error: BaseException) -> int | None:
@@ -136,6 +177,11 @@ def run(main: Callable[[list[str]], None]) -> None:
       sys.unraisablehook = _drop_closed_loop_callbacks
     try:
       main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler (which saves) is set
+      if flags.FLAGS.debug:
+        raise
+      fail("interrupted: Ctrl-C outside the training loop (a run stopped before its first "
+           "step records nothing; saves made before are kept); rerun the command to go on")
     except Exception as e:  # noqa: BLE001 - sorted by exit_code; the rest re-raised
       code = exit_code(e)
       if code is None or flags.FLAGS.debug:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from typing import Any
 
 import ml_collections
@@ -240,6 +241,16 @@ def _choices_of(module: str, name: str) -> tuple:
   return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
 
 
+def default_of(field: str):
+  """The default value of a dotted config field; None if it names none."""
+  node = base_config()
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
 def unknown_field(field: str) -> str | None:
   """Why `field` (dotted, as in --config.<field>=...) names no config field, as one line
   naming the known ones; None if it names one."""
@@ -268,6 +279,10 @@ def validate(cfg, device_count: int | None = None) -> None:
   """Check every field and cross-field rule; raise ConfigError on the first problem."""
   flat = _flat(cfg)
   _validate_keys(flat)
+  _validate_numbers(flat)
+  _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
+           and 0 <= cfg.seed < 2**31, "seed", f"must be an integer in [0, 2**31), got "
+           f"{cfg.seed!r}", "e.g. --config.seed=0")
   _validate_model(cfg.model, flat)
   _validate_data(cfg.data, flat)
   _validate_train(cfg.train, flat)
@@ -293,6 +308,15 @@ def _validate_keys(flat: dict) -> None:
              "start configs from wsdjax.config.base_config()")
 
 
+def _validate_numbers(flat: dict) -> None:
+  """Every number in the config is finite (inf/nan are never a setting: an infinite weight
+  decay or epsilon trains nothing, or NaNs)."""
+  for field, value in flat.items():
+    if isinstance(value, float):
+      _require(math.isfinite(value), field, f"must be a finite number, got {value!r}",
+               f"set --config.{field}=<number>")
+
+
 def _validate_model(m, flat: dict) -> None:
   for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"):
     _positive_int(flat, f"model.{f}")
@@ -312,6 +336,8 @@ def _validate_model(m, flat: dict) -> None:
   _choice(flat, "model.layer_loop", _choices_of("model", "LAYER_LOOPS"))
   _choice(flat, "model.loss_impl", _choices_of("kernels.fused_loss", "IMPLS"))
   _choice(flat, "model.swiglu_impl", _choices_of("kernels.swiglu", "IMPLS"))
+  from wsdjax import model as model_lib  # local: the owner of the rest (it imports jax)
+  model_lib.ModelConfig.from_config(m)  # raises ConfigError naming model.<field>
 
 
 def _validate_data(d, flat: dict) -> None:
@@ -360,7 +386,8 @@ def _validate_schedule(s) -> None:
     _choice(_flat(s, "schedule."), f"schedule.{field}", _choices_of("schedules", owned))
   budgets = s.budgets
   _require(isinstance(budgets, (tuple, list)) and len(budgets) > 0
-           and all(isinstance(b, int) and b > 0 for b in budgets), "schedule.budgets",
+           and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets),
+           "schedule.budgets",
            f"must be a non-empty tuple of positive step counts, got {budgets!r}",
            "e.g. --config.schedule.budgets='(150,300)'")
   _require(all(a < b for a, b in zip(budgets, budgets[1:])), "schedule.budgets",
@@ -383,7 +410,21 @@ def _validate_schedule(s) -> None:
     raise ConfigError(field, e.problem, e.fix) from None
 
 
+def _validate_mesh_rules(rules) -> None:
+  """Each rule is (logical axis name, a mesh axis | a tuple of them | None)."""
+  from wsdjax import sharding  # local: the mesh's owner imports jax, this module does not
+  fix = "e.g. ('act_batch', ('data', 'fsdp')); mesh axes: " + ", ".join(sharding.MESH_AXES)
+  for rule in rules:
+    _require(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str),
+             "mesh.rules", f"{rule!r} is not a (logical name, mesh axes) pair", fix)
+    axes = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    bad = [a for a in axes if a is not None and a not in sharding.MESH_AXES]
+    _require(not bad, "mesh.rules", f"rule {tuple(rule)!r} names no mesh axis {bad[0]!r}"
+             if bad else "", fix)
+
+
 def _validate_mesh(cfg, device_count: int | None) -> None:
+  _validate_mesh_rules(cfg.mesh.rules)
   if device_count is None:
     return
   from wsdjax import sharding  # local: the mesh's owner imports jax, this module does not

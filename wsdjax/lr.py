@@ -6,10 +6,12 @@ line `wsdjax: <field>: ...` on stderr, exit 2. Importing it defines no global fl
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
 from wsdjax import schedules
+from wsdjax.errors import ConfigError
 
 
 def main(argv: Sequence[str]) -> int:
@@ -53,6 +55,10 @@ def _parse(argv: Sequence[str]):
     raise ValueError(f"config: cannot load it: {e}; check the --config path") from None
   if cfg is None:
     raise ValueError("config: missing; pass --config configs/<name>.py")
+  if fv.plot and not os.path.isdir(os.path.dirname(os.path.abspath(fv.plot))):
+    raise ConfigError(
+        "--plot", f"its folder {os.path.dirname(os.path.abspath(fv.plot))} does not exist",
+        "create it, or pass a path in an existing folder")
   if fv.steps is not None and fv.steps <= 0:
     raise schedules.ScheduleError("steps", f"must be > 0, got {fv.steps}", "e.g. --steps 1000")
   return cfg, fv.plot, fv.steps

@@ -99,20 +99,22 @@ class RewrittenFile:
 
 
 class MetricWriter:
-  """Console + TensorBoard (`DIR/tb`) + JSONL (`DIR/metrics.jsonl`), process 0 only."""
+  """Console + TensorBoard (`DIR/tb`) + JSONL (`DIR/metrics.jsonl`), process 0 only. The
+  files are opened at the first `write`, so a run that fails to start writes none."""
 
   def __init__(self, workdir, enabled: bool | None = None, stream=None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.stream = stream or sys.stdout
+    self.workdir = epath.Path(workdir)
     self._tb = None
     self._jsonl = None
-    if self.enabled:
-      workdir = epath.Path(workdir)
-      workdir.mkdir(parents=True, exist_ok=True)
-      from tensorboardX import SummaryWriter  # no TensorFlow needed
-      self._tb = SummaryWriter(str(workdir / "tb"), flush_secs=10)
-      path = workdir / "metrics.jsonl"
-      self._jsonl = RewrittenFile(path) if str(path).startswith("gs://") else path.open("a")
+
+  def _open(self) -> None:
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    from tensorboardX import SummaryWriter  # no TensorFlow needed
+    self._tb = SummaryWriter(str(self.workdir / "tb"), flush_secs=10)
+    path = self.workdir / "metrics.jsonl"
+    self._jsonl = RewrittenFile(path) if str(path).startswith("gs://") else path.open("a")
 
   def print(self, line: str) -> None:
     if self.enabled:
@@ -122,6 +124,8 @@ class MetricWriter:
     """Log scalars at `step`: TensorBoard tag `<branch>/<name>`, one JSONL row."""
     if not self.enabled:
       return
+    if self._tb is None:
+      self._open()
     row = {"step": int(step), "branch": branch}
     for name, value in metrics.items():
       value = float(np.asarray(value))
@@ -132,7 +136,7 @@ class MetricWriter:
     self._jsonl.flush()
 
   def close(self) -> None:
-    if self.enabled:
+    if self._tb is not None:
       self._tb.close()
       self._jsonl.close()
 

@@ -34,12 +34,14 @@ parameter and stores them under `layers`; unrolled blocks are `block_0` ... `blo
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wsdjax.errors import ConfigError
 from wsdjax.kernels import attention, fast_dense, fused_loss, swiglu
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -133,37 +135,41 @@ class ModelConfig:
   platform: str | None = None
 
   def __post_init__(self):
-    def check(ok: bool, msg: str):
+    def check(ok: bool, field: str, problem: str):
       if not ok:
-        raise ValueError(f"model: {msg}")
+        raise ConfigError(f"model.{field}", problem,
+                          "see wsdjax/config.py:base_config for the field's meaning")
 
     for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                  "seq_len"):
       value = getattr(self, name)
-      check(isinstance(value, int) and value > 0,
-            f"{name} must be a positive int, got {value!r}")
-    check(self.d_model % self.n_heads == 0,
-          f"n_heads={self.n_heads} must divide d_model={self.d_model}")
-    check(self.head_dim % 2 == 0, f"head_dim = d_model/n_heads = {self.head_dim} must be even (RoPE)")
-    check(self.n_heads % self.n_kv_heads == 0,
-          f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
-    check(self.dtype in _DTYPES, f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-    check(self.remat in _REMAT, f"remat must be one of {_REMAT}, got {self.remat!r}")
-    check(self.layer_loop in LAYER_LOOPS,
-          f"layer_loop must be one of {LAYER_LOOPS}, got {self.layer_loop!r}")
+      check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
+            f"must be a positive int, got {value!r}")
+    check(self.d_model % self.n_heads == 0, "n_heads",
+          f"{self.n_heads} must divide d_model={self.d_model}")
+    check(self.head_dim % 2 == 0, "d_model",
+          f"head_dim = d_model/n_heads = {self.head_dim} must be even (RoPE)")
+    check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
+          f"{self.n_kv_heads} must divide n_heads={self.n_heads}")
+    check(self.dtype in _DTYPES, "dtype", f"must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    check(self.remat in _REMAT, "remat", f"must be one of {_REMAT}, got {self.remat!r}")
+    check(self.layer_loop in LAYER_LOOPS, "layer_loop",
+          f"must be one of {LAYER_LOOPS}, got {self.layer_loop!r}")
     check(self.attention_impl is None or self.attention_impl in attention.IMPLS,
-          f"attention_impl must be None or one of {attention.IMPLS}, "
+          "attention_impl", f"must be None or one of {attention.IMPLS}, "
           f"got {self.attention_impl!r}")
-    check(self.dense_impl in fast_dense.IMPLS,
-          f"dense_impl must be one of {fast_dense.IMPLS}, got {self.dense_impl!r}")
-    check(self.loss_impl in fused_loss.IMPLS,
-          f"loss_impl must be one of {fused_loss.IMPLS}, got {self.loss_impl!r}")
-    check(self.swiglu_impl in swiglu.IMPLS,
-          f"swiglu_impl must be one of {swiglu.IMPLS}, got {self.swiglu_impl!r}")
-    check(self.platform in PLATFORMS,
-          f"platform must be one of {PLATFORMS}, got {self.platform!r}")
-    check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
-    check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
+    check(self.dense_impl in fast_dense.IMPLS, "dense_impl",
+          f"must be one of {fast_dense.IMPLS}, got {self.dense_impl!r}")
+    check(self.loss_impl in fused_loss.IMPLS, "loss_impl",
+          f"must be one of {fused_loss.IMPLS}, got {self.loss_impl!r}")
+    check(self.swiglu_impl in swiglu.IMPLS, "swiglu_impl",
+          f"must be one of {swiglu.IMPLS}, got {self.swiglu_impl!r}")
+    check(self.platform in PLATFORMS, "platform",
+          f"must be one of {PLATFORMS}, got {self.platform!r}")
+    for name in ("rope_theta", "init_std"):
+      value = getattr(self, name)
+      check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name,
+            f"must be a positive finite number, got {value!r}")
 
   @classmethod
   def from_config(cls, cfg: Any) -> ModelConfig:

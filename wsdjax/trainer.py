@@ -258,6 +258,12 @@ class Trainer:
       if not self.tree.failed:
         self.tree.wait()
 
+  def compile_first_step(self) -> None:
+    """Compile the train step of the first segment still to run (the loop reuses it)."""
+    todo = [seg for seg in self.plan.segments if not self.tree.has(seg.end_ref)]
+    if todo:
+      self.steps.train(todo[0].schedule, donate=True)
+
   def resume_ref(self) -> StateRef | None:
     """The saved state the run goes on from: the newest save inside the first unfinished
     segment, else that segment's start state; None for a fresh or finished run."""
@@ -520,11 +526,16 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
   workdir_path = epath.Path(workdir)
   fresh = not workdir_path.exists()
   changes = check_run_config(cfg, workdir_path, None if mesh is None else mesh.devices.size)
-  try:
+  trainer = None
+  try:  # start-up: nothing of the run is recorded until its first step is compiled
     trainer = Trainer(cfg, workdir, mesh=mesh, stream=stream)  # data errors surface here
-  except (config_lib.ConfigError, data_lib.DataConfigError):
+    faults.at_startup()
+    trainer.compile_first_step()
+  except BaseException:  # bad input, a compile that does not fit, Ctrl-C
+    if trainer is not None:
+      trainer.close(failing=True)
     if fresh and workdir_path.exists() and jax.process_index() == 0:
-      workdir_path.rmtree()  # a bad-input failure leaves no half-made run behind
+      workdir_path.rmtree()  # no half-made run left behind
     raise
   with trainer:
     trainer.record_config_changes(changes)

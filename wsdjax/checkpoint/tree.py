@@ -94,6 +94,7 @@ class CheckpointTree:
     self.async_save = async_save
     self.read_only = read_only
     self.is_primary = jax.process_index() == 0
+    _check_layout(self.root)
     if not read_only:
       lock.acquire(workdir)
       self.root.mkdir(parents=True, exist_ok=True)
@@ -478,6 +479,16 @@ def _why(error: Exception) -> str:
     return f"{type(error).__name__}: {text[:300]}"
   folder = re.search(r'(/[^"\s]*/checkpoints/[^/"\s]+/\d+)', text)
   return reason + (f" under {folder.group(1)}" if folder else "")
+
+
+def _check_layout(root: epath.Path) -> None:
+  """CheckpointError (one line) if `root` or its manifest is not what the tree needs."""
+  if root.exists() and not root.is_dir():
+    raise CheckpointError(f"workdir: {root} is a file, not the run's checkpoint folder; move "
+                          "it away (or pass another --workdir)")
+  if (root / MANIFEST).is_dir():
+    raise CheckpointError(f"workdir: {root / MANIFEST} is a folder, not the manifest; remove "
+                          "it (the manifest is rebuilt from the saves)")
 
 
 def _barrier(name: str) -> None:

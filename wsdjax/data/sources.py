@@ -31,8 +31,12 @@ def list_files(pattern: str) -> list[str]:
 def read_text(path: str) -> str:
   """The text of one file, gunzipped if its name ends in `.gz`; newlines normalised."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:  # a bad or truncated .gz, an unreadable file
+    raise DataConfigError(f"data.path: cannot read {path} ({type(e).__name__}: {e}); fix or "
+                          "remove that file") from None
   return data.decode("utf-8", errors="replace").replace("\r\n", "\n")
 
 

@@ -99,7 +99,12 @@ class HuggingFaceTokenizer:
                             "give the path of a Hugging Face tokenizer.json")
     with open(path, "rb") as f:
       self._sha256 = hashlib.sha256(f.read()).hexdigest()
-    self._tok = tokenizers.Tokenizer.from_file(path)
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # noqa: BLE001 - the library raises a bare Exception
+      raise DataConfigError(f"data.tokenizer_path: {path} is not a valid tokenizer.json "
+                            f"({' '.join(str(e).split())}); give a Hugging Face "
+                            "tokenizer.json file") from None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     eos = _hf_eos_token(path, self._tok)
     if eos is None:

@@ -211,6 +211,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if env.get("JAX_SHUTDOWN_TIMEOUT"):
     timeouts["shutdown_timeout_seconds"] = int(env["JAX_SHUTDOWN_TIMEOUT"])
   address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+  if not address and (num_processes is not None or process_id is not None):
+    raise ValueError("--coordinator_address: missing; --num_processes and --process_id "
+                     "need it (host:port of process 0), or drop them for one process")
   if address:
     count = num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES")
     index = process_id if process_id is not None else env.get("JAX_PROCESS_ID")

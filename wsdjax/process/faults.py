@@ -6,6 +6,8 @@
   int_after_step    send this process SIGINT there (Ctrl-C: the same path)
   kill_in_save      SIGKILL right after the async save of branch@step has started
   nan_at_step       feed NaN params into the update that produces `step` (its loss is NaN)
+  int_at_startup    SIGINT once the trainer is built, before its first step compiles
+                    (Ctrl-C during start-up; give it as int_at_startup@main:0)
 Without the variable every hook is a dictionary lookup that finds nothing.
 """
 
@@ -18,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 ENV = "WSDJAX_FAULTS"
-ACTIONS = ("kill_after_step", "term_after_step", "int_after_step", "kill_in_save", "nan_at_step")
+ACTIONS = ("kill_after_step", "term_after_step", "int_after_step", "kill_in_save", "nan_at_step",
+           "int_at_startup")
 
 
 def parse(spec: str) -> set[tuple[str, str, int]]:
@@ -62,3 +65,9 @@ def in_save(branch: str, step: int) -> None:
   """Hook just after the save of branch@step was started (still being written)."""
   if _armed("kill_in_save", branch, step):
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def at_startup() -> None:
+  """Hook once the trainer is built, before the first step is compiled."""
+  if _armed("int_at_startup", "main", 0):
+    os.kill(os.getpid(), signal.SIGINT)
