@@ -239,6 +239,20 @@ def test_a_live_request_without_a_running_job_is_refused_unless_queued(tiny_conf
   assert live_branch.pending(tmp_path) == []
 
 
+def test_two_queued_requests_for_one_fork_make_one_branch(tmp_path):
+  train_cli(tmp_path, "--config.schedule.name=constant", "--config.schedule.budgets=(8,)")
+  for _ in range(2):
+    out = cli("wsdjax.branch", "--workdir", str(tmp_path), "--now", "--queue",
+              "--decay-steps", "2")
+    assert out.returncode == 0, out.stderr[-2000:]
+  log = train_cli(tmp_path, "--config.schedule.name=constant", "--config.schedule.budgets=(8,16)")
+  assert log.count("live request: forking decay-11 from main@9") == 1
+  assert "refused: branch decay-11 already exists" in log
+  done = sorted((tmp_path / "requests" / "done").glob("*.json"))
+  errors = [json.loads(p.read_text()).get("error") for p in done]
+  assert len(done) == 2 and sum(e is None for e in errors) == 1
+
+
 def test_branch_cli_bad_arguments(tmp_path):
   for args, field in [(["--now", "--from-step", "3"], "--from_step/--now"),
                       (["--from-step", "3", "--decay-steps", "0"], "--decay_steps"),

@@ -469,6 +469,9 @@ class Trainer:
               done, self.cfg.schedule.decay_fraction)))
       try:
         request.segment(self.cfg.schedule)
+        if self.tree.steps(request.branch):  # e.g. two requests queued for the same fork
+          raise ValueError(f"branch {request.branch} already exists (an earlier request "
+                           "made it); ask for another --decay-steps")
       except ValueError as e:  # e.g. a fork inside warmup: refuse it, keep training main
         self.writer.print(f"live request {request.id} refused: {e}")
         live_branch.refuse(self.workdir, request, str(e))
@@ -561,8 +564,14 @@ def check_run_config(cfg, workdir: epath.Path, device_count: int | None = None) 
   old = config_lib.load_run_config(workdir)
   conflicts = config_lib.resume_conflicts(old, cfg)
   if conflicts:
+    with ckpt.CheckpointTree(workdir, read_only=True) as tree:
+      saves = tree.manifest()
+    newest = max(saves, key=lambda e: e["step"], default=None)
+    history = (f" (its saves up to {newest['branch']}@{newest['step']} were made under the "
+               "old values)") if newest else ""
     raise config_lib.ConfigError(
-        "workdir", f"{workdir} holds a run with a different config: {', '.join(conflicts)}",
+        "workdir", f"{workdir} holds a run with a different config: {', '.join(conflicts)}"
+        f"{history}",
         "use a new --workdir, or only extend schedule.budgets / change the LR, optimizer, "
         "logging or checkpoint fields")
   return config_lib.future_changes(old, cfg)
