@@ -275,6 +275,8 @@ def _families(tmp_path, run_dir):
       ("wsdjax.train", tiny + ["--config.train.log_every=1.5"],
        "--config.train.log_every: cannot use '1.5'"),
       ("wsdjax.train", tiny + ["--bogus_flag=1"], "--bogus_flag: unknown flag; see --help"),
+      ("wsdjax.train", tiny + ["--config.model.n_layers"],
+       "--config.model.n_layers: missing its value; pass --config.model.n_layers=VALUE, e.g."),
       ("wsdjax.train", ["--config", str(files / "syntax.py"), "--workdir", new],
        "--config: cannot load it (SyntaxError"),
       ("wsdjax.train", ["--config", str(files / "raises.py"), "--workdir", new],

@@ -126,6 +126,14 @@ def _flag_problem(message: str) -> str:
     kind = f"value of type {type(default).__name__}" if default is not None else "value"
     return (f"--config.{field}: cannot use {value!r} ({why}); pass a {kind}, e.g. "
             f"--config.{field}={default!r}")
+  missing = re.match(r"Missing value for flag (--[\w.-]+)", message)
+  if missing:
+    name = missing.group(1)
+    from wsdjax import config as config_lib
+    default = (config_lib.default_of(name[len("--config."):])
+               if name.startswith("--config.") else None)
+    example = f", e.g. {name}={default!r}" if default is not None else ""
+    return f"{name}: missing its value; pass {name}=VALUE{example}"
   unknown = re.match(r"Unknown command line flag '([\w-]+)'", message)
   if unknown:
     return (f"--{unknown.group(1)}: unknown flag; see --help (config fields are set as "
