@@ -103,7 +103,7 @@ def test_cli_bad_arguments_are_one_line_errors(tmp_path):
       (["--config", cfg], "wsdjax: --workdir: missing"),
       (["--config", cfg, "--workdir", w, "--only", "adam"], "wsdjax: --only: 'adam'"),
       (["--config", cfg, "--workdir", w, "--only", "cosine"], "wsdjax: --only: 'cosine'"),
-      (["--config", cfg, "--workdir", w, "--bogus"], "wsdjax: Unknown command line flag"),
+      (["--config", cfg, "--workdir", w, "--bogus"], "wsdjax: --bogus: unknown flag"),
       (["--config", cfg, "--workdir", w, "--config.compare.strategies=('wsd','sgd')"],
        "wsdjax: compare.strategies:"),
       (["--config", "configs/nope.py", "--workdir", w], "wsdjax: --config: cannot load it"),

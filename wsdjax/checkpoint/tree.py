@@ -238,13 +238,13 @@ class CheckpointTree:
       with _save_errors(self, StateRef(branch, step)):
         mgr.check_for_errors()
       # A manager writes one save at a time (save() waits for the one before it), so only
-      # the branch's newest save can still be in flight; the older ones are committed.
-      if step == newest[branch] and mgr.is_saving_in_progress():
-        still.append((branch, step, entry))
-      elif step in mgr.all_steps():
+      # the branch's newest save can still be in flight.
+      if self._committed(StateRef(branch, step)):
         done.append(entry)
         self._entries[(branch, step)] = entry
         self._start_record(StateRef(branch, step))
+      elif step == newest[branch] and mgr.is_saving_in_progress():
+        still.append((branch, step, entry))
       else:  # Orbax gave up on it without an error we saw: not on disk, never reported
         self._failed = True
         raise SaveError(f"checkpoint: saving {branch}@{step} did not finish; free disk space "
@@ -255,6 +255,13 @@ class CheckpointTree:
       self._write_manifest()
     self._check_records(block=False)
     return done
+
+  def _committed(self, ref: StateRef) -> bool:
+    """Whether Orbax has finalised the save of `ref`: locally its folder is renamed into
+    place at the end; on object stores it gets commit_success.txt. (A manager lists a step
+    from the moment its save starts, so `all_steps` cannot tell.)"""
+    top = self.path(ref)
+    return top.exists() and (is_local(top) or (top / "commit_success.txt").exists())
 
   @property
   def saving(self) -> bool:
