@@ -100,7 +100,8 @@ def test_a_second_train_and_branch_on_a_workdir_in_use_exit_2_in_one_line(tmp_pa
   proc = _holder_process(tmp_path)  # a run still writing the tree
   try:
     for cmd in (["wsdjax.train", *args],
-                ["wsdjax.branch", "--workdir", str(tmp_path), "--from-step", "4"]):
+                ["wsdjax.branch", "--workdir", str(tmp_path), "--from-step", "4"],
+                ["wsdjax.merge", "--workdir", str(tmp_path), "--at", "8", "--window", "8"]):
       out = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO, env=subprocess_env(1),
                            capture_output=True, text=True, timeout=600)
       assert out.returncode == 2, (cmd, out.stderr[-2000:])

@@ -31,10 +31,6 @@ _SHAPE = flags.DEFINE_string("decay_shape", None, "linear | cosine | 1-sqrt | ex
 _MIN_LR = flags.DEFINE_float("min_lr_ratio", None, "End LR as a fraction of peak.")
 
 
-def nearest(steps: list[int], n: int, k: int = 3) -> list[int]:
-  return sorted(sorted(steps, key=lambda s: (abs(s - n), s))[:k])
-
-
 def check_args() -> None:
   from wsdjax.schedules import DECAY_SHAPES
   if not _WORKDIR.value:
@@ -76,7 +72,7 @@ def _decay(cfg, workdir, from_step, decay_steps, decay_shape, min_lr_ratio) -> d
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
     saved = tree.steps(plan_lib.MAIN)
     if from_step not in saved:
-      near = nearest(saved, from_step)
+      near = ckpt.nearest_steps(saved, from_step)
       raise config_lib.ConfigError(
           "--from_step", f"main has no saved state at step {from_step}",
           f"use a saved main step, e.g. {', '.join(map(str, near))}" if near else

@@ -38,6 +38,11 @@ def decay_branch_name(end_step: int) -> str:
   return f"decay-{int(end_step)}"
 
 
+def merge_branch_name(step: int) -> str:
+  """Name of the branch holding the average of main's saves in a window ending at `step`."""
+  return f"merge-{int(step)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class StateRef:
   """A saved state: `branch` after `step` updates."""

@@ -210,6 +210,31 @@ def _budgets(budgets) -> list[int]:
 # ---------------------------------------------------------------------------------------
 # WSD-S bookkeeping
 # ---------------------------------------------------------------------------------------
+MERGE_WEIGHTS = ("uniform",) + DECAY_SHAPES
+
+
+def merge_weights(shape: str, offsets: Sequence[int], window: int) -> list[float]:
+  """Weights c_j of the checkpoints at `offsets` (steps after the window's start, ascending,
+  the last = `window`) whose average stands in for a decay of `shape` over the window.
+
+  Averaging Σ c_j θ_j after constant-LR updates scales update k by the tail sum
+  Σ_{s_j > k} c_j; matching it to the decay's factor f (1 at the window's start, 0 at its
+  end) gives c_j = f(x_{j-1}) - f(x_j), x_j = offsets[j] / window, x_0 = 0, f(1) := 0
+  (WSM, Tian et al. 2025). 'uniform' is the plain mean (PMA, Li et al. 2025). Sum: 1.
+  """
+  _require(shape in MERGE_WEIGHTS, "--weights", f"unknown weights {shape!r}",
+           f"use one of {', '.join(MERGE_WEIGHTS)}")
+  _require(len(offsets) > 0 and list(offsets) == sorted(set(offsets)) and offsets[0] > 0
+           and offsets[-1] == window, "--window", f"checkpoint offsets {list(offsets)} do not "
+           f"end the window of {window} steps", "merge checkpoints inside the window")
+  if shape == "uniform":
+    return [1.0 / len(offsets)] * len(offsets)
+  end = 0.01 if shape == "exponential" else 0.0  # exponential cannot reach 0
+  factor = Phase("merge", 0, window, 1.0, end, shape)
+  f = [float(x) for x in phase_lr(factor, jnp.asarray([0, *offsets[:-1]], jnp.int32))]
+  return [a - b for a, b in zip(f, f[1:])] + [f[-1]]
+
+
 def decay_lengths(budgets: Sequence[int], decay_fraction: float) -> list[int]:
   """d_i = round(decay_fraction * B_i), with Python's round() (halves go to even)."""
   fraction = _fraction(decay_fraction)

@@ -10,11 +10,11 @@ in Orbax's standard format (any Orbax user restores a state without wsdjax).
 
 from wsdjax.checkpoint.errors import (BrokenCheckpoint, CheckpointError, SaveError,
                                       WorkdirInUse)
-from wsdjax.checkpoint.load import latest_step, restore
+from wsdjax.checkpoint.load import latest_step, nearest_steps, restore
 from wsdjax.checkpoint.tree import (COMPRESSIONS, CheckpointTree, checkpoint_dir,
                                     resolve_compression)
 from wsdjax.plan import StateRef
 
 __all__ = ["BrokenCheckpoint", "CheckpointError", "CheckpointTree", "COMPRESSIONS",
-           "SaveError", "StateRef", "WorkdirInUse", "checkpoint_dir", "latest_step",
+           "SaveError", "StateRef", "WorkdirInUse", "checkpoint_dir", "latest_step", "nearest_steps",
            "resolve_compression", "restore"]

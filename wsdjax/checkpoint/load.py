@@ -12,6 +12,11 @@ from wsdjax.checkpoint.tree import CheckpointTree
 from wsdjax.plan import MAIN, StateRef
 
 
+def nearest_steps(steps: list[int], n: int, k: int = 3) -> list[int]:
+  """The `k` saved steps nearest `n`, ascending (for errors that suggest one)."""
+  return sorted(sorted(steps, key=lambda s: (abs(s - n), s))[:k])
+
+
 def latest_step(tree: CheckpointTree, branch: str, before: int | None = None) -> int | None:
   """Newest finished save of `branch` (at or before `before`, if given)."""
   steps = [s for s in tree.steps(branch) if before is None or s <= before]

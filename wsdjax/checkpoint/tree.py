@@ -37,7 +37,7 @@ MANIFEST = "manifest.json"
 CONFIG_CHANGES = "config_changes.json"
 BROKEN = "broken"
 COMPRESSIONS = ("zstd", "none")
-_BRANCH_RE = re.compile(r"^(main|decay-\d+)$")
+_BRANCH_RE = re.compile(r"^(main|decay-\d+|merge-\d+)$")
 _RAW_FORMAT_FILE = "raw_tree.json"  # what wsdjax's removed raw-array writer left in `state`
 
 
@@ -117,7 +117,7 @@ class CheckpointTree:
   def _manager(self, branch: str) -> ocp.CheckpointManager:
     if branch not in self._managers:
       if not _BRANCH_RE.match(branch):
-        raise ValueError(f"branch: {branch!r} is not 'main' or 'decay-<step>'")
+        raise ValueError(f"branch: {branch!r} is not 'main', 'decay-<step>' or 'merge-<step>'")
       options = ocp.CheckpointManagerOptions(
           max_to_keep=None, create=not self.read_only,
           cleanup_tmp_directories=not self.read_only and self.is_primary,

@@ -1,0 +1,44 @@
+"""`python -m wsdjax.merge --workdir W --at STEP --window K [--weights uniform]`: average
+the main branch's saves in (STEP - K, STEP] into branch merge-<STEP> (see
+wsdjax/merging.py); prints its sources, weights and eval loss. --weights: uniform (PMA) or
+a decay shape (linear, cosine, 1-sqrt, exponential; exp for short), whose WSM weights
+stand in for that decay over the window.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from wsdjax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m wsdjax.train.")
+_AT = flags.DEFINE_integer("at", None, "Saved main step the window ends at.")
+_WINDOW = flags.DEFINE_integer("window", None, "Window length in steps: saves in (at-K, at].")
+_WEIGHTS = flags.DEFINE_string("weights", "uniform", "uniform | linear | cosine | 1-sqrt | "
+                               "exponential (exp).")
+
+
+def main(argv):
+  from wsdjax.schedules import MERGE_WEIGHTS
+  if len(argv) > 1:
+    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; see --help")
+  if not _WORKDIR.value:
+    cli.fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
+  if _AT.value is None or _AT.value <= 0:
+    cli.fail(f"--at: must be a saved main step, got {_AT.value}; e.g. --at 300")
+  if _WINDOW.value is None or _WINDOW.value <= 0:
+    cli.fail(f"--window: must be a positive number of steps, got {_WINDOW.value}; e.g. "
+             "--window 60")
+  weights = "exponential" if _WEIGHTS.value == "exp" else _WEIGHTS.value
+  if weights not in MERGE_WEIGHTS:
+    cli.fail(f"--weights: unknown weights {_WEIGHTS.value!r}; use one of "
+             f"{', '.join(MERGE_WEIGHTS)} (or exp)")
+  from wsdjax import merging
+  entry = merging.merge(_WORKDIR.value, _AT.value, _WINDOW.value, weights)
+  parts = ", ".join(f"main@{s} x {w:.3f}" for s, w in zip(entry["sources"], entry["weights"]))
+  print(f"{entry['branch']}: {weights} average of {parts}; eval loss "
+        f"{entry['eval_loss']:.4f} (no training FLOPs)")
+
+
+if __name__ == "__main__":
+  cli.run(main)
