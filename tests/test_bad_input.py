@@ -375,7 +375,7 @@ def test_one_exit_code_table_for_every_cli():
   assert cli.exit_code(ValueError("a bug")) is None
   import re
   for front_door in ("train", "branch", "branches", "compare", "river_valley", "bench", "aot",
-                     "merge"):
+                     "merge", "fit"):
     with open(f"{REPO}/wsdjax/{front_door}.py") as f:  # each runs main with that table only
       assert re.search(r"cli\.run\((main|lambda argv: main\(argv, \*_flags\))\)\n",
                        f.read()), front_door

@@ -330,6 +330,26 @@ def compare(cfg, workdir, only: Sequence[str] | None = None, mesh=None,
   return report(cfg, workdir, stream)
 
 
+def fit_report(cfg, rows: list[dict], predict_at: float | None = None) -> str:
+  """A scaling fit (wsdjax.scaling) per strategy with 3 or more budgets: the loss of its
+  decayed checkpoints against their lineage's FLOPs (tokens x model FLOPs per token)."""
+  from wsdjax import model as model_lib
+  from wsdjax import scaling
+  per_token = model_lib.flops_per_token(cfg.model)
+  lines = []
+  for strategy in STRATEGIES:
+    mine = sorted((r for r in rows if r["strategy"] == strategy and r["eval_loss"] is not None),
+                  key=lambda r: r["tokens"])
+    if not mine:
+      continue
+    if len(mine) < 3:
+      lines.append(f"{LABELS[strategy]}: the fit needs 3 or more budgets, has {len(mine)}")
+      continue
+    lines.append(scaling.report(LABELS[strategy], [r["tokens"] * per_token for r in mine],
+                                [r["eval_loss"] for r in mine], predict_at))
+  return "\n".join(lines)
+
+
 # ---- command line ----
 def _define_flags():
   from absl import flags
@@ -340,10 +360,12 @@ def _define_flags():
                                 "directory per strategy, results and plots.")
   only = flags.DEFINE_list("only", None, "Run only these strategies (comma-separated), e.g. "
                            "wsd_s or wsd,cyclic_cosine; results cover every finished run.")
-  return config, workdir, only
+  fit = flags.DEFINE_bool("fit", False, "Also fit L(C) = E + A C^-alpha per strategy (3+ "
+                          "budgets), predict a larger budget, check on the largest held out.")
+  return config, workdir, only, fit
 
 
-def main(argv, config, workdir, only) -> None:
+def main(argv, config, workdir, only, fit) -> None:
   from wsdjax import cli
   cfg = cli.loaded_config(argv, config, "configs/compare_small.py")
   cli.require_workdir(workdir.value)
@@ -358,9 +380,12 @@ def main(argv, config, workdir, only) -> None:
   distributed.initialize()
   from wsdjax import trainer
   try:
-    compare(cfg, workdir.value, names or None)
+    rows = compare(cfg, workdir.value, names or None)
   except trainer.Stop as stop:
     print(f"wsdjax: {stop}", flush=True)
+    return
+  if fit.value:
+    print(fit_report(cfg, rows), flush=True)
 
 
 if __name__ == "__main__":
