@@ -33,8 +33,6 @@ _MIN_LR = flags.DEFINE_float("min_lr_ratio", None, "End LR as a fraction of peak
 
 def check_args() -> None:
   from wsdjax.schedules import DECAY_SHAPES
-  if not _WORKDIR.value:
-    cli.fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
   if _NOW.value == (_FROM.value is not None):
     cli.fail("--from_step/--now: give exactly one; --from-step N decays a saved main step, "
              "--now asks the running job")
@@ -126,8 +124,7 @@ def live(workdir: str, wait: bool, timeout: float) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; see --help")
+  cli.run_workdir(argv, _WORKDIR.value)
   check_args()
   if _NOW.value:
     live(_WORKDIR.value, _WAIT.value, _TIMEOUT.value)

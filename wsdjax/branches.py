@@ -84,10 +84,7 @@ def format_config_changes(workdir) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; usage: --workdir W [--json]")
-  if not _WORKDIR.value:
-    cli.fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
+  cli.run_workdir(argv, _WORKDIR.value, "usage: --workdir W [--json]")
   entries = load_entries(_WORKDIR.value)
   if _JSON.value:
     print(json.dumps(entries, indent=1))

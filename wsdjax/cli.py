@@ -75,6 +75,16 @@ def require_workdir(workdir: str | None) -> str:
   return workdir
 
 
+def run_workdir(argv: Sequence[str], workdir: str | None, usage: str = "see --help") -> str:
+  """The --workdir of an existing run, for the CLIs that read or extend one: a one-line
+  failure on stray arguments or a missing --workdir."""
+  if len(argv) > 1:
+    fail(f"arguments: unexpected {' '.join(argv[1:])!r}; {usage}")
+  if not workdir:
+    fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
+  return workdir
+
+
 def normalize_flag_names(argv: Sequence[str]) -> list[str]:
   """Accept `--from-step` for absl's `--from_step` (dashes in flag names, not in values)."""
   out = []

@@ -16,10 +16,7 @@ _PREDICT = flags.DEFINE_float("predict_flops", None, "Compute to predict the los
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; see --help")
-  if not _WORKDIR.value:
-    cli.fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
+  cli.run_workdir(argv, _WORKDIR.value)
   if _PREDICT.value is not None and not _PREDICT.value > 0:
     cli.fail(f"--predict_flops: must be > 0, got {_PREDICT.value}; e.g. --predict_flops 1e18")
   from wsdjax import branches, scaling

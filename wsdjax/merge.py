@@ -20,10 +20,7 @@ _WEIGHTS = flags.DEFINE_string("weights", "uniform", "uniform | linear | cosine 
 
 def main(argv):
   from wsdjax.schedules import MERGE_WEIGHTS
-  if len(argv) > 1:
-    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; see --help")
-  if not _WORKDIR.value:
-    cli.fail("--workdir: missing; pass the run directory given to python -m wsdjax.train")
+  cli.run_workdir(argv, _WORKDIR.value)
   if _AT.value is None or _AT.value <= 0:
     cli.fail(f"--at: must be a saved main step, got {_AT.value}; e.g. --at 300")
   if _WINDOW.value is None or _WINDOW.value <= 0:
