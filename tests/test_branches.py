@@ -2,7 +2,6 @@
 `branch` CLIs, restore onto a mesh, decay after the fact and live, budget extension."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,11 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, one_device_mesh, subprocess_env
-from wsdjax import branches as branches_cli
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
 from wsdjax import sharding, trainer
-from wsdjax.plan import StateRef
 
 KEYS = {"branch", "step", "parent", "fork_step", "tokens", "flops", "run_flops", "lr",
         "eval_loss"}
@@ -329,3 +326,24 @@ def test_live_request_inside_warmup_is_refused_and_main_goes_on(tiny_config, tmp
   assert answer.fork_step == 1 and "warmup" in answer.error
   assert not any(b.startswith("decay-") for b, _ in manifest(tmp_path))
   assert ("main", 12) in manifest(tmp_path)
+
+
+def test_decay_overrides_apply_to_the_decays_only_and_are_recorded(tiny_config, tmp_path):
+  """A cooldown recipe (here Adam's b2 0.999 in the decays): main is bitwise the same as
+  without it, the decayed checkpoint differs, and its manifest entry records the recipe."""
+  cfg = tiny_config
+  cfg.schedule.update(name="wsd", budgets=(20,))
+  plain = train(cfg, tmp_path / "plain")
+  recipe = cfg.copy_and_resolve_references()
+  recipe.schedule.decay_overrides.b2 = 0.999
+  with_recipe = train(recipe, tmp_path / "recipe")
+  entry = manifest(tmp_path / "recipe")[("decay-20", 20)]
+  assert entry["decay_overrides"] == {"b2": 0.999}
+  assert "decay_overrides" not in manifest(tmp_path / "plain")[("decay-20", 20)]
+  fork = entry["fork_step"]
+  assert_same_state(ckpt.restore(str(tmp_path / "plain"), "main", fork),
+                    ckpt.restore(str(tmp_path / "recipe"), "main", fork))
+  a = ckpt.restore(str(tmp_path / "plain"), "decay-20").params
+  b = ckpt.restore(str(tmp_path / "recipe"), "decay-20").params
+  assert any(not np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+  assert plain[0]["eval_loss"] != with_recipe[0]["eval_loss"]

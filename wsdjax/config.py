@@ -157,6 +157,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.decay_shape = "linear"
   # WSD-S / cyclic cosine: steps of linear re-warmup after each decay (0 = jump to peak).
   c.schedule.rewarmup_steps = 0
+  # Optimizer fields that apply during the decays only (every decayed segment), e.g. a
+  # higher Adam b2 in the cooldown (Dremov et al. 2025); None keeps the `optimizer` value.
+  # grad_clip may change the clip, not switch it on or off (optimizer.grad_clip > 0).
+  c.schedule.decay_overrides = ml_collections.ConfigDict()
+  c.schedule.decay_overrides.b2 = ml_collections.config_dict.placeholder(float)
+  c.schedule.decay_overrides.weight_decay = ml_collections.config_dict.placeholder(float)
+  c.schedule.decay_overrides.grad_clip = ml_collections.config_dict.placeholder(float)
 
   # ---- checkpoints (wsdjax/checkpoint.py) ----
   c.checkpoint = ml_collections.ConfigDict()
@@ -287,6 +294,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _validate_data(cfg.data, flat)
   _validate_train(cfg.train, flat)
   _validate_optimizer(cfg.optimizer)
+  _validate_decay_overrides(cfg.schedule.decay_overrides, cfg.optimizer)
   _validate_schedule(cfg.schedule)
   _choice(flat, "checkpoint.compression", ("auto",) + _choices_of("checkpoint", "COMPRESSIONS"))
   _positive_int(flat, "checkpoint.every")
@@ -366,6 +374,22 @@ def _validate_train(t, flat: dict) -> None:
   _require(t.global_batch_size % t.micro_batches == 0, "train.micro_batches",
            f"{t.micro_batches} does not divide train.global_batch_size={t.global_batch_size}",
            "pick a divisor of the global batch")
+
+
+def _validate_decay_overrides(d, o) -> None:
+  """The decays' optimizer fields: each unset (None) or a value its field allows."""
+  field = "schedule.decay_overrides."
+  for name in ("b2", "weight_decay", "grad_clip"):
+    value = d[name]
+    _require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+             field + name, f"must be a number or None, got {value!r}", "e.g. 0.99")
+  _require(d.b2 is None or 0 <= d.b2 < 1, field + "b2", f"must be in [0, 1), got {d.b2}",
+           "e.g. 0.99")
+  _require(d.weight_decay is None or d.weight_decay >= 0, field + "weight_decay",
+           f"must be >= 0, got {d.weight_decay}", "e.g. 0.0")
+  _require(d.grad_clip is None or (d.grad_clip > 0 and o.grad_clip > 0), field + "grad_clip",
+           f"must be > 0 and optimizer.grad_clip > 0, got {d.grad_clip} and {o.grad_clip}",
+           "an override may change the clip but not switch it on or off")
 
 
 def _validate_optimizer(o) -> None:
@@ -502,6 +526,8 @@ MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_ba
 # remedy after a NaN is a lower peak LR); the change is recorded in the manifest at the
 # state the run resumes from. Saved states keep the values they were trained with.
 FUTURE_FIELDS = ("schedule.peak_lr", "schedule.min_lr_ratio", "schedule.decay_shape",
+                 "schedule.decay_overrides.b2", "schedule.decay_overrides.weight_decay",
+                 "schedule.decay_overrides.grad_clip",
                  "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.weight_decay",
                  "optimizer.grad_clip")
 

@@ -17,7 +17,8 @@ import optax
 from wsdjax import plan as plan_lib
 from wsdjax import schedules
 from wsdjax import sharding
-from wsdjax.train_state import TrainState, abstract_state, make_optimizer, state_shardings
+from wsdjax.train_state import (TrainState, abstract_state, make_optimizer, optimizer_fields,
+                                state_shardings)
 
 
 def _loss(params, model, tokens):
@@ -98,11 +99,13 @@ class StepCache:
     self.compiles = 0
     self.compile_seconds = 0.0
 
-  def train(self, schedule_key: tuple, donate: bool) -> Callable:
-    key = (schedule_key, donate)
+  def train(self, schedule_key: tuple, donate: bool, overrides: tuple = ()) -> Callable:
+    """The compiled step of a segment's schedule; `overrides`: optimizer (field, value)
+    pairs of the decays (`train_state.decay_overrides`)."""
+    key = (schedule_key, donate, overrides)
     if key not in self._train:
       schedule = schedules.from_config(plan_lib.as_config(dict(schedule_key)))
-      tx = make_optimizer(self.cfg.optimizer, schedule)
+      tx = make_optimizer(optimizer_fields(self.cfg.optimizer, overrides), schedule)
       k = self.cfg.train.micro_batches
       micro_sh = jax.sharding.NamedSharding(
           self.mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))

@@ -48,6 +48,22 @@ def make_optimizer(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransform
   return optax.chain(*parts)
 
 
+def decay_overrides(cfg) -> tuple[tuple[str, float], ...]:
+  """The optimizer fields set for the decays (`schedule.decay_overrides`), as sorted
+  (field, value) pairs; () when none is set."""
+  return tuple(sorted((k, float(v)) for k, v in cfg.schedule.decay_overrides.items()
+                      if v is not None))
+
+
+def optimizer_fields(opt_cfg, overrides: tuple = ()):
+  """`opt_cfg` with `overrides` ((field, value) pairs) applied: the decays' optimizer."""
+  import ml_collections  # local: only where overrides are applied
+  fields = ml_collections.ConfigDict(dict(opt_cfg.items()))
+  for name, value in overrides:
+    fields[name] = value
+  return fields
+
+
 def _any_schedule(cfg) -> optax.Schedule:
   """A schedule with the run's optimizer-state structure (all schedules share it)."""
   return schedules.constant(peak_lr=cfg.schedule.peak_lr, warmup_steps=0)

@@ -37,7 +37,7 @@ from wsdjax.plan import MAIN, Segment, StateRef
 
 
 from wsdjax.steps import StepCache
-from wsdjax.train_state import TrainState, init_state
+from wsdjax.train_state import TrainState, decay_overrides, init_state
 
 
 # ---- the loop ----
@@ -262,7 +262,11 @@ class Trainer:
     """Compile the train step of the first segment still to run (the loop reuses it)."""
     todo = [seg for seg in self.plan.segments if not self.tree.has(seg.end_ref)]
     if todo:
-      self.steps.train(todo[0].schedule, donate=True)
+      self.steps.train(todo[0].schedule, donate=True, overrides=self._overrides(todo[0]))
+
+  def _overrides(self, seg: Segment) -> tuple:
+    """The optimizer overrides of `seg`: the decays' (`schedule.decay_overrides`), else ()."""
+    return decay_overrides(self.cfg) if seg.decayed else ()
 
   def resume_ref(self) -> StateRef | None:
     """The saved state the run goes on from: the newest save inside the first unfinished
@@ -355,9 +359,13 @@ class Trainer:
     `run_steps_before`: updates the run executed before this segment began.
     """
     tags = {"extra": True, "schedule": json.loads(json.dumps(seg.schedule_dict()))}
-    run = _SegmentRun(seg, run_steps_before, plan_lib.schedule_of(seg), tags if extra else {})
-    first = self.steps.train(seg.schedule, donate=donate_first)
-    rest = first if donate_first else self.steps.train(seg.schedule, donate=True)
+    overrides = self._overrides(seg)
+    run = _SegmentRun(seg, run_steps_before, plan_lib.schedule_of(seg),
+                      (tags if extra else {}) | (
+                          {"decay_overrides": dict(overrides)} if overrides else {}))
+    first = self.steps.train(seg.schedule, donate=donate_first, overrides=overrides)
+    rest = first if donate_first else self.steps.train(seg.schedule, donate=True,
+                                                       overrides=overrides)
     it = self.data.train_iterator(start, held.position)
     state = held.state
     self.writer.print(f"segment {seg.branch} [{start}, {seg.end})"
