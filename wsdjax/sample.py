@@ -1,7 +1,7 @@
 """Sample text from a saved state of a run (e.g. a decayed checkpoint).
 
   from wsdjax import sample
-  print(sample.sample_text("runs/quickstart", branch="decay-165", prompt="And God said"))
+  print(sample.sample_text("runs/quickstart", branch="decay-150", prompt="And God said"))
 
 Plain ancestral sampling with a temperature, one token at a time. Each step runs the
 model on a fixed window of `model.seq_len` tokens (the last ones; one compiled shape, no
