@@ -15,6 +15,7 @@ from conftest import one_device_mesh
 
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
+from wsdjax import run_config
 from wsdjax import trainer as trainer_lib
 from wsdjax.checkpoint import integrity
 from wsdjax.plan import StateRef
@@ -199,7 +200,7 @@ def test_a_stored_run_config_with_retired_checkpoint_fields_still_loads(tiny_con
   (tmp_path / config_lib.RUN_CONFIG).write_text(json.dumps(raw))
   loaded = config_lib.load_run_config(tmp_path)
   assert "writer" not in loaded.checkpoint and "write_priority" not in loaded.checkpoint
-  assert config_lib.resume_conflicts(loaded, tiny_config) == []
+  assert run_config.resume_conflicts(loaded, tiny_config) == []
 
 
 def test_saves_enter_the_manifest_as_they_complete_not_when_the_branch_rests(tmp_path):

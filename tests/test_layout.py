@@ -130,3 +130,23 @@ def test_no_module_reaches_into_another_modules_private_names():
       found[path] = _private_uses(code)
   assert {k: v for k, v in found.items() if v} == {}
   assert _private_uses("from wsdjax import plan as p\np._as_config(1)") == ["p._as_config"]
+
+
+# Config definitions: a flat list of fields with a comment each, long by nature.
+LONG_BY_NATURE = {("wsdjax.config", "base_config"), ("wsdjax.paper", "paper_config")}
+
+
+def test_modules_and_functions_stay_small_enough_to_read():
+  """No module over 500 lines, no function over 50 (config definitions aside)."""
+  too_long = []
+  for name, path in _modules().items():
+    with open(path) as f:
+      source = f.read()
+    if source.count("\n") > 500:
+      too_long.append(f"{name}: {source.count(chr(10))} lines")
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        length = node.end_lineno - node.lineno + 1
+        if length > 50 and (name, node.name) not in LONG_BY_NATURE:
+          too_long.append(f"{name}.{node.name}: {length} lines")
+  assert not too_long, too_long

@@ -390,17 +390,15 @@ def _integrity_costs(trainer, branch: str, step: int) -> dict:
   from wsdjax.plan import StateRef
   tree = trainer.tree
   ref = StateRef(branch, max(s for s in tree.steps(branch) if s <= step))
-  top = tree.path(ref)
-  t0 = time.perf_counter()
+  top, t0 = tree.path(ref), time.perf_counter()
   integrity.record(tree.root, ref, top)
   t1 = time.perf_counter()
   assert tree.damage(ref) is None
   t2 = time.perf_counter()
   jax.block_until_ready(tree.restore(ref, trainer.steps.abstract)[0])
   t3 = time.perf_counter()
-  size = sum((top / rel).stat().length for rel in integrity.files_of(top))
-  return dict(ckpt_bytes=size, ckpt_checksum_s=t1 - t0, ckpt_verify_s=t2 - t1,
-              ckpt_restore_s=t3 - t2)
+  return dict(ckpt_bytes=sum((top / rel).stat().length for rel in integrity.files_of(top)),
+              ckpt_checksum_s=t1 - t0, ckpt_verify_s=t2 - t1, ckpt_restore_s=t3 - t2)
 
 
 # ---- report ----------------------------------------------------------------------------

@@ -115,9 +115,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     if "--debug" in argv:
       raise
     if isinstance(e, (KeyError, AttributeError)):  # an override naming no config field
-      from wsdjax import config as config_lib
       for arg in argv:
-        if arg.startswith("--config.") and (problem := config_lib.unknown_field(
+        if arg.startswith("--config.") and (problem := _unknown_field(
             arg[len("--config."):].split("=", 1)[0])):
           fail(problem)
     fail(f"--config: cannot load it ({type(e).__name__}: {e}); fix the config file "
@@ -131,16 +130,14 @@ def _flag_problem(message: str) -> str:
   bad_value = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)$", message)
   if bad_value:
     field, value, why = bad_value.groups()
-    from wsdjax import config as config_lib
-    default = config_lib.default_of(field)
+    default = _default_of(field)
     kind = f"value of type {type(default).__name__}" if default is not None else "value"
     return (f"--config.{field}: cannot use {value!r} ({why}); pass a {kind}, e.g. "
             f"--config.{field}={default!r}")
   missing = re.match(r"Missing value for flag (--[\w.-]+)", message)
   if missing:
     name = missing.group(1)
-    from wsdjax import config as config_lib
-    default = (config_lib.default_of(name[len("--config."):])
+    default = (_default_of(name[len("--config."):])
                if name.startswith("--config.") else None)
     example = f", e.g. {name}={default!r}" if default is not None else ""
     return f"{name}: missing its value; pass {name}=VALUE{example}"
@@ -149,6 +146,45 @@ def _flag_problem(message: str) -> str:
     return (f"--{unknown.group(1)}: unknown flag; see --help (config fields are set as "
             "--config.<section>.<field>=value)")
   return message
+
+
+def _default_of(field: str):
+  """The default value of a dotted config field; None if it names none."""
+  from ml_collections import ConfigDict
+  from wsdjax import config as config_lib
+  node = config_lib.base_config()
+  for part in field.split("."):
+    if not isinstance(node, ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def _unknown_field(field: str) -> str | None:
+  """Why `field` (dotted, as in --config.<field>=...) names no config field, as one line
+  naming the known ones; None if it names one."""
+  import difflib
+  from ml_collections import ConfigDict
+  from wsdjax import config as config_lib
+  node, path = config_lib.base_config(), []
+  for part in field.split("."):
+    if not isinstance(node, ConfigDict):
+      return (f"--config.{field}: {'.'.join(path)} is a value, not a section; set it as "
+              f"--config.{'.'.join(path)}=...")
+    if part not in node:
+      sections = sorted(k for k, v in node.items() if isinstance(v, ConfigDict))
+      keys = sorted(k for k in node if k not in sections)
+      if not path and part not in keys:
+        return (f"--config.{field}: unknown config section {part!r}; known sections: "
+                f"{', '.join(sections)} (and top-level keys {', '.join(keys)})")
+      where = ".".join(path)
+      close = difflib.get_close_matches(part, list(node), n=1, cutoff=0.6)
+      hint = f"did you mean {where}.{close[0]}? " if close else ""
+      return (f"--config.{field}: unknown config key {part!r} of {where}; {hint}known keys: "
+              f"{', '.join(sorted(node))}")
+    node = node[part]
+    path.append(part)
+  return None
 
 
 def exit_code(error: BaseException) -> int | None:

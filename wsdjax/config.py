@@ -216,12 +216,12 @@ TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
 DTYPES = ("float32", "bfloat16")
 
 
-def _flat(cfg, prefix: str = "") -> dict[str, Any]:
+def flatten(cfg, prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in cfg.items():
     name = f"{prefix}{key}"
     if isinstance(value, (ml_collections.ConfigDict, dict)):
-      out.update(_flat(value, name + "."))
+      out.update(flatten(value, name + "."))
     else:
       out[name] = value
   return out
@@ -248,43 +248,9 @@ def _choices_of(module: str, name: str) -> tuple:
   return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
 
 
-def default_of(field: str):
-  """The default value of a dotted config field; None if it names none."""
-  node = base_config()
-  for part in field.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      return None
-    node = node[part]
-  return node
-
-
-def unknown_field(field: str) -> str | None:
-  """Why `field` (dotted, as in --config.<field>=...) names no config field, as one line
-  naming the known ones; None if it names one."""
-  node, path = base_config(), []
-  for part in field.split("."):
-    if not isinstance(node, ml_collections.ConfigDict):
-      return (f"--config.{field}: {'.'.join(path)} is a value, not a section; set it as "
-              f"--config.{'.'.join(path)}=...")
-    if part not in node:
-      sections = sorted(k for k, v in node.items() if isinstance(v, ml_collections.ConfigDict))
-      keys = sorted(k for k in node if k not in sections)
-      if not path and part not in keys:
-        return (f"--config.{field}: unknown config section {part!r}; known sections: "
-                f"{', '.join(sections)} (and top-level keys {', '.join(keys)})")
-      where = ".".join(path)
-      close = difflib.get_close_matches(part, list(node), n=1, cutoff=0.6)
-      hint = f"did you mean {where}.{close[0]}? " if close else ""
-      return (f"--config.{field}: unknown config key {part!r} of {where}; {hint}known keys: "
-              f"{', '.join(sorted(node))}")
-    node = node[part]
-    path.append(part)
-  return None
-
-
 def validate(cfg, device_count: int | None = None) -> None:
   """Check every field and cross-field rule; raise ConfigError on the first problem."""
-  flat = _flat(cfg)
+  flat = flatten(cfg)
   _validate_keys(flat)
   _validate_numbers(flat)
   _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
@@ -304,7 +270,7 @@ def validate(cfg, device_count: int | None = None) -> None:
 
 def _validate_keys(flat: dict) -> None:
   """Every key of the config is a known field, and every known field is there."""
-  known = _flat(base_config())
+  known = flatten(base_config())
   for field in flat:
     if field not in known:
       close = difflib.get_close_matches(field, list(known), n=1, cutoff=0.8) or [
@@ -407,7 +373,7 @@ def _validate_schedule(s) -> None:
   from wsdjax.schedules import ScheduleError
   for field, owned in (("name", "NAMES"), ("warmup_shape", "WARMUP_SHAPES"),
                        ("decay_shape", "DECAY_SHAPES")):
-    _choice(_flat(s, "schedule."), f"schedule.{field}", _choices_of("schedules", owned))
+    _choice(flatten(s, "schedule."), f"schedule.{field}", _choices_of("schedules", owned))
   budgets = s.budgets
   _require(isinstance(budgets, (tuple, list)) and len(budgets) > 0
            and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets),
@@ -422,7 +388,7 @@ def _validate_schedule(s) -> None:
   _require(0 < s.decay_fraction <= 1, "schedule.decay_fraction",
            f"must be in (0, 1], got {s.decay_fraction}", "e.g. 0.1")
   for f in ("warmup_steps", "decay_steps", "rewarmup_steps"):
-    _positive_int(_flat(s, "schedule."), f"schedule.{f}", allow_zero=True)
+    _positive_int(flatten(s, "schedule."), f"schedule.{f}", allow_zero=True)
   _require(s.init_lr >= 0, "schedule.init_lr", f"must be >= 0, got {s.init_lr}", "e.g. 0")
   if s.decay_steps and s.name != "wsd":
     raise ConfigError("schedule.decay_steps", f"only 'wsd' takes a fixed decay length, not "
@@ -494,7 +460,7 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
 
 def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
   cfg = base_config()
-  flat = _flat(ml_collections.ConfigDict(raw))
+  flat = flatten(ml_collections.ConfigDict(raw))
   for field, value in flat.items():
     if field in RETIRED_FIELDS:
       continue
@@ -512,50 +478,3 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
 # Fields of earlier versions that a stored run config may hold and that mean nothing now
 # (the raw-array checkpoint writer and its idle-priority thread).
 RETIRED_FIELDS = ("checkpoint.writer", "checkpoint.write_priority")
-
-# Fields a resumed run may change without rewriting history.
-MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
-                  "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
-                  "checkpoint.compression", "checkpoint.checksums",
-                  "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
-                  "model.remat", "model.dense_impl", "model.attention_impl",
-                  "model.layer_loop", "model.loss_impl", "model.swiglu_impl")
-
-
-# Fields that act only on updates not yet made: a resumed run may change them (the
-# remedy after a NaN is a lower peak LR); the change is recorded in the manifest at the
-# state the run resumes from. Saved states keep the values they were trained with.
-FUTURE_FIELDS = ("schedule.peak_lr", "schedule.min_lr_ratio", "schedule.decay_shape",
-                 "schedule.decay_overrides.b2", "schedule.decay_overrides.weight_decay",
-                 "schedule.decay_overrides.grad_clip",
-                 "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.weight_decay",
-                 "optimizer.grad_clip")
-
-
-def future_changes(old, new) -> dict[str, list]:
-  """FUTURE_FIELDS whose value differs between `old` and `new`: field -> [old, new]."""
-  old_flat, new_flat = _flat(old), _flat(new)
-  return {f: [old_flat.get(f), new_flat.get(f)] for f in FUTURE_FIELDS
-          if old_flat.get(f) != new_flat.get(f)}
-
-
-def resume_conflicts(old, new) -> list[str]:
-  """Fields whose change would rewrite the history of the run in the workdir.
-
-  Allowed: the MUTABLE_FIELDS, the FUTURE_FIELDS (see `future_changes`), and
-  `schedule.budgets` growing by new, later budgets.
-  """
-  old_flat, new_flat = _flat(old), _flat(new)
-  bad = []
-  for field in sorted(set(old_flat) | set(new_flat)):
-    a, b = old_flat.get(field), new_flat.get(field)
-    if isinstance(a, list):
-      a = tuple(a)
-    if isinstance(b, list):
-      b = tuple(b)
-    if field in MUTABLE_FIELDS or field in FUTURE_FIELDS or a == b:
-      continue
-    if field == "schedule.budgets" and tuple(b[:len(a)]) == tuple(a):
-      continue
-    bad.append(f"{field} ({a!r} -> {b!r})")
-  return bad

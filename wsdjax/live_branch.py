@@ -141,3 +141,30 @@ def finish(workdir, request: Request) -> None:
   _write(done / f"{request.id}.json", request)
   if src.exists():
     src.unlink()
+
+
+def serve(trainer, seg, done: int, run_steps: int, current, pending) -> None:
+  """Fork a decay branch now for each new request, from the main state `current` at step
+  `done` of the `trainer` (a `wsdjax.trainer.Trainer`, whose main loop calls this)."""
+  new = poll(trainer.workdir, every_step=jax.process_count() == 1, step=done,
+             log_every=trainer.cfg.train.log_every)
+  for request in new:
+    trainer.check_finite(pending)
+    request = dataclasses.replace(request, fork_step=done, decay_steps=(
+        request.decay_steps or default_decay_steps(done, trainer.cfg.schedule.decay_fraction)))
+    try:
+      request.segment(trainer.cfg.schedule)
+      if trainer.tree.steps(request.branch):  # e.g. two requests queued for the same fork
+        raise ValueError(f"branch {request.branch} already exists (an earlier request "
+                         "made it); ask for another --decay-steps")
+    except ValueError as e:  # e.g. a fork inside warmup: refuse it, keep training main
+      trainer.writer.print(f"live request {request.id} refused: {e}")
+      refuse(trainer.workdir, request, str(e))
+      continue
+    request = accept(trainer.workdir, request, done, trainer.cfg.schedule.decay_fraction)
+    trainer.writer.print(f"live request: forking {request.branch} from main@{done}")
+    trainer.save(seg, done, run_steps, current, float(plan_lib.schedule_of(seg)(done - 1)),
+                 fork_point=True, eval_loss=trainer.eval_loss(current.state.params))
+    trainer.report_saves(wait=True)
+    trainer.run_extra(request.segment(trainer.cfg.schedule), held=current)
+    finish(trainer.workdir, request)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
 from typing import Any
 
@@ -22,15 +21,15 @@ import numpy as np
 from etils import epath
 
 from wsdjax import checkpoint as ckpt
-from wsdjax import files
 from wsdjax.checkpoint import lock as ckpt_lock
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
 from wsdjax.process import distributed
-from wsdjax.process import faults
+from wsdjax.process import faults, signals
 from wsdjax import metrics as metrics_lib
 from wsdjax import model as model_lib
 from wsdjax import plan as plan_lib
+from wsdjax import run_config
 from wsdjax import live_branch
 from wsdjax import sharding
 from wsdjax.plan import MAIN, Segment, StateRef
@@ -108,7 +107,7 @@ class Trainer:
     self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
     self.flops_per_token = model_lib.flops_per_token(cfg.model)
     self._eval_batches = None
-    self._stop_signal = None
+    self._stop = signals.StopRequests()
     self.started = time.perf_counter()  # for the closing line's wall time
     self.steps_done_here = 0  # steps this process ran (a resumed run: since the resume)
 
@@ -160,26 +159,6 @@ class Trainer:
     losses = [step(params, b) for b in self._eval_batches]
     return float(np.mean([float(x) for x in losses]))
 
-  # -- signals --
-  def _install_signal_handlers(self):
-    def handler(signum, _frame):
-      self._stop_signal = signum
-    self._old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-  def _restore_signal_handlers(self):
-    for s, h in getattr(self, "_old_handlers", {}).items():
-      signal.signal(s, h)
-
-  def _should_stop(self, step: int) -> bool:
-    """A signal or preemption asks to stop. One process checks every step; several agree
-    every `log_every` steps (a collective each step would stall the step pipeline)."""
-    local = self._stop_signal is not None
-    if jax.process_count() == 1:
-      return local or distributed.reached_preemption(step)
-    if step % self.cfg.train.log_every:
-      return False
-    return distributed.any_process(local) or distributed.reached_preemption(step)
-
   # -- start states --
   def _restore(self, ref: StateRef) -> Live:
     state, meta = self.tree.restore(ref, self.steps.abstract)
@@ -218,9 +197,9 @@ class Trainer:
     positions = distributed.allgather_json(live.position)
     self.tree.save(StateRef(seg.branch, step), live.state, entry,
                    {"data_positions": positions, "fingerprint": self.data.fingerprint()})
-    self._report_saves()
+    self.report_saves()
 
-  def _report_saves(self, wait: bool = False) -> None:
+  def report_saves(self, wait: bool = False) -> None:
     """Print the saves that finished; in a single-process job, prune as they do (a
     multi-process job prunes at the end, where every process knows the same saves)."""
     done = self.tree.wait() if wait else self.tree.poll()
@@ -239,22 +218,21 @@ class Trainer:
     if self.data.entropy_rate is not None:
       self.writer.print(f"data: bigram chain, entropy rate (optimal loss) "
                         f"{self.data.entropy_rate:.4f} nats/token")
-    self._install_signal_handlers()
     try:
-      self._set_aside_broken([seg.end_ref for seg in self.plan.segments])
-      while True:
-        try:
-          self._run_plan()
-          break
-        except ckpt.BrokenCheckpoint as broken:  # set it aside, resume from an earlier save
-          moved = self.tree.quarantine(broken.ref, str(broken))
-          self.writer.print(f"{broken}; moved it to {moved} and resuming from the previous "
-                            "complete save")
-      self._report_saves(wait=True)
-      self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
-      return self.summary()
+      with self._stop:
+        self._set_aside_broken([seg.end_ref for seg in self.plan.segments])
+        while True:
+          try:
+            self._run_plan()
+            break
+          except ckpt.BrokenCheckpoint as broken:  # set it aside, resume from an earlier save
+            moved = self.tree.quarantine(broken.ref, str(broken))
+            self.writer.print(f"{broken}; moved it to {moved} and resuming from the "
+                              "previous complete save")
+        self.report_saves(wait=True)
+        self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
+        return self.summary()
     finally:
-      self._restore_signal_handlers()
       if not self.tree.failed:
         self.tree.wait()
 
@@ -267,27 +245,6 @@ class Trainer:
   def _overrides(self, seg: Segment) -> tuple:
     """The optimizer overrides of `seg`: the decays' (`schedule.decay_overrides`), else ()."""
     return decay_overrides(self.cfg) if seg.decayed else ()
-
-  def resume_ref(self) -> StateRef | None:
-    """The saved state the run goes on from: the newest save inside the first unfinished
-    segment, else that segment's start state; None for a fresh or finished run."""
-    for seg in self.plan.segments:
-      if self.tree.has(seg.end_ref):
-        continue
-      inside = [s for s in self.tree.steps(seg.branch) if seg.start < s < seg.end]
-      return StateRef(seg.branch, inside[-1]) if inside else seg.init_from
-    return None
-
-  def record_config_changes(self, changes: dict) -> None:
-    """Record fields changed on resume (`config.future_changes`) with the state the run
-    goes on from (`CheckpointTree.config_changes`); they act on the updates after it."""
-    if not changes:
-      return
-    ref = self.resume_ref()
-    text = ", ".join(f"{f} {a!r} -> {b!r}" for f, (a, b) in changes.items())
-    self.tree.record_config_change(ref, changes)
-    where = f" from {ref.branch}@{ref.step}" if ref is not None else ""
-    self.writer.print(f"config change{where}: {text}")
 
   def _set_aside_broken(self, refs) -> None:
     """Quarantine the saved ones of `refs` (a finished run's decayed checkpoints and fork
@@ -327,7 +284,7 @@ class Trainer:
       held = self._restore(seg.init_from)
     run_steps = self.run_steps_upto(seg.init_from)
     self._run_segment(seg, start, held, donate, run_steps, extra=True)
-    self._report_saves(wait=True)
+    self.report_saves(wait=True)
     return self.tree.entry(seg.end_ref)
 
   def run_branch(self, seg: Segment) -> dict:
@@ -337,11 +294,8 @@ class Trainer:
     entry = self.tree.entry(seg.end_ref)
     if entry is not None:
       return entry
-    self._install_signal_handlers()
-    try:
+    with self._stop:
       entry = self.run_extra(seg)
-    finally:
-      self._restore_signal_handlers()
     self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
     return entry
 
@@ -381,9 +335,9 @@ class Trainer:
         self._eval_main(seg, done, state)
         self._save_or_stop(run, done, current)
         if self.tree.saving:  # a save that completed enters the manifest now
-          self._report_saves()
+          self.report_saves()
         if seg.branch == MAIN and not extra:
-          self._serve_live_requests(seg, done, run.run_steps(done), current, run.pending)
+          live_branch.serve(self, seg, done, run.run_steps(done), current, run.pending)
       return self._finish_segment(run, Live(state, it.position()))
     finally:
       it.close()
@@ -400,7 +354,7 @@ class Trainer:
     self.steps_done_here += 1
     faults.after_step(run.seg.branch, step + 1)
     if run.pending is not None:
-      self._check_finite(run.pending)
+      self.check_finite(run.pending)
     run.pending = (run.seg.branch, step, metrics)
     return state, metrics
 
@@ -409,7 +363,7 @@ class Trainer:
     if done % self.cfg.train.log_every and done != run.seg.end:
       return
     jax.block_until_ready(metrics)
-    self._check_finite(run.pending)
+    self.check_finite(run.pending)
     elapsed = time.perf_counter() - run.t_window
     if run.tags.get("extra"):  # a branch outside the plan: its own steps
       remaining = run.seg.end - done
@@ -427,19 +381,19 @@ class Trainer:
 
   def _save_or_stop(self, run: "_SegmentRun", done: int, current: Live) -> None:
     """Every `checkpoint.every` steps a save; on a stop request a save, then `Stop`."""
-    stop = self._should_stop(done)
+    stop = self._stop.requested(done, self.cfg.train.log_every)
     if done % self.cfg.checkpoint.every == 0 or stop:
-      self._check_finite(run.pending)
+      self.check_finite(run.pending)
       self.save(run.seg, done, run.run_steps(done), current, run.lr(done), **run.tags)
     if stop:
-      self._report_saves(wait=True)
+      self.report_saves(wait=True)
       raise Stop(f"stopped at {run.seg.branch}@{done}; the same command resumes")
 
   def _finish_segment(self, run: "_SegmentRun", end: Live) -> Live:
     """The segment's end state: evaluated and saved as a decayed checkpoint or a fork
     point."""
     seg = run.seg
-    self._check_finite(run.pending)
+    self.check_finite(run.pending)
     loss = self.eval_loss(end.state.params)
     self.writer.write(seg.end, {"eval_loss": loss}, branch=seg.branch)
     if seg.decayed:
@@ -461,39 +415,11 @@ class Trainer:
     """
     if seg.init_from is None:
       return None
-    self._report_saves()
+    self.report_saves()
     entry = self.tree.entry(seg.init_from) or self.tree.pending_entry(seg.init_from)
     return None if entry is None else entry.get("eval_loss")
 
-  def _serve_live_requests(self, seg: Segment, done: int, run_steps: int, current: Live,
-                           pending) -> None:
-    """Fork a decay branch now for each live request (`python -m wsdjax.branch --now`)."""
-    new = live_branch.poll(self.workdir, every_step=jax.process_count() == 1, step=done,
-                            log_every=self.cfg.train.log_every)
-    for request in new:
-      self._check_finite(pending)
-      request = dataclasses.replace(request, fork_step=done, decay_steps=(
-          request.decay_steps or live_branch.default_decay_steps(
-              done, self.cfg.schedule.decay_fraction)))
-      try:
-        request.segment(self.cfg.schedule)
-        if self.tree.steps(request.branch):  # e.g. two requests queued for the same fork
-          raise ValueError(f"branch {request.branch} already exists (an earlier request "
-                           "made it); ask for another --decay-steps")
-      except ValueError as e:  # e.g. a fork inside warmup: refuse it, keep training main
-        self.writer.print(f"live request {request.id} refused: {e}")
-        live_branch.refuse(self.workdir, request, str(e))
-        continue
-      request = live_branch.accept(self.workdir, request, done,
-                                     self.cfg.schedule.decay_fraction)
-      self.writer.print(f"live request: forking {request.branch} from main@{done}")
-      self.save(seg, done, run_steps, current, float(plan_lib.schedule_of(seg)(done - 1)),
-                 fork_point=True, eval_loss=self.eval_loss(current.state.params))
-      self._report_saves(wait=True)
-      self.run_extra(request.segment(self.cfg.schedule), held=current)
-      live_branch.finish(self.workdir, request)
-
-  def _check_finite(self, pending) -> None:
+  def check_finite(self, pending) -> None:
     branch, step, metrics = pending
     if not bool(metrics["finite"]):
       bad = ", ".join(f"{k}={float(v)}" for k, v in metrics.items()
@@ -536,7 +462,7 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
   """The library entry point behind `python -m wsdjax.train` (and the notebooks)."""
   workdir_path = epath.Path(workdir)
   fresh = not workdir_path.exists()
-  changes = check_run_config(cfg, workdir_path, None if mesh is None else mesh.devices.size)
+  changes = run_config.check_run_config(cfg, workdir_path, None if mesh is None else mesh.devices.size)
   trainer = None
   try:  # start-up: nothing of the run is recorded until its first step is compiled
     trainer = Trainer(cfg, workdir, mesh=mesh, stream=stream)  # data errors surface here
@@ -549,8 +475,10 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
       workdir_path.rmtree()  # no half-made run left behind
     raise
   with trainer:
-    trainer.record_config_changes(changes)
-    record_run_config(cfg, workdir_path)
+    line = run_config.record_config_changes(trainer.plan, trainer.tree, changes)
+    if line:
+      trainer.writer.print(line)
+    run_config.record_run_config(cfg, workdir_path)
     rows = trainer.run()
     trainer.writer.print("decayed checkpoints:\n" + metrics_lib.results_table(
         rows, trainer.data.entropy_rate))
@@ -560,34 +488,3 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
         f"now in {metrics_lib.format_duration(total)}; {trainer.steps.compiles} compiles "
         f"({trainer.steps.compile_seconds:.1f} s); checkpoints in {workdir_path / 'checkpoints'}")
     return rows
-
-
-def check_run_config(cfg, workdir: epath.Path, device_count: int | None = None) -> dict:
-  """Validate `cfg` and refuse a workdir holding a different run; writes nothing. Returns
-  the changes of fields that act only on future updates (`config.future_changes`)."""
-  config_lib.validate(cfg, device_count or jax.device_count())
-  path = workdir / config_lib.RUN_CONFIG
-  if not path.exists():
-    return {}
-  old = config_lib.load_run_config(workdir)
-  conflicts = config_lib.resume_conflicts(old, cfg)
-  if conflicts:
-    with ckpt.CheckpointTree(workdir, read_only=True) as tree:
-      saves = tree.manifest()
-    newest = max(saves, key=lambda e: e["step"], default=None)
-    history = (f" (its saves up to {newest['branch']}@{newest['step']} were made under the "
-               "old values)") if newest else ""
-    raise config_lib.ConfigError(
-        "workdir", f"{workdir} holds a run with a different config: {', '.join(conflicts)}"
-        f"{history}",
-        "use a new --workdir, or only extend schedule.budgets / change the LR, optimizer, "
-        "logging or checkpoint fields")
-  return config_lib.future_changes(old, cfg)
-
-
-def record_run_config(cfg, workdir: epath.Path) -> None:
-  """Write the run's config into its workdir (what resume and `branch` read back)."""
-  path = workdir / config_lib.RUN_CONFIG
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_text(path, config_lib.to_json(cfg))

@@ -2,6 +2,7 @@
 in Orbax's standard format (any Orbax user restores a state without wsdjax).
 
   tree.py       CheckpointTree: save (async), manifest, restore, prune, quarantine
+  layout.py     the checkpoint folder, its checks, the arrays' compression
   integrity.py  checksums of every file of a save, recorded at save, checked at restore
   lock.py       one writer per workdir
   load.py       restore(workdir, branch, step): a state for users
@@ -11,8 +12,8 @@ in Orbax's standard format (any Orbax user restores a state without wsdjax).
 from wsdjax.checkpoint.errors import (BrokenCheckpoint, CheckpointError, SaveError,
                                       WorkdirInUse)
 from wsdjax.checkpoint.load import latest_step, nearest_steps, restore
-from wsdjax.checkpoint.tree import (COMPRESSIONS, CheckpointTree, checkpoint_dir,
-                                    resolve_compression)
+from wsdjax.checkpoint.layout import COMPRESSIONS, checkpoint_dir, resolve_compression
+from wsdjax.checkpoint.tree import CheckpointTree
 from wsdjax.plan import StateRef
 
 __all__ = ["BrokenCheckpoint", "CheckpointError", "CheckpointTree", "COMPRESSIONS",

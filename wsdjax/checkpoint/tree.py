@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import re
 from typing import Any, Iterable
 
@@ -28,39 +27,16 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from wsdjax.checkpoint import integrity, lock
+from wsdjax.checkpoint.layout import COMPRESSIONS, MANIFEST, check_layout, checkpoint_dir
 from wsdjax.checkpoint.errors import BrokenCheckpoint, CheckpointError, SaveError
 from wsdjax.files import atomic_write_text, is_local
 from wsdjax.plan import MAIN, StateRef
 from wsdjax.process import faults
 
-MANIFEST = "manifest.json"
 CONFIG_CHANGES = "config_changes.json"
 BROKEN = "broken"
-COMPRESSIONS = ("zstd", "none")
 _BRANCH_RE = re.compile(r"^(main|decay-\d+|merge-\d+)$")
 _RAW_FORMAT_FILE = "raw_tree.json"  # what wsdjax's removed raw-array writer left in `state`
-
-
-def resolve_compression(setting: str, backend: str) -> str:
-  """`checkpoint.compression` as written: 'auto' is 'none' on the CPU backend, else 'zstd'.
-
-  On the CPU backend the write shares its cores with the train step, and zstd (level 1)
-  spends ~0.18 CPU-s per 100 MB to shrink a trained float32 state by only ~10%.
-  Accelerator hosts have idle cores for it, and the bytes it saves matter more on network
-  storage (docs/performance.md).
-  """
-  if setting == "auto":
-    return "none" if backend == "cpu" else "zstd"
-  if setting not in COMPRESSIONS:
-    raise ValueError(f"compression: {setting!r} is not one of {('auto',) + COMPRESSIONS}")
-  return setting
-
-
-def checkpoint_dir(workdir) -> epath.Path:
-  """WORKDIR/checkpoints; a local path made absolute (Orbax refuses relative paths)."""
-  if is_local(workdir):
-    workdir = os.path.abspath(os.fspath(workdir))
-  return epath.Path(workdir) / "checkpoints"
 
 
 def _json_default(x):
@@ -94,7 +70,7 @@ class CheckpointTree:
     self.async_save = async_save
     self.read_only = read_only
     self.is_primary = jax.process_index() == 0
-    _check_layout(self.root)
+    check_layout(self.root)
     if not read_only:
       lock.acquire(workdir)
       self.root.mkdir(parents=True, exist_ok=True)
@@ -486,16 +462,6 @@ def _why(error: Exception) -> str:
     return f"{type(error).__name__}: {text[:300]}"
   folder = re.search(r'(/[^"\s]*/checkpoints/[^/"\s]+/\d+)', text)
   return reason + (f" under {folder.group(1)}" if folder else "")
-
-
-def _check_layout(root: epath.Path) -> None:
-  """CheckpointError (one line) if `root` or its manifest is not what the tree needs."""
-  if root.exists() and not root.is_dir():
-    raise CheckpointError(f"workdir: {root} is a file, not the run's checkpoint folder; move "
-                          "it away (or pass another --workdir)")
-  if (root / MANIFEST).is_dir():
-    raise CheckpointError(f"workdir: {root / MANIFEST} is a folder, not the manifest; remove "
-                          "it (the manifest is rebuilt from the saves)")
 
 
 def _barrier(name: str) -> None:
