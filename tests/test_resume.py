@@ -104,7 +104,8 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
 
   # A full disk (writes past 100 kB fail; a state is ~0.9 MB): the next save fails.
   before = main_steps(run)
-  out = train(run, file_size_limit=100_000)
+  out = train(run, file_size_limit=100_000,  # a synchronous save: the write error surfaces
+              extra=["--config.checkpoint.async_save=false"])  # in save(), not in a poll
   assert out.returncode == 3, out.stderr[-3000:]
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1, out.stderr[-3000:]  # Orbax's own log of it is not shown

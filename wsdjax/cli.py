@@ -59,7 +59,8 @@ def require_workdir(workdir: str | None) -> str:
   """The --workdir, or a one-line failure: missing, a file, or not creatable where it is."""
   if not workdir:
     fail("--workdir: missing; pass --workdir DIR (created if absent, resumed if present)")
-  if "://" in workdir:  # remote storage: its client reports its own errors
+  from wsdjax.files import is_local
+  if not is_local(workdir):  # remote storage: its client reports its own errors
     return workdir
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     fail(f"--workdir: {workdir} is a file, not a directory; pass a directory (created if "

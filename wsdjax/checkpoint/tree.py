@@ -214,14 +214,17 @@ class CheckpointTree:
       with _save_errors(self, StateRef(branch, step)):
         mgr.check_for_errors()
       # A manager writes one save at a time (save() waits for the one before it), so only
-      # the branch's newest save can still be in flight.
-      if self._committed(StateRef(branch, step)):
+      # the branch's newest save can still be in flight. Asking Orbax first keeps the
+      # storage (a stat per step, a network call on gs://) out of the steps a save spans.
+      if step == newest[branch] and mgr.is_saving_in_progress():
+        still.append((branch, step, entry))
+      elif self._committed(StateRef(branch, step)):
         done.append(entry)
         self._entries[(branch, step)] = entry
         self._start_record(StateRef(branch, step))
-      elif step == newest[branch] and mgr.is_saving_in_progress():
-        still.append((branch, step, entry))
-      else:  # Orbax gave up on it without an error we saw: not on disk, never reported
+      else:  # not on disk, never reported: its error, if the write ended after the check
+        with _save_errors(self, StateRef(branch, step)):  # above, names the reason
+          mgr.check_for_errors()
         self._failed = True
         raise SaveError(f"checkpoint: saving {branch}@{step} did not finish; free disk space "
                         "(or fix the storage) and rerun the same command: the checkpoints "
