@@ -50,4 +50,9 @@ def get_config():
   # Equal compute: cyclic cosine / cosine end budget i at C_i (the steps WSD and WSD-S have
   # run when their i-th checkpoint is ready) instead of B_i.
   c.compare.equal_compute = True
+  # More runs, each a strategy with run-config overrides, shown as its own series:
+  # (name, strategy, ((field, value), ...)), e.g. a cooldown recipe
+  # ("WSD b2=0.99", "wsd", (("schedule.decay_overrides.b2", 0.99),)). Their merges and
+  # EMA shadows (schedule.merge_window, train.ema_decays) get rows of their own too.
+  c.compare.variants = ()
   return c

@@ -43,4 +43,9 @@ def get_config():
   c.compare.cosine = False
   # Cyclic cosine / cosine end budget i at C_i, the compute WSD and WSD-S spend for it.
   c.compare.equal_compute = True
+  # More runs, each a strategy with run-config overrides, shown as its own series:
+  # (name, strategy, ((field, value), ...)), e.g. a cooldown recipe
+  # ("WSD b2=0.99", "wsd", (("schedule.decay_overrides.b2", 0.99),)). Their merges and
+  # EMA shadows (schedule.merge_window, train.ema_decays) get rows of their own too.
+  c.compare.variants = ()
   return c

@@ -109,6 +109,10 @@ BAD_CONFIG = [
     ("schedule.decay_overrides.grad_clip", 0.0, "schedule.decay_overrides.grad_clip",
      "switch it on or off"),
     ("schedule.decay_overrides.b2", "high", "schedule.decay_overrides.b2", "a number or None"),
+    ("train.ema_decays", (1.0,), "train.ema_decays", "(0, 1)"),
+    ("train.ema_decays", 0.999, "train.ema_decays", "a tuple"),
+    ("train.ema_decays", (0.9, 0.9), "train.ema_decays", "repeats"),
+    ("schedule.merge_window", -3, "schedule.merge_window", "does not fit"),
     ("mesh.tensor", 3, "mesh.data", "cannot fill"),
     ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),
     ("mesh.data", 0, "mesh.data", "-1 or >= 1"),
@@ -159,7 +163,14 @@ def test_cross_field_rules_on_eight_devices(existing_run, tmp_path):
            ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}, "mesh", "4 but there are 8"),
            ({"mesh.data": 1, "mesh.tensor": 8}, "model.n_heads", "mesh.tensor=8"),
            ({"schedule.name": "wsd_s", "schedule.decay_steps": 2}, "schedule.decay_steps",
-            "only 'wsd'")]
+            "only 'wsd'"),
+           ({"schedule.merge_window": 9}, "schedule.merge_window", "first budget 8"),
+           ({"schedule.name": "wsd_s", "schedule.merge_window": 4}, "schedule.merge_window",
+            "'wsd_s' does not have"),
+           ({"schedule.merge_window": 4, "schedule.merge_every": 4}, "schedule.merge_every",
+            "fewer than two"),
+           ({"schedule.merge_window": 4, "schedule.merge_weights": "mean"},
+            "schedule.merge_weights", "unknown weights 'mean'")]
   for fields, named, word in cases:
     bad = cfg.copy_and_resolve_references()
     for f, v in fields.items():
@@ -204,6 +215,10 @@ def run_cli(*args):
     (["--config.schedule.peak_lr=fast"], None),  # not a float
     (["--config.schedule.budgets=(8,4)"], "schedule.budgets"),
     (["--config.model.d_model=128"], "workdir"),  # a different run is in the workdir
+    (["--config.train.ema_decays=(0.99,)"], "workdir"),  # EMA shadows change the state
+    (["--config.train.ema_decays=(2,)"], "train.ema_decays"),
+    (["--config.schedule.merge_window=4", "--config.schedule.name=cyclic_cosine"],
+     "schedule.merge_window"),
 ])
 def test_train_cli_one_line_errors(existing_run, args, field):
   _, workdir = existing_run

@@ -46,6 +46,11 @@ def test_runs_share_everything_but_the_schedule_at_equal_compute():
     ("strategies", ("wsd", "adam"), "compare.strategies"),
     ("strategies", (), "compare.strategies"),
     ("strategies", ("wsd", "wsd"), "compare.strategies"),
+    ("variants", (("x", "adam", ()),), "compare.variants"),
+    ("variants", (("x", "wsd", (("schedule.name", "wsd_s"),)),), "compare.variants"),
+    ("variants", (("x", "wsd", ()), ("x", "wsd_s", ())), "compare.variants"),
+    ("variants", (("x", "wsd", (("schedule.bogus", 1),)),), "unknown field"),
+    ("variants", (("x", "wsd", (("schedule.decay_overrides.b2", 2.0),)),), r"b2.*x run"),
 ])
 def test_check_refuses_bad_compare_sections(field, value, match):
   cfg = small_config()
@@ -150,3 +155,43 @@ def test_compare_runs_reports_and_reuses_finished_runs(tmp_path):
   rows2 = compare.compare(cfg, tmp_path, only=["wsd_s"], mesh=one_device_mesh(), stream=again)
   assert "segment " not in again.getvalue() and "[1/1] WSD-S" in again.getvalue()
   assert rows2 == rows
+
+
+@pytest.mark.slow
+def test_merge_ema_constant_and_recipe_rows_at_equal_compute(tmp_path):
+  cfg = small_config(strategies=("wsd", "constant"), variants=(
+      ("WSD b2=0.99", "wsd", (("schedule.decay_overrides.b2", 0.99),)),))
+  cfg.schedule.update(budgets=(8, 16), warmup_steps=2, merge_window=4)
+  cfg.model.seq_len = 16
+  cfg.train.update(global_batch_size=4, eval_every=4, ema_decays=(0.9,))
+  rows = compare.compare(cfg, tmp_path, mesh=one_device_mesh(), stream=io.StringIO())
+  got = {(r["series"], r["budget"]): (r["checkpoint"], r["step"], r["run_steps"])
+         for r in rows}
+  # d = (2, 3), forks at 6 and 13; with merges main also runs to each budget, so WSD's
+  # main@16 comes after 16 + 2 + 3 run steps; the constant run spends exactly B.
+  assert got == {
+      ("WSD", 8): ("decay-8", 8, 8), ("WSD", 16): ("decay-16", 16, 18),
+      ("WSD EMA 0.9", 8): ("ema-0.9", 8, 8), ("WSD EMA 0.9", 16): ("ema-0.9", 16, 18),
+      ("WSD merge (uniform, 4 steps)", 8): ("merge-8", 8, 10),
+      ("WSD merge (uniform, 4 steps)", 16): ("merge-16", 16, 21),
+      ("constant LR", 8): ("main", 8, 8), ("constant LR", 16): ("main", 16, 16),
+      ("constant LR EMA 0.9", 8): ("ema-0.9", 8, 8),
+      ("constant LR EMA 0.9", 16): ("ema-0.9", 16, 16),
+      ("constant LR merge (uniform, 4 steps)", 8): ("merge-8", 8, 8),
+      ("constant LR merge (uniform, 4 steps)", 16): ("merge-16", 16, 16),
+      **{(f"WSD b2=0.99{k[3:]}", b): v for (k, b), v in [
+          (("WSD", 8), ("decay-8", 8, 8)), (("WSD", 16), ("decay-16", 16, 18)),
+          (("WSD EMA 0.9", 8), ("ema-0.9", 8, 8)),
+          (("WSD EMA 0.9", 16), ("ema-0.9", 16, 18)),
+          (("WSD merge (uniform, 4 steps)", 8), ("merge-8", 8, 10)),
+          (("WSD merge (uniform, 4 steps)", 16), ("merge-16", 16, 21))]}}
+  by = {(r["series"], r["budget"]): r["eval_loss"] for r in rows}
+  # The recipe changes the decays only: its merges (of main) equal WSD's, its decays differ.
+  assert by[("WSD b2=0.99 merge (uniform, 4 steps)", 16)] == pytest.approx(
+      by[("WSD merge (uniform, 4 steps)", 16)], abs=1e-6)
+  assert by[("WSD b2=0.99", 16)] != pytest.approx(by[("WSD", 16)], abs=1e-6)
+  assert compare.ordering(rows) == []  # no WSD-S or cyclic cosine: no paper verdict
+  md = (tmp_path / "results.md").read_text()
+  assert "| WSD b2=0.99 merge (uniform, 4 steps) | 16 | merge-16 |" in md
+  assert (tmp_path / "compute.png").stat().st_size > 0
+  assert (tmp_path / "variant-WSD_b2=0.99" / "checkpoints").is_dir()

@@ -81,10 +81,29 @@ def test_baselines_run_one_budget(name):
     plan_lib.make_plan(sched(name=name, budgets=(100, 200)))
 
 
-def test_constant_is_main_only():
+def test_constant_is_main_only_saved_and_evaluated_at_every_budget():
   plan = plan_lib.make_plan(sched(name="constant", budgets=(50, 70)))
-  assert spans(plan) == [(MAIN, 0, 70, None, False)]
-  assert plan.decayed == ()
+  assert spans(plan) == [(MAIN, 0, 50, None, False), (MAIN, 50, 70, (MAIN, 50), False)]
+  assert plan.decayed == () and plan.total_steps == 70
+
+
+def test_wsd_with_merges_runs_main_to_every_budget():
+  plan = plan_lib.make_plan(sched(name="wsd", budgets=(100, 200), merge_window=20))
+  assert spans(plan) == [
+      (MAIN, 0, 90, None, False),
+      ("decay-100", 90, 100, (MAIN, 90), True),
+      (MAIN, 90, 100, (MAIN, 90), False),
+      (MAIN, 100, 180, (MAIN, 100), False),
+      ("decay-200", 180, 200, (MAIN, 180), True),
+      (MAIN, 180, 200, (MAIN, 180), False),
+  ]
+  assert plan.total_steps == 200 + 10 + 20  # main's last d_k steps are the merges' cost
+  # merge_every 0: window // 4 = 5 steps back from each budget, inside (B - 20, B]
+  assert plan_lib.merge_sources(sched(name="wsd", budgets=(100, 200), merge_window=20)) == {
+      100: [85, 90, 95, 100], 200: [185, 190, 195, 200]}
+  assert plan_lib.merge_sources(sched(name="constant", budgets=(50,), merge_window=10,
+                                      merge_every=3)) == {50: [41, 44, 47, 50]}
+  assert plan_lib.merge_sources(sched(name="wsd", budgets=(100,))) == {}
 
 
 def test_required_states_are_every_segment_start():
@@ -127,6 +146,10 @@ def test_after_the_fact_branch():
     (dict(budgets=()), "schedule.budgets"),
     (dict(budgets=(200, 100)), "budgets"),
     (dict(budgets=(8,), warmup_steps=10), "warmup"),
+    (dict(merge_window=10), "schedule.merge_window"),  # wsd_s: no constant-LR main branch
+    (dict(name="wsd", merge_window=101), "schedule.merge_window"),
+    (dict(name="wsd", merge_window=10, merge_every=10), "schedule.merge_every"),
+    (dict(name="constant", merge_window=10, merge_weights="mean"), "schedule.merge_weights"),
 ])
 def test_bad_plans_name_the_field(bad, field):
   with pytest.raises(ValueError, match=field):

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 # WSD with budgets 20 and 40, decays of 5 and 10 steps: main forks decay-20 at 15 and
 # decays itself from 30 to 40 (branch decay-40); saves every 5 steps.
 ARGS = ["--config", "configs/tiny.py", "--config.model.seq_len=32",
+        "--config.train.ema_decays=(0.9,)",  # the EMA shadow must resume bitwise too
         "--config.train.global_batch_size=8", "--config.train.log_every=5",
         "--config.schedule.name=wsd", "--config.schedule.budgets=(20,40)",
         "--config.schedule.decay_fraction=0.25", "--config.checkpoint.every=5"]
@@ -65,7 +66,11 @@ def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
   out = train(workdir)
   assert out.returncode == 0, out.stderr[-2000:]
-  return final_states(workdir)
+  states = final_states(workdir)
+  main = states[("main", 30)]
+  assert len(main.ema) == 1 and not np.array_equal(  # a shadow, not a copy of the params
+      jax.tree.leaves(main.ema[0])[0], jax.tree.leaves(main.params)[0])
+  return states
 
 
 def main_steps(workdir) -> list[int]:

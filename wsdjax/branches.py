@@ -4,8 +4,10 @@ Prints each branch with its saved states (step, tokens, FLOPs, LR, eval loss), d
 branches indented under the branch they forked from; `--json` prints a list with one
 object per saved state (keys: branch, step, parent, fork_step, tokens, flops, run_flops,
 lr, eval_loss, decayed, fork_point, gap, config_changes (where a resume went on from this
-state with changed fields: a list of {field: [old, new]}), and path: the state's Orbax checkpoint, which
-`orbax.checkpoint.StandardCheckpointer().restore(path)` reads without wsdjax).
+state with changed fields: a list of {field: [old, new]}), and path: the state's Orbax
+checkpoint, which `orbax.checkpoint.StandardCheckpointer().restore(path)` reads without
+wsdjax). EMA shadows (`train.ema_decays`) are listed as branches `ema-<decay>` with the
+`source` state that holds them (at `path`, under `ema/<index>`).
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ def load_entries(workdir) -> list[dict]:
   if not root.exists():
     raise ckpt.CheckpointError(f"--workdir: {workdir} has no checkpoints/ folder; pass the "
                                f"workdir of a run started with python -m wsdjax.train")
+  from wsdjax import ema
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
     changes = {}
     for c in tree.config_changes():
       changes.setdefault((c["branch"], c["step"]), []).append(c["changes"])
-    return [dict(e, path=str(tree.path(ckpt.StateRef(e["branch"], e["step"])) / "state"))
-            | ({"config_changes": changes[key]} if (key := (e["branch"], e["step"])) in changes
-               else {})
-            for e in tree.manifest()]
+    saves = [dict(e, path=str(tree.path(ckpt.StateRef(e["branch"], e["step"])) / "state"))
+             | ({"config_changes": changes[key]} if (key := (e["branch"], e["step"])) in changes
+                else {})
+             for e in tree.manifest()]
+  return saves + ema.shadow_entries(saves)
 
 
 def format_tree(entries: list[dict]) -> str:
@@ -53,7 +57,8 @@ def format_tree(entries: list[dict]) -> str:
 
   def fmt(e: dict) -> str:
     loss = "" if e.get("eval_loss") is None else f"  eval {e['eval_loss']:.4f}"
-    tags = [t for t in ("decayed", "fork_point") if e.get(t)]
+    tags = [t for t in ("decayed", "fork_point") if e.get(t)] + (
+        [f"shadow in {e['source']['branch']}@{e['source']['step']}"] if e.get("source") else [])
     return (f"@{e['step']:<7} tokens {e['tokens']:>12,}  run FLOPs {e['run_flops']:.3g}  "
             f"lr {e['lr']:.2e}{loss}{'  [' + ', '.join(tags) + ']' if tags else ''}")
 
@@ -61,12 +66,17 @@ def format_tree(entries: list[dict]) -> str:
     states = by_branch.get(name, [])
     first = states[0] if states else {}
     origin = ("" if first.get("parent") is None
+              else f"  (EMA of the params, decay {first['ema_decay']:g})" if "source" in first
               else f"  (from {first['parent']}@{first['fork_step']})")
     lines.append("  " * depth + f"{name}{origin}")
     for e in states:
       lines.append("  " * depth + "  " + fmt(e))
 
-  names = sorted(by_branch, key=lambda b: (b != "main", int(b.split("-")[1]) if "-" in b else 0))
+  def order(b: str):
+    tail = b.split("-", 1)[-1]
+    return (b != "main", b.startswith("ema-"), float(tail) if "-" in b else 0.0)
+
+  names = sorted(by_branch, key=order)
   for name in names:
     branch_line(name, 0 if name == "main" else 1)
   return "\n".join(lines) if lines else "(no saved states yet)"

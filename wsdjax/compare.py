@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import re
 import sys
 from typing import Sequence
 
@@ -36,11 +37,12 @@ from wsdjax import plan as plan_lib
 from wsdjax import plots
 from wsdjax import schedules
 
-STRATEGIES = ("wsd", "wsd_s", "cyclic_cosine", "cosine")
+STRATEGIES = ("wsd", "wsd_s", "cyclic_cosine", "cosine", "constant")
+RUNNABLE = ("wsd", "wsd_s", "cyclic_cosine", "constant")  # compare.strategies / variants
 PAPER_ORDER = ("wsd_s", "wsd", "cyclic_cosine")  # claimed: at or below, left to right
 LABELS = {"wsd": "WSD", "wsd_s": "WSD-S", "cyclic_cosine": "cyclic cosine",
-          "cosine": "cosine"}
-CSV_FIELDS = ("strategy", "budget", "run", "checkpoint", "step", "tokens", "run_flops",
+          "cosine": "cosine", "constant": "constant LR"}
+CSV_FIELDS = ("strategy", "series", "budget", "run", "checkpoint", "step", "tokens", "run_flops",
               "run_steps", "eval_loss", "gap", "gap_to_optimum")
 
 
@@ -53,10 +55,17 @@ class Run:
   strategy: str
   config: ml_collections.ConfigDict
   budget: int | None = None
+  variant: str | None = None  # a `compare.variants` name: the strategy with overrides
 
   @property
   def dirname(self) -> str:
+    if self.variant is not None:
+      return "variant-" + re.sub(r"[^A-Za-z0-9.=_-]+", "_", self.variant)
     return self.strategy if self.budget is None else f"{self.strategy}-{self.budget}"
+
+  @property
+  def label(self) -> str:
+    return self.variant if self.variant is not None else LABELS[self.strategy]
 
 
 # ---- configs ----
@@ -67,21 +76,55 @@ def check(cfg) -> None:
         "compare", "the config has no compare section",
         "use a compare config such as configs/compare_small.py")
   c = cfg.compare
-  extra = sorted(set(c.keys()) - {"strategies", "cosine", "equal_compute"})
+  extra = sorted(set(c.keys()) - {"strategies", "cosine", "equal_compute", "variants"})
   if extra:
     raise config_lib.ConfigError(f"compare.{extra[0]}", "unknown config key",
-                                 "use strategies, cosine, equal_compute")
+                                 "use strategies, cosine, equal_compute, variants")
   names = tuple(c.get("strategies", ()))
-  if not names or any(s not in STRATEGIES[:3] for s in names) or len(set(names)) < len(names):
+  if not names or any(s not in RUNNABLE for s in names) or len(set(names)) < len(names):
     raise config_lib.ConfigError(
-        "compare.strategies", f"must be distinct names among {', '.join(STRATEGIES[:3])}, "
+        "compare.strategies", f"must be distinct names among {', '.join(RUNNABLE)}, "
         f"got {names!r}", "e.g. --config.compare.strategies='(\"wsd\",\"wsd_s\")'")
+  _check_variants(c.get("variants", ()))
   for run in runs(cfg):
     try:
       config_lib.validate(run.config)
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(e.field, f"{e.problem} (in the {run.dirname} run)",
                                    e.fix) from None
+
+
+def _check_variants(variants) -> None:
+  """Each variant is (name, strategy, ((field, value), ...)) with a distinct name."""
+  fix = ("e.g. (('WSD 1-sqrt', 'wsd', (('schedule.decay_shape', '1-sqrt'),)),); fields "
+         "are run config fields (not schedule.name)")
+  seen = set()
+  for v in variants:
+    ok = (isinstance(v, (tuple, list)) and len(v) == 3 and isinstance(v[0], str) and v[0]
+          and v[0] not in seen and v[1] in RUNNABLE and isinstance(v[2], (tuple, list))
+          and all(isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], str)
+                  and o[0] != "schedule.name" for o in v[2]))
+    if not ok:
+      raise config_lib.ConfigError("compare.variants", f"bad variant {v!r} (a name, one of "
+                                   f"{', '.join(RUNNABLE)}, and overrides)", fix)
+    seen.add(v[0])
+
+
+def _with_overrides(cfg, overrides, variant: str):
+  """`cfg` with `overrides` ((dotted field, value) pairs) set; ConfigError on a bad field."""
+  known = config_lib.flatten(config_lib.base_config())
+  for field, value in overrides:
+    if field not in known:
+      raise config_lib.ConfigError("compare.variants", f"variant {variant!r} sets unknown "
+                                   f"field {field!r}", "use run config fields, e.g. "
+                                   "schedule.decay_shape or schedule.decay_overrides.b2")
+    *parents, leaf = field.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[leaf] = tuple(value) if isinstance(value, list) else value
+  return cfg
 
 
 def enabled(cfg) -> tuple[str, ...]:
@@ -125,6 +168,11 @@ def runs(cfg, only: Sequence[str] | None = None) -> list[Run]:
       out += [Run(s, run_config(cfg, s, i), b) for i, b in enumerate(budgets(cfg))]
     else:
       out.append(Run(s, run_config(cfg, s)))
+  for name, strategy, overrides in cfg.compare.get("variants", ()):
+    if not only or name in only:
+      run_cfg = _with_overrides(run_config(cfg, strategy), overrides, name)
+      run_cfg.name = f"{cfg.name}-{name}"
+      out.append(Run(strategy, run_cfg, variant=name))
   return out
 
 
@@ -139,48 +187,69 @@ def entropy_rate(cfg) -> float | None:
 
 
 def collect(cfg, workdir) -> list[dict]:
-  """One row per (strategy, budget) whose decayed checkpoint is in `workdir`'s runs."""
+  """One row per (run, budget) for each decayed checkpoint in `workdir`'s runs, and for
+  the merges, the EMA shadows and (constant LR) the main states at the budgets."""
   from wsdjax import checkpoint as ckpt
-  from wsdjax import model as model_lib
+  from wsdjax import ema
   workdir = epath.Path(workdir)
-  labels = budgets(cfg)
-  h = entropy_rate(cfg)
-  flops_per_step = (cfg.train.global_batch_size * cfg.model.seq_len
-                    * model_lib.flops_per_token(cfg.model))
   rows = []
   for run in runs(cfg):
     if not (workdir / run.dirname / "checkpoints").exists():
       continue
-    tree = ckpt.CheckpointTree(workdir / run.dirname, read_only=True)
     # The budget each of the run's own budgets stands for in the comparison (equal compute
     # moves cyclic cosine's and cosine's to the WSD-S checkpoint steps C_i).
     own = [int(b) for b in run.config.schedule.budgets]
-    label = dict(zip(own, labels)) if len(own) == len(labels) else {}
-    try:
-      plan = plan_lib.make_plan(run.config.schedule)
-      for seg in plan.decayed:
-        entry = tree.entry(seg.end_ref)
-        if entry is None:
-          continue
-        loss = entry.get("eval_loss")
-        served = entry.get("budget", entry["step"])  # what the checkpoint's manifest records
-        rows.append(dict(
-            strategy=run.strategy, budget=run.budget or label.get(served, served),
-            run=run.dirname, checkpoint=seg.branch, step=entry["step"],
-            tokens=entry["tokens"], run_flops=entry["run_flops"],
-            run_steps=int(round(entry["run_flops"] / flops_per_step)), eval_loss=loss,
-            gap=entry.get("gap"),
-            gap_to_optimum=None if h is None or loss is None else loss - h))
-    finally:
-      tree.close()
+    labels = dict(zip(own, budgets(cfg))) if len(own) == len(budgets(cfg)) else {}
+    with ckpt.CheckpointTree(workdir / run.dirname, read_only=True) as tree:
+      manifest = tree.manifest()
+    for entry in manifest + ema.shadow_entries(manifest):
+      series = _series(run, entry, own)
+      if series is None:
+        continue
+      served = entry.get("budget") or entry["step"]  # what the manifest records (a shadow:
+      # its source's)
+      rows.append(_row(cfg, run, series, run.budget or labels.get(served, served), entry))
   order = {s: i for i, s in enumerate(STRATEGIES)}
-  return sorted(rows, key=lambda r: (r["budget"], order[r["strategy"]]))
+  return sorted(rows, key=lambda r: (r["budget"], order[r["strategy"]], r["series"]))
+
+
+def _series(run: Run, entry: dict, budgets_of_run: list[int]) -> str | None:
+  """The table series of a manifest entry of `run`, or None when it is not a row: decayed
+  checkpoints; merges; EMA shadows of decayed checkpoints and of main at a budget; main at
+  a budget of a constant-LR run."""
+  at_budget = entry["step"] in budgets_of_run
+  if entry.get("source"):  # an EMA shadow
+    source_at_budget = entry["source"]["branch"] != plan_lib.MAIN or at_budget
+    return f"{run.label} EMA {entry['ema_decay']:g}" if source_at_budget else None
+  if entry.get("decayed"):
+    return run.label
+  if entry.get("merged"):
+    return f"{run.label} merge ({entry['merge_weights']}, {entry['window']} steps)"
+  if entry["branch"] == plan_lib.MAIN and at_budget and run.strategy == "constant":
+    return run.label
+  return None
+
+
+def _row(cfg, run: Run, series: str, budget: int, entry: dict) -> dict:
+  from wsdjax import model as model_lib
+  h = entropy_rate(cfg)
+  flops_per_step = (cfg.train.global_batch_size * cfg.model.seq_len
+                    * model_lib.flops_per_token(cfg.model))
+  loss = entry.get("eval_loss")
+  return dict(strategy=run.strategy, series=series, budget=budget, run=run.dirname,
+              checkpoint=entry["branch"], step=entry["step"], tokens=entry["tokens"],
+              run_flops=entry["run_flops"],
+              run_steps=int(round(entry["run_flops"] / flops_per_step)), eval_loss=loss,
+              gap=entry.get("gap"),
+              gap_to_optimum=None if h is None or loss is None else loss - h)
 
 
 def ordering(rows: list[dict]) -> list[dict]:
   """Per budget: the eval losses of PAPER_ORDER's strategies and whether the paper's
-  ordering (WSD-S <= WSD <= cyclic cosine) holds. Budgets missing one of them are skipped."""
+  ordering (WSD-S <= WSD <= cyclic cosine) holds, from their plain decays only (not merges,
+  shadows or variants). Budgets missing one of them are skipped."""
   out = []
+  rows = [r for r in rows if r.get("series", LABELS[r["strategy"]]) == LABELS[r["strategy"]]]
   for budget in sorted({r["budget"] for r in rows}):
     loss = {r["strategy"]: r["eval_loss"] for r in rows if r["budget"] == budget}
     if any(loss.get(s) is None for s in PAPER_ORDER):
@@ -205,7 +274,7 @@ def to_csv(rows: list[dict]) -> str:
 
 
 # The console table's columns (all but `run steps`), their widths and short names.
-_CONSOLE_WIDTHS = {"strategy": 14, "budget": 7, "checkpoint": 11, "step": 6, "tokens": 11,
+_CONSOLE_WIDTHS = {"strategy": 30, "budget": 7, "checkpoint": 11, "step": 6, "tokens": 11,
                    "run FLOPs": 10, "eval loss": 10, "gap": 8, "to optimum": 8}
 _CONSOLE_NAMES = {"to optimum": "to opt"}
 
@@ -218,7 +287,7 @@ def _columns(h: float | None) -> tuple[str, ...]:
 
 def _cells(r: dict, h: float | None) -> dict[str, str]:
   """Column name -> the text of row `r`."""
-  cells = {"strategy": LABELS[r["strategy"]], "budget": str(r["budget"]),
+  cells = {"strategy": r.get("series") or LABELS[r["strategy"]], "budget": str(r["budget"]),
            "checkpoint": str(r["checkpoint"]), "step": str(r["step"]),
            "tokens": f"{r['tokens']:,}", "run steps": str(r["run_steps"]),
            "run FLOPs": f"{r['run_flops']:.3g}", "eval loss": _fmt(r["eval_loss"]),
@@ -280,18 +349,19 @@ def _plots(cfg, workdir, done: Sequence, rows: Sequence[dict]) -> list[str]:
   workdir = epath.Path(workdir)
   groups: dict[str, list] = {}
   for run in done:
-    groups.setdefault(run.strategy, []).append(run)
+    groups.setdefault(run.label, []).append(run)
 
-  def title(s):
-    return LABELS[s] + (" (one run per budget)" if s == "cosine" else "")
-  plots.plot_losses([(title(s), s, [workdir / r.dirname for r in rs])
-                     for s, rs in groups.items()], workdir / "losses.png")
-  plots.plot_compute(rows, workdir / "compute.png", {s: LABELS[s] for s in groups},
+  def title(label):
+    return label + (" (one run per budget)" if label == LABELS["cosine"] else "")
+  plots.plot_losses([(title(label), rs[0].strategy, [workdir / r.dirname for r in rs])
+                     for label, rs in groups.items()], workdir / "losses.png")
+  series = list(dict.fromkeys(r["series"] for r in rows))
+  plots.plot_compute(rows, workdir / "compute.png", {s: s for s in series},
                      entropy_rate(cfg))
   by: dict[str, list] = {}
   for r in runs(cfg):
-    by.setdefault(r.strategy, []).append(plan_lib.make_plan(r.config.schedule))
-  plots.plot_schedules([(title(s), s, plans) for s, plans in by.items()],
+    by.setdefault((r.label, r.strategy), []).append(plan_lib.make_plan(r.config.schedule))
+  plots.plot_schedules([(title(label), s, plans) for (label, s), plans in by.items()],
                        workdir / "schedules.png")
   return ["losses.png", "compute.png", "schedules.png"]
 
@@ -321,7 +391,7 @@ def compare(cfg, workdir, only: Sequence[str] | None = None, mesh=None,
   workdir.mkdir(parents=True, exist_ok=True)
   todo = runs(cfg, only)
   for i, run in enumerate(todo):
-    print(f"== [{i + 1}/{len(todo)}] {LABELS[run.strategy]}"
+    print(f"== [{i + 1}/{len(todo)}] {run.label}"
           f"{'' if run.budget is None else f' (budget {run.budget})'} in "
           f"{workdir / run.dirname}", file=out, flush=True)
     trainer.train_and_evaluate(run.config, str(workdir / run.dirname), mesh=mesh,
@@ -337,15 +407,13 @@ def fit_report(cfg, rows: list[dict], predict_at: float | None = None) -> str:
   from wsdjax import scaling
   per_token = model_lib.flops_per_token(cfg.model)
   lines = []
-  for strategy in STRATEGIES:
-    mine = sorted((r for r in rows if r["strategy"] == strategy and r["eval_loss"] is not None),
+  for series in dict.fromkeys(r["series"] for r in rows):
+    mine = sorted((r for r in rows if r["series"] == series and r["eval_loss"] is not None),
                   key=lambda r: r["tokens"])
-    if not mine:
-      continue
     if len(mine) < 3:
-      lines.append(f"{LABELS[strategy]}: the fit needs 3 or more budgets, has {len(mine)}")
+      lines.append(f"{series}: the fit needs 3 or more budgets, has {len(mine)}")
       continue
-    lines.append(scaling.report(LABELS[strategy], [r["tokens"] * per_token for r in mine],
+    lines.append(scaling.report(series, [r["tokens"] * per_token for r in mine],
                                 [r["eval_loss"] for r in mine], predict_at))
   return "\n".join(lines)
 

@@ -122,6 +122,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 100
   # Validation batches per eval (the same fixed batches for every branch and strategy).
   c.train.eval_batches = 4
+  # EMA shadows of the params, one per decay (e.g. (0.999,)), evaluated as ema-<d>@<step>
+  # at every fork point and decayed checkpoint (wsdjax/ema.py); () keeps none.
+  c.train.ema_decays = ()
 
   # ---- optimizer: clip by global norm, then AdamW ----
   c.optimizer = ml_collections.ConfigDict()
@@ -164,6 +167,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.decay_overrides.b2 = ml_collections.config_dict.placeholder(float)
   c.schedule.decay_overrides.weight_decay = ml_collections.config_dict.placeholder(float)
   c.schedule.decay_overrides.grad_clip = ml_collections.config_dict.placeholder(float)
+  # Merges in the plan ('wsd', 'constant'): at every budget B, main's saves at B, B - M,
+  # ... inside (B - merge_window, B] (M = merge_every; 0: merge_window // 4) are averaged
+  # with merge_weights ('uniform' = PMA, or a decay shape: WSM) into merge-B; 0 = none.
+  c.schedule.merge_window = 0
+  c.schedule.merge_every = 0
+  c.schedule.merge_weights = "uniform"
 
   # ---- checkpoints (wsdjax/checkpoint.py) ----
   c.checkpoint = ml_collections.ConfigDict()
@@ -340,6 +349,10 @@ def _validate_train(t, flat: dict) -> None:
   _require(t.global_batch_size % t.micro_batches == 0, "train.micro_batches",
            f"{t.micro_batches} does not divide train.global_batch_size={t.global_batch_size}",
            "pick a divisor of the global batch")
+  from wsdjax import ema  # local: the owner of the rule imports jax
+  why = ema.problem(t.ema_decays)
+  _require(why is None, "train.ema_decays", why or "",
+           "e.g. --config.train.ema_decays='(0.999,)'")
 
 
 def _validate_decay_overrides(d, o) -> None:

@@ -18,6 +18,22 @@ _WEIGHTS = flags.DEFINE_string("weights", "uniform", "uniform | linear | cosine 
                                "exponential (exp).")
 
 
+def merge(workdir: str, at: int, window: int, weights: str = "uniform") -> dict:
+  """Average main's saves in (at - window, at] into branch merge-<at>; its entry."""
+  from wsdjax import config as config_lib
+  from wsdjax import merging, plan as plan_lib, trainer as trainer_lib
+  from wsdjax.plan import MAIN, StateRef
+  cfg = config_lib.load_run_config(workdir)
+  config_lib.validate(cfg, None)
+  with trainer_lib.Trainer(cfg, workdir) as trainer:  # holds the workdir's writer lock
+    sources = merging.sources_of(trainer.tree.steps(MAIN), at, window)
+    ref = StateRef(plan_lib.merge_branch_name(at), at)
+    if trainer.tree.steps(ref.branch):
+      raise config_lib.ConfigError("--at", f"branch {ref.branch} already exists in {workdir}",
+                                   "merge at another step")
+    return merging.average_into_tree(trainer, at, sources, window, weights)
+
+
 def main(argv):
   from wsdjax.schedules import MERGE_WEIGHTS
   cli.run_workdir(argv, _WORKDIR.value)
@@ -30,8 +46,7 @@ def main(argv):
   if weights not in MERGE_WEIGHTS:
     cli.fail(f"--weights: unknown weights {_WEIGHTS.value!r}; use one of "
              f"{', '.join(MERGE_WEIGHTS)} (or exp)")
-  from wsdjax import merging
-  entry = merging.merge(_WORKDIR.value, _AT.value, _WINDOW.value, weights)
+  entry = merge(_WORKDIR.value, _AT.value, _WINDOW.value, weights)
   parts = ", ".join(f"main@{s} x {w:.3f}" for s, w in zip(entry["sources"], entry["weights"]))
   print(f"{entry['branch']}: {weights} average of {parts}; eval loss "
         f"{entry['eval_loss']:.4f} (no training FLOPs)")

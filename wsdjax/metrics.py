@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +139,22 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._jsonl.close()
+
+
+def log_row(metrics: Mapping[str, Any], n: int, tokens_per_step: int, elapsed: float,
+            wait: float, flops_per_token: float, entropy_rate: float | None) -> dict:
+  """A log row over a window of `n` steps of `tokens_per_step` that took `elapsed` s (`wait`
+  of them waiting on input): the last step's metrics, tokens/s, MFU, input share, step
+  time, and the gap to the optimal loss when the data's entropy rate is known."""
+  tokens_per_s = n * tokens_per_step / max(elapsed, 1e-9)
+  row = {k: float(v) for k, v in metrics.items() if k != "finite"}
+  row["tokens_per_s"] = tokens_per_s
+  row["mfu"] = mfu(flops_per_token, tokens_per_s / jax.process_count())
+  row["input_share"] = wait / max(elapsed, 1e-9)
+  row["step_time_s"] = elapsed / max(n, 1)
+  if entropy_rate is not None:
+    row["gap_to_optimum"] = row["train_loss"] - entropy_rate
+  return row
 
 
 def format_duration(seconds: float) -> str:

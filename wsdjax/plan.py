@@ -7,13 +7,16 @@ steps under one LR schedule (evaluated at the absolute step). A *state* is addre
 Strategies, with budgets B_1 < ... < B_k and decay lengths d_i:
   wsd            main runs at constant peak LR; at F_i = B_i - d_i it forks `decay-B_i`, which
                  decays for d_i steps to B_i; main goes on from its own state at F_i.
-                 Steps run: F_k + sum_i d_i = B_k + sum_{i<k} d_i.
+                 Steps run: F_k + sum_i d_i = B_k + sum_{i<k} d_i. With merges in the plan
+                 (`merge_window`), main also runs to B_k and is saved at every B_i, where
+                 the trainer averages its window into `merge-B_i`: d_k more steps.
   wsd_s          one lineage: main runs to S_i = C_i - d_i, `decay-C_i` decays in place to C_i
                  (C_i from `schedules.wsd_s_checkpoints`), main resumes from that decayed
                  state at peak LR. Same steps as wsd for the same budgets.
   cyclic_cosine  a chain of cosine cycles `decay-B_i` over [B_{i-1}, B_i).
   cosine/linear  one budget B: one segment `decay-B` over [0, B).
-  constant       main only, to B_k (decay later with `python -m wsdjax.branch`).
+  constant       main only, to B_k, saved and evaluated at every B_i (decay later with
+                 `python -m wsdjax.branch`, or merge: `merge_window`).
 Execution order is the list order; every state a later segment starts from is saved.
 """
 
@@ -26,6 +29,7 @@ from wsdjax import schedules
 
 MAIN = "main"
 STRATEGIES = schedules.NAMES  # every schedule is a strategy; schedules owns the names
+MERGE_STRATEGIES = ("wsd", "constant")  # those with a constant-LR main branch to merge
 
 # Fields of the schedule section that shape the LR curve (everything but `budgets`, which
 # the planner turns into segments).
@@ -158,22 +162,65 @@ def make_plan(cfg) -> Plan:
     whole_run["decay_steps"] = int(cfg.decay_steps)
   # Validate the whole-run schedule once: it raises ScheduleError naming the bad argument.
   schedules.from_config(as_config(whole_run))
+  merge_sources(cfg)  # raises ScheduleError naming a bad merge field
   build = {"wsd": _plan_wsd, "wsd_s": _plan_wsd_s, "cyclic_cosine": _plan_cyclic,
            "cosine": _plan_single, "linear": _plan_single, "constant": _plan_constant}[name]
   return Plan(name, tuple(build(cfg, budgets, whole_run)))
 
 
+def merge_window(cfg) -> int:
+  """`schedule.merge_window` (0: no merges in the plan), checked against the strategy."""
+  window = int(cfg.get("merge_window", 0) or 0)
+  if window and cfg.name not in MERGE_STRATEGIES:
+    raise schedules.ScheduleError(
+        "schedule.merge_window", f"merges average a constant-LR main branch, which "
+        f"{cfg.name!r} does not have", f"use schedule.name={' or '.join(MERGE_STRATEGIES)}, "
+        "or merge_window=0 (python -m wsdjax.merge still merges any saved main states)")
+  if window and not 0 < window <= min(cfg.budgets):
+    raise schedules.ScheduleError("schedule.merge_window", f"{window} does not fit in the "
+                                  f"first budget {min(cfg.budgets)}",
+                                  "use a window of at most the smallest budget")
+  return window
+
+
+def merge_sources(cfg) -> dict[int, list[int]]:
+  """{B_i: the main steps whose states `merge-B_i` averages}: B_i - j*M > B_i - K for
+  j = 0, 1, ... (K = merge_window, M = merge_every, 0: K // 4), ascending; {} without merges."""
+  window = merge_window(cfg)
+  if not window:
+    return {}
+  every = int(cfg.get("merge_every", 0) or 0) or max(1, window // 4)
+  if not 0 < every < window:
+    raise schedules.ScheduleError("schedule.merge_every", f"{every} leaves fewer than two "
+                                  f"saves in a merge window of {window} steps",
+                                  f"use 0 < merge_every < {window}, or 0 for {window} // 4")
+  weights = cfg.get("merge_weights", "uniform")
+  if weights not in schedules.MERGE_WEIGHTS:
+    raise schedules.ScheduleError("schedule.merge_weights", f"unknown weights {weights!r}",
+                                  f"use one of {', '.join(schedules.MERGE_WEIGHTS)}")
+  return {int(b): sorted(int(b) - j * every for j in range(window) if j * every < window)
+          for b in cfg.budgets}
+
+
+def _main_points(forks, budgets, with_budgets: bool) -> list[int]:
+  """The steps where main's segments end: the forks, and the budgets when main must be
+  saved and evaluated there (merges, or the constant strategy)."""
+  return sorted(set(forks) | (set(budgets) if with_budgets else set()))
+
+
 def _plan_wsd(cfg, budgets, whole_run):
   main_sched = _frozen(dict(_shape_kwargs(cfg), name="constant"))
+  forks = {b: b - d for b, d in zip(budgets, decay_lengths(cfg))}
   segments, main_at = [], None
-  for budget, d in zip(budgets, decay_lengths(cfg)):
-    fork = budget - d
+  for point in _main_points(forks.values(), budgets, bool(merge_window(cfg))):
     start = 0 if main_at is None else main_at.step
-    if fork > start or main_at is None:
-      segments.append(Segment(MAIN, start, fork, main_at, main_sched, False, None, None))
-      main_at = StateRef(MAIN, fork)
-    segments.append(Segment(decay_branch_name(budget), fork, budget, main_at,
-                            _frozen(wsd_decay_schedule(cfg, budget, d)), True, MAIN, fork))
+    if point > start or main_at is None:
+      segments.append(Segment(MAIN, start, point, main_at, main_sched, False, None, None))
+      main_at = StateRef(MAIN, point)
+    for budget in (b for b in budgets if forks[b] == point):
+      segments.append(Segment(decay_branch_name(budget), point, budget, main_at,
+                              _frozen(wsd_decay_schedule(cfg, budget, budget - point)), True,
+                              MAIN, point))
   return segments
 
 
@@ -217,7 +264,9 @@ def _plan_single(cfg, budgets, whole_run):
 
 
 def _plan_constant(cfg, budgets, whole_run):
-  return [Segment(MAIN, 0, budgets[-1], None, _frozen(whole_run), False, None, None)]
+  ends = [0] + budgets  # main is saved and evaluated at every budget
+  return [Segment(MAIN, a, b, None if a == 0 else StateRef(MAIN, a), _frozen(whole_run),
+                  False, None, None) for a, b in zip(ends, ends[1:])]
 
 
 def after_the_fact(cfg, from_step: int, decay_steps: int, decay_shape: str | None = None,

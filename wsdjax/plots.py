@@ -121,20 +121,23 @@ def plot_losses(groups: Sequence[tuple[str, str, Sequence]], path) -> None:
 
 def plot_compute(rows: Sequence[dict], path, labels: dict[str, str],
                  entropy_rate: float | None = None) -> None:
-  """Eval loss of each decayed checkpoint against the FLOPs the whole run had spent for
-  it, one line per strategy; each point labelled with its budget."""
+  """Eval loss of each decayed checkpoint (and merge, EMA shadow) against the FLOPs the
+  whole run had spent for it, one line per series (`labels`: row series -> legend; rows
+  without a series by strategy); each point labelled with its budget."""
   plt = _plt()
   fig, ax = plt.subplots(figsize=(8, 4.5))
-  for strategy in labels:
+  for i, key in enumerate(labels):
     pts = sorted((r["run_flops"], r["eval_loss"], r["budget"]) for r in rows
-                 if r["strategy"] == strategy and r["eval_loss"] is not None)
+                 if r.get("series", r["strategy"]) == key and r["eval_loss"] is not None)
     if not pts:
       continue
     x, y, b = zip(*pts)
-    ax.plot(x, y, "o-", color=COLORS.get(strategy, "C0"), label=labels[strategy])
+    color = COLORS.get(key, f"C{i % 10}")
+    style = "o-" if " merge " not in key and " EMA " not in key else "s:"
+    ax.plot(x, y, style, color=color, label=labels[key])
     for xi, yi, bi in pts:
       ax.annotate(f"B={bi}", (xi, yi), textcoords="offset points", xytext=(4, 4),
-                  fontsize=7, color=COLORS.get(strategy, "C0"))
+                  fontsize=7, color=color)
   if entropy_rate is not None:
     ax.axhline(entropy_rate, color="k", ls="--", lw=1, label="entropy rate (optimum)")
   ax.set(xlabel="FLOPs spent by the whole run up to the checkpoint",

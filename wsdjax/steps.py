@@ -7,6 +7,7 @@ slice from any host.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wsdjax import ema as ema_lib
 from wsdjax import plan as plan_lib
 from wsdjax import schedules
 from wsdjax import sharding
@@ -52,7 +54,8 @@ def loss_and_grads(params, batch: jax.Array, *, model, micro_batches: int = 1,
 
 
 def train_step(state: TrainState, batch: jax.Array, *, model, tx, schedule,
-               micro_batches: int = 1, micro_sharding=None) -> tuple[TrainState, dict]:
+               micro_batches: int = 1, micro_sharding=None,
+               ema_decays: tuple[float, ...] = ()) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch of token rows [B, T+1].
 
   Args:
@@ -60,6 +63,7 @@ def train_step(state: TrainState, batch: jax.Array, *, model, tx, schedule,
     batch: int32 tokens; inputs are batch[:, :-1], targets batch[:, 1:].
     model, tx, schedule: the Flax model, the optax optimizer, and its LR schedule.
     micro_batches, micro_sharding: gradient accumulation (see `loss_and_grads`).
+    ema_decays: the decays of `state.ema`, whose shadows move towards the new params.
   Returns:
     (new state, metrics): train_loss, grad_norm, lr of this update, and `finite`.
   """
@@ -70,12 +74,26 @@ def train_step(state: TrainState, batch: jax.Array, *, model, tx, schedule,
   params = optax.apply_updates(state.params, updates)
   metrics = {"train_loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
              "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  ema = ema_lib.update(state.ema, params, state.step + 1, ema_decays)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
 
 def eval_step(params, batch: jax.Array, *, model) -> jax.Array:
   """Mean next-token loss (nats) of a batch of token rows [B, T+1]."""
   return _loss(params, model, batch)
+
+
+def nonfinite_problem(branch: str, step: int, metrics: dict, peak_lr: float) -> str | None:
+  """The one-line report of an update (`step` + 1 of `branch`) whose metrics are not
+  finite, with the remedy; None when they are."""
+  if bool(metrics["finite"]):
+    return None
+  bad = ", ".join(f"{k}={float(v)}" for k, v in metrics.items()
+                  if k != "finite" and not math.isfinite(float(v)))
+  return (f"train: non-finite {bad or 'update'} at {branch} step {step + 1}; nothing after "
+          "the last good checkpoint was saved; rerun with a lower --config.schedule.peak_lr "
+          f"(e.g. {peak_lr / 2:g}; a resume may change it) or check the data: the run "
+          "resumes from that checkpoint")
 
 
 class StepCache:
@@ -110,7 +128,8 @@ class StepCache:
       micro_sh = jax.sharding.NamedSharding(
           self.mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
       fn = functools.partial(train_step, model=self.model, tx=tx, schedule=schedule,
-                             micro_batches=k, micro_sharding=micro_sh)
+                             micro_batches=k, micro_sharding=micro_sh,
+                             ema_decays=tuple(self.cfg.train.ema_decays))
       jitted = jax.jit(fn, in_shardings=(self.state_sh, self.batch_sh),
                        out_shardings=(self.state_sh, sharding.replicated(self.mesh)),
                        donate_argnums=(0,) if donate else ())

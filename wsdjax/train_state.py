@@ -23,10 +23,12 @@ from wsdjax import sharding
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything resume needs besides the data position: step, params, optimizer state."""
+  """Everything resume needs besides the data position: step, params, optimizer state,
+  and the EMA shadows of the params (`wsdjax.ema`; one per `train.ema_decays`, () if none)."""
   step: jax.Array
   params: Any
   opt_state: Any
+  ema: tuple = ()
 
 
 # ---- optimizer ----
@@ -75,12 +77,14 @@ def _boxed_init(cfg, tx, rng) -> TrainState:
   tokens = jnp.zeros((1, cfg.model.seq_len), jnp.int32)
   boxed = model.init(rng, tokens)["params"]
   params = nn.unbox(boxed)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, opt_state=tx.init(params))
+  shadows = tuple(boxed for _ in cfg.train.ema_decays)  # e_1 = p_1: any start will do
+  return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, opt_state=tx.init(params),
+                    ema=shadows)
 
 
 def state_shardings(cfg, mesh) -> TrainState:
   """NamedShardings of the train state: params by logical axis rules, optimizer moments
-  like their params, scalars replicated."""
+  and EMA shadows like their params, scalars replicated."""
   rules = sharding.rules_from_config(cfg.mesh)
   tx = make_optimizer(cfg.optimizer, _any_schedule(cfg))
   abstract = jax.eval_shape(functools.partial(_boxed_init, cfg, tx), jax.random.key(0))
@@ -89,7 +93,8 @@ def state_shardings(cfg, mesh) -> TrainState:
       tx, lambda _, sh: sh, abstract.opt_state, param_sh,
       transform_non_params=lambda _: sharding.replicated(mesh),
       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  return TrainState(step=sharding.replicated(mesh), params=param_sh, opt_state=opt_sh)
+  return TrainState(step=sharding.replicated(mesh), params=param_sh, opt_state=opt_sh,
+                    ema=tuple(param_sh for _ in cfg.train.ema_decays))
 
 
 def abstract_state(cfg, mesh=None) -> TrainState:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from wsdjax import checkpoint as ckpt
 from wsdjax.checkpoint import lock as ckpt_lock
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
+from wsdjax import ema as ema_lib
 from wsdjax.process import distributed
 from wsdjax.process import faults, signals
 from wsdjax import metrics as metrics_lib
@@ -33,9 +33,8 @@ from wsdjax import run_config
 from wsdjax import live_branch
 from wsdjax import sharding
 from wsdjax.plan import MAIN, Segment, StateRef
-
-
-from wsdjax.steps import StepCache
+from wsdjax import merging
+from wsdjax.steps import StepCache, nonfinite_problem
 from wsdjax.train_state import TrainState, decay_overrides, init_state
 
 
@@ -97,6 +96,8 @@ class Trainer:
     platform = sharding.platform_of(self.mesh)
     self.model = model_lib.build_model(cfg.model, platform)
     self.plan = plan_lib.make_plan(cfg.schedule)
+    self.merge_sources = plan_lib.merge_sources(cfg.schedule)
+    self._merge_steps = {s for steps in self.merge_sources.values() for s in steps}
     self.data = data_lib.build_pipeline(cfg, workdir=str(self.workdir))
     self.writer = metrics_lib.MetricWriter(self.workdir, stream=stream)
     self.tree = ckpt.CheckpointTree(
@@ -206,9 +207,16 @@ class Trainer:
     for entry in done:
       what = "decayed checkpoint" if entry.get("decayed") else "checkpoint"
       extra = f", eval loss {entry['eval_loss']:.4f}" if entry.get("eval_loss") is not None else ""
+      extra += "".join(f", {k} {v:.4f}" for k, v in entry.get("ema_eval_loss", {}).items())
       self.writer.print(f"saved {what} {entry['branch']}@{entry['step']}{extra}")
     if done and jax.process_count() == 1:
-      self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
+      self.tree.prune(self.cfg.checkpoint.keep, self.protected())
+
+  def protected(self) -> set[StateRef]:
+    """Saves retention keeps besides decayed ones: the plan's start states and the main
+    saves its merges average (`plan.merge_sources`)."""
+    return self.plan.required_states() | {StateRef(MAIN, s) for steps in self.merge_sources
+                                          .values() for s in steps}
 
   # -- main entry --
   def run(self) -> list[dict]:
@@ -230,7 +238,7 @@ class Trainer:
             self.writer.print(f"{broken}; moved it to {moved} and resuming from the "
                               "previous complete save")
         self.report_saves(wait=True)
-        self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
+        self.tree.prune(self.cfg.checkpoint.keep, self.protected())
         return self.summary()
     finally:
       if not self.tree.failed:
@@ -264,9 +272,13 @@ class Trainer:
       live_branch.finish(self.workdir, request)
     for index, seg in enumerate(self.plan.segments):
       if self.tree.has(seg.end_ref):
+        if seg.branch == MAIN:  # a rerun: a merge the last run did not get to
+          merging.merge_planned(self, seg.end)
         continue
       start, held, donate = self._start_of(index, seg, live)
       end_state = self._run_segment(seg, start, held, donate, self.run_steps_before(index))
+      if seg.branch == MAIN:
+        merging.merge_planned(self, seg.end)
       if any(s.init_from == seg.end_ref for s in self.plan.segments[index + 1:]):
         live[seg.end_ref] = end_state
       for ref in list(live):
@@ -296,7 +308,7 @@ class Trainer:
       return entry
     with self._stop:
       entry = self.run_extra(seg)
-    self.tree.prune(self.cfg.checkpoint.keep, self.plan.required_states())
+    self.tree.prune(self.cfg.checkpoint.keep, self.protected())
     return entry
 
   def run_steps_upto(self, ref: StateRef) -> int:
@@ -380,9 +392,11 @@ class Trainer:
       self.writer.print(f"{seg.branch:>11} step {done:>6} | eval loss {loss:.4f}")
 
   def _save_or_stop(self, run: "_SegmentRun", done: int, current: Live) -> None:
-    """Every `checkpoint.every` steps a save; on a stop request a save, then `Stop`."""
+    """Every `checkpoint.every` steps (and at merge sources) a save; on a stop request a
+    save, then `Stop`."""
     stop = self._stop.requested(done, self.cfg.train.log_every)
-    if done % self.cfg.checkpoint.every == 0 or stop:
+    merge_source = run.seg.branch == MAIN and done in self._merge_steps
+    if done % self.cfg.checkpoint.every == 0 or stop or merge_source:
       self.check_finite(run.pending)
       self.save(run.seg, done, run.run_steps(done), current, run.lr(done), **run.tags)
     if stop:
@@ -395,16 +409,19 @@ class Trainer:
     seg = run.seg
     self.check_finite(run.pending)
     loss = self.eval_loss(end.state.params)
-    self.writer.write(seg.end, {"eval_loss": loss}, branch=seg.branch)
+    shadows = ema_lib.entry_losses(self.cfg.train.ema_decays, end.state.ema, self.eval_loss)
+    self.writer.write(seg.end, {"eval_loss": loss} | {f"eval_loss_{k}": v for k, v in
+                                                      shadows.items()}, branch=seg.branch)
+    tags = run.tags | ({"ema_eval_loss": shadows} if shadows else {})
     if seg.decayed:
       start_loss = self._start_eval_loss(seg)
       gap = None if start_loss is None else start_loss - loss
       self.save(seg, seg.end, run.run_steps(seg.end), end, run.lr(seg.end), decayed=True,
                 eval_loss=loss, start_eval_loss=start_loss, gap=gap,
-                budget=seg.budget_served, **run.tags)
+                budget=seg.budget_served, **tags)
     else:
       self.save(seg, seg.end, run.run_steps(seg.end), end, run.lr(seg.end), fork_point=True,
-                eval_loss=loss, **run.tags)
+                eval_loss=loss, **tags)
     return end
 
   def _start_eval_loss(self, seg: Segment) -> float | None:
@@ -420,28 +437,16 @@ class Trainer:
     return None if entry is None else entry.get("eval_loss")
 
   def check_finite(self, pending) -> None:
-    branch, step, metrics = pending
-    if not bool(metrics["finite"]):
-      bad = ", ".join(f"{k}={float(v)}" for k, v in metrics.items()
-                      if k != "finite" and not math.isfinite(float(v)))
-      raise NonFiniteLoss(
-          f"train: non-finite {bad or 'update'} at {branch} step {step + 1}; nothing after "
-          f"the last good checkpoint was saved; rerun with a lower "
-          f"--config.schedule.peak_lr (e.g. {self.cfg.schedule.peak_lr / 2:g}; a resume may "
-          "change it) or check the data: the run resumes from that checkpoint")
+    """Raise NonFiniteLoss if the pending (branch, step, metrics) update was not finite."""
+    why = nonfinite_problem(*pending, peak_lr=self.cfg.schedule.peak_lr)
+    if why:
+      raise NonFiniteLoss(why)
 
   def log(self, seg, done, metrics, elapsed, n, wait, remaining) -> None:
-    """One log row at step `done` of `seg`: the metrics, tokens/s and MFU over the `n` steps
-    that took `elapsed` s (`wait` of them waiting on input), `remaining` steps to go; to
-    TensorBoard, JSONL and the console."""
-    tokens_per_s = n * self.tokens_per_step / max(elapsed, 1e-9)
-    row = {k: float(v) for k, v in metrics.items() if k != "finite"}
-    row["tokens_per_s"] = tokens_per_s
-    row["mfu"] = metrics_lib.mfu(self.flops_per_token, tokens_per_s / jax.process_count())
-    row["input_share"] = wait / max(elapsed, 1e-9)
-    row["step_time_s"] = elapsed / max(n, 1)
-    if self.data.entropy_rate is not None:
-      row["gap_to_optimum"] = row["train_loss"] - self.data.entropy_rate
+    """One log row at step `done` of `seg` (`metrics_lib.log_row`), `remaining` steps to
+    go; to TensorBoard, JSONL and the console."""
+    row = metrics_lib.log_row(metrics, n, self.tokens_per_step, elapsed, wait,
+                              self.flops_per_token, self.data.entropy_rate)
     self.writer.write(done, row, branch=seg.branch)
     self.writer.print(metrics_lib.progress_line(seg.branch, done, row,
                                                 remaining * row["step_time_s"]))
@@ -482,6 +487,10 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
     rows = trainer.run()
     trainer.writer.print("decayed checkpoints:\n" + metrics_lib.results_table(
         rows, trainer.data.entropy_rate))
+    steps = [r["step"] for r in rows] + list(cfg.schedule.budgets)
+    if others := merging.average_rows(trainer.tree.manifest(), steps):
+      trainer.writer.print("merges and EMA shadows at the budgets:\n"
+                           + metrics_lib.results_table(others, trainer.data.entropy_rate))
     total = time.perf_counter() - trainer.started
     trainer.writer.print(
         f"done: {trainer.plan.total_steps} steps in the plan, {trainer.steps_done_here} run "

@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 
+from wsdjax import ema as ema_lib
 from wsdjax.checkpoint.errors import BrokenCheckpoint, CheckpointError
 from wsdjax.checkpoint.tree import CheckpointTree
 from wsdjax.plan import MAIN, StateRef
@@ -24,24 +25,22 @@ def latest_step(tree: CheckpointTree, branch: str, before: int | None = None) ->
 
 
 def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
-  """Load a train state of a run: `branch` ('main' or 'decay-<N>') at `step` (default: its
-  latest complete save, passing over broken ones with a warning). Onto `mesh` with the
+  """Load a train state of a run: `branch` ('main', 'decay-<N>', 'merge-<N>', or an EMA
+  shadow 'ema-<decay>', whose params it returns as the state's params) at `step` (default:
+  its latest complete save, passing over broken ones with a warning). Onto `mesh` with the
   run's shardings, or as host numpy arrays without one. Takes no lock: it works while a run
   writes the tree."""
   from wsdjax import config as config_lib  # local: the tree itself needs neither
-  from wsdjax import train_state
   cfg = config_lib.load_run_config(workdir)
   tree = CheckpointTree(workdir, read_only=True)
   try:
+    if ema_lib.decay_of(branch) is not None:
+      return _restore_shadow(tree, cfg, branch, step, mesh)
     steps = tree.steps(branch)
     if not steps:
       raise CheckpointError(f"branch: no saved states of {branch!r} in {workdir}; saved "
                             f"branches: {tree.branches()}")
-    if mesh is None:
-      target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
-                            train_state.abstract_state(cfg))
-    else:
-      target = train_state.abstract_state(cfg, mesh)
+    target = _target(cfg, mesh)
     if step is not None:
       return tree.restore(StateRef(branch, int(step)), target)[0]
     for newest in reversed(steps):  # the latest complete save of the branch
@@ -54,3 +53,28 @@ def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
     raise AssertionError("unreachable")
   finally:
     tree.close()
+
+
+def _target(cfg, mesh):
+  """The restore target: the run's abstract state on `mesh`, or host zeros without one."""
+  from wsdjax import train_state  # local: the tree itself does not need it
+  if mesh is None:
+    return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), train_state.abstract_state(cfg))
+  return train_state.abstract_state(cfg, mesh)
+
+
+def _restore_shadow(tree: CheckpointTree, cfg, shadow: str, step: int | None, mesh):
+  """The saved state holding EMA shadow `shadow` at `step` (default: the newest evaluated
+  one), with that shadow as its params."""
+  listed = {e["step"]: e for e in ema_lib.shadow_entries(tree.manifest())
+            if e["branch"] == shadow}
+  if not listed:
+    raise CheckpointError(f"branch: no EMA shadow {shadow!r} in this run (train.ema_decays="
+                          f"{tuple(cfg.train.ema_decays)}); saved branches: {tree.branches()}")
+  if step is not None and int(step) not in listed:
+    raise CheckpointError(f"step: {shadow} was evaluated at steps {sorted(listed)}, not "
+                          f"{step}; pass one of those")
+  source = listed[max(listed) if step is None else int(step)]["source"]
+  decays = [ema_lib.name(d) for d in cfg.train.ema_decays]
+  state = tree.restore(StateRef(source["branch"], source["step"]), _target(cfg, mesh))[0]
+  return state.replace(params=state.ema[decays.index(shadow)])

@@ -17,6 +17,7 @@ enters it (and is reported) only once Orbax has committed it on disk.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import re
 from typing import Any, Iterable
@@ -194,7 +195,8 @@ class CheckpointTree:
       if flags and (ref.branch, ref.step) in self._entries:
         self.update_entry(ref, **flags)
       return
-    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(state=ocp.args.PyTreeSave(_as_item(state)),
+                              meta=ocp.args.JsonSave(meta))
     with _save_errors(self, ref):
       mgr.save(ref.step, args=args, force=True)
     self._pending.append((ref.branch, ref.step, meta["entry"]))
@@ -353,10 +355,11 @@ class CheckpointTree:
     damage = self.damage(ref)
     if damage:
       raise BrokenCheckpoint(ref, damage)
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    item = _as_item(target)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
     try:
       out = self._manager(ref.branch).restore(ref.step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(target, restore_args=restore_args),
+          state=ocp.args.PyTreeRestore(item, restore_args=restore_args),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001
       damage = self.damage(ref, collective=False)
@@ -369,7 +372,8 @@ class CheckpointTree:
           f"checkpoint: cannot restore {ref.branch}@{ref.step} ({text}); if its files are "
           f"damaged, move {self.path(ref)} away and rerun to resume from the previous "
           "save") from e
-    return out["state"], out["meta"]
+    state = out["state"]
+    return (target.replace(**state) if item is not target else state), out["meta"]
 
   # ---- retention ----
   def delete(self, ref: StateRef) -> None:
@@ -454,6 +458,16 @@ class _save_errors:
 
 
 _DISK_FULL = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _as_item(state):
+  """What a save stores of `state`: a dataclass (the TrainState) as the dict of its fields
+  but the empty ones (e.g. no EMA shadows), so saves made before a field existed restore
+  and every save is a plain nested dict for Orbax users; anything else as it is."""
+  if not dataclasses.is_dataclass(state):
+    return state
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  return {k: v for k, v in fields.items() if not (isinstance(v, tuple) and not v)}
 
 
 def _why(error: Exception) -> str:
