@@ -1,0 +1,183 @@
+"""`python -m wsdjax.export --workdir W [--branch B] [--step S] --out DIR [--dtype float32]
+[--overwrite]`: a saved state of a run as a Hugging Face `LlamaForCausalLM` checkpoint that
+`transformers` loads without wsdjax (the mapping: wsdjax/hf_llama.py).
+
+DIR gets model.safetensors (the params in --dtype: float32, bfloat16 or float16),
+config.json, generation_config.json and the run's tokenizer where it has a Hugging Face
+form: SentencePiece as tokenizer.model plus an equivalent tokenizer.json, a HF
+tokenizer.json as itself, each with a tokenizer_config.json for `AutoTokenizer`; the bytes
+tokenizer and the bigram task have none (the report says so). Default: branch main at its
+latest save; a decayed checkpoint is `--branch decay-<N>`. Refused with one line, exit 2,
+nothing written: a model field Llama cannot express, a branch or step not saved, DIR a
+file or a non-empty directory (unless --overwrite).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from absl import flags
+
+from wsdjax import cli
+from wsdjax.errors import ConfigError
+
+_F: dict = {}
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (imports stay flag-free)."""
+  _F["workdir"] = flags.DEFINE_string("workdir", None, "Run directory of wsdjax.train.")
+  _F["branch"] = flags.DEFINE_string("branch", "main", "main, decay-<N>, merge-<N>, ... (as "
+                                      "checkpoint.restore takes it).")
+  _F["step"] = flags.DEFINE_integer("step", None, "Saved step (default: the latest).")
+  _F["out"] = flags.DEFINE_string("out", None, "Directory to write the HF checkpoint to.")
+  _F["dtype"] = flags.DEFINE_string("dtype", "float32", "float32 | bfloat16 | float16.")
+  _F["overwrite"] = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
+
+
+def check_out(out, overwrite: bool = False) -> None:
+  """ConfigError unless `out` may take an export: a local path that does not exist, an
+  empty directory, or (with `overwrite`) any directory."""
+  if not out:
+    raise ConfigError("--out", "missing", "pass --out DIR, a new directory for the export")
+  if "://" in str(out):
+    raise ConfigError("--out", f"{out} is not a local path", "export to a local directory")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ConfigError("--out", f"{out} is a file", "pass a new or empty directory")
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise ConfigError("--out", f"{out} is not empty",
+                      "pass a new or empty directory, or --overwrite to replace it")
+
+
+def export_llama(workdir, out, branch: str = "main", step: int | None = None,
+                 dtype: str = "float32", overwrite: bool = False) -> dict:
+  """Write `branch`@`step` (default: its latest save) of the run in `workdir` to the
+  directory `out` as a LlamaForCausalLM checkpoint (module doc); returns a report: branch,
+  step, out, dtype, params, files, tokenizer (a line). Checks everything before writing;
+  `out` appears complete or not at all."""
+  from wsdjax import checkpoint as ckpt
+  from wsdjax import config as config_lib
+  from wsdjax import hf_llama
+  from wsdjax import model as model_lib
+  check_out(out, overwrite)
+  hf_llama.check_dtype(dtype)
+  cfg = config_lib.load_run_config(workdir)
+  model_cfg = model_lib.ModelConfig.from_config(cfg.model)
+  hf_llama.check_expressible(model_cfg)
+  state = ckpt.restore(str(workdir), branch=branch, step=step)  # one line if not saved
+  tensors = hf_llama.llama_tensors(state.params, model_cfg, dtype)
+  tok_files, eos_id, tok_note = tokenizer_files(cfg, workdir)
+  files = {"config.json": _json(hf_llama.llama_config(model_cfg, dtype, eos_id)),
+           "generation_config.json": _json(hf_llama.generation_config(eos_id)), **tok_files}
+  _write(out, tensors, files)
+  return {"branch": branch, "step": int(state.step), "out": str(out), "dtype": dtype,
+          "params": model_lib.param_count(model_cfg), "tokenizer": tok_note,
+          "files": sorted([*files, "model.safetensors"])}
+
+
+def _json(obj) -> bytes:
+  return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def _write(out, tensors: dict, files: dict[str, bytes]) -> None:
+  """model.safetensors (from `tensors`) and `files` into a fresh directory beside `out`,
+  which then takes the place of `out`; nothing is left behind if a write fails."""
+  from safetensors.numpy import save_file
+  out = os.path.abspath(out).rstrip(os.sep)
+  tmp = f"{out}.tmp-{os.getpid()}"
+  os.makedirs(tmp)
+  try:
+    save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    for name, data in files.items():
+      with open(os.path.join(tmp, name), "wb") as f:
+        f.write(data)
+    mode = os.stat(os.path.join(tmp, "config.json")).st_mode  # the umask's, not 0600
+    os.chmod(os.path.join(tmp, "model.safetensors"), mode & 0o777)
+    if os.path.isdir(out):
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def tokenizer_files(cfg, workdir) -> tuple[dict[str, bytes], int | None, str]:
+  """The run's tokenizer in Hugging Face form: files (name -> bytes), the eos id (None if
+  the run has none) and a line on what was exported or why nothing was."""
+  d = cfg.data
+  if d.source == "bigram":
+    return {}, None, "none (the bigram task's tokens are bare ids)"
+  if d.tokenizer == "bytes":
+    return {}, 0, ("none (the run's bytes tokenizer has no Hugging Face form: ids are the "
+                   "UTF-8 bytes of the text, eos 0)")
+  from wsdjax.data import DataConfigError
+  from wsdjax.data import tokenizers
+  if d.tokenizer == "huggingface":
+    try:
+      tok = tokenizers.HuggingFaceTokenizer(d.tokenizer_path)
+    except DataConfigError as e:
+      return {}, None, f"none ({e})"
+    with open(d.tokenizer_path, "rb") as f:
+      raw = f.read()
+    eos = _token_of(raw, tok.eos_id)
+    return ({"tokenizer.json": raw,
+             "tokenizer_config.json": _json(_tokenizer_config(eos))},
+            tok.eos_id, f"Hugging Face tokenizer.json of {d.tokenizer_path}")
+  return _sentencepiece_files(cfg, workdir)
+
+
+def _token_of(tokenizer_json: bytes, token_id: int) -> str:
+  from tokenizers import Tokenizer
+  return Tokenizer.from_str(tokenizer_json.decode()).id_to_token(token_id)
+
+
+def _tokenizer_config(eos: str, **extra) -> dict:
+  """tokenizer_config.json: `AutoTokenizer` loads tokenizer.json as it is; text is encoded
+  as wsdjax encodes it, no bos or eos added."""
+  return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": None,
+          "pad_token": None, "add_bos_token": False, "add_eos_token": False,
+          "clean_up_tokenization_spaces": False, **extra}
+
+
+def _sentencepiece_files(cfg, workdir) -> tuple[dict[str, bytes], int | None, str]:
+  """The run's cached SentencePiece model as tokenizer.model and tokenizer.json."""
+  import sentencepiece as spm
+  from etils import epath
+  from wsdjax import hf_llama
+  name = f"sentencepiece_{cfg.data.sp_model_type}_{cfg.model.vocab_size}.model"
+  path = epath.Path(workdir) / "tokenizer" / name  # where the run cached it
+  if not path.exists():
+    return {}, None, f"none (no SentencePiece model at {path})"
+  proto = path.read_bytes()
+  sp = spm.SentencePieceProcessor(model_proto=proto)
+  eos_id = sp.eos_id()  # wsdjax's models have one (data/tokenizers.py)
+  config = _tokenizer_config(sp.id_to_piece(eos_id), unk_token=sp.id_to_piece(sp.unk_id()))
+  return ({"tokenizer.model": proto, "tokenizer.json":
+           hf_llama.sentencepiece_tokenizer(proto).to_str().encode(),
+           "tokenizer_config.json": _json(config)},
+          eos_id, f"SentencePiece ({cfg.data.sp_model_type}) {path}, also as tokenizer.json")
+
+
+def main(argv):
+  cli.run_workdir(argv, _F["workdir"].value, "usage: --workdir W [--branch B] [--step S] "
+                  "--out DIR")
+  from wsdjax import hf_llama
+  try:  # the cheap checks, before jax and Orbax load
+    check_out(_F["out"].value, _F["overwrite"].value)
+    hf_llama.check_dtype(_F["dtype"].value)
+  except ConfigError as e:
+    cli.fail(str(e))
+  if _F["step"].value is not None and _F["step"].value < 0:
+    cli.fail(f"--step: must be a saved step (>= 0), got {_F['step'].value}")
+  r = export_llama(_F["workdir"].value, _F["out"].value, _F["branch"].value,
+                   _F["step"].value, _F["dtype"].value, _F["overwrite"].value)
+  print(f"exported {r['branch']}@{r['step']} ({r['params']:,} params, {r['dtype']}) as "
+        f"LlamaForCausalLM to {r['out']}: {', '.join(r['files'])}")
+  print(f"tokenizer: {r['tokenizer']}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  cli.run(main)
