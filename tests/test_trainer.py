@@ -186,3 +186,25 @@ def test_rewritten_file_keeps_earlier_rows_and_writes_on_schedule(tmp_path):
   g.write('{"step": 3}\n')
   g.flush()
   assert path.read_text().splitlines()[-1] == '{"step": 3}'
+
+
+def test_log_rows_are_clu_means_of_their_window(tiny_config, tmp_path):
+  """A log row's loss and gradient norm are the means over the steps since the last row
+  (clu.metrics), its LR the last update's; the run prints clu's parameter table first."""
+  rows = {}
+  for every in (1, 4):
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.schedule.update(name="constant", budgets=(8,), warmup_steps=4)
+    cfg.train.log_every = every
+    stream = __import__("io").StringIO()
+    trainer.train_and_evaluate(cfg, str(tmp_path / str(every)), mesh=one_device_mesh(),
+                               stream=stream)
+    lines = [json.loads(l) for l in (tmp_path / str(every) / "metrics.jsonl").open()]
+    rows[every] = {r["step"]: r for r in lines if "train_loss" in r}
+  assert "| layers/mlp/gate" in stream.getvalue() and "Total: " in stream.getvalue()
+  for end in (4, 8):
+    window = [rows[1][s] for s in range(end - 3, end + 1)]
+    for key in ("train_loss", "grad_norm"):
+      assert rows[4][end][key] == pytest.approx(np.mean([r[key] for r in window]), rel=1e-6)
+    assert rows[4][end]["lr"] == rows[1][end]["lr"]
+  assert rows[4][4]["lr"] != rows[1][1]["lr"]  # warmup: the window's last LR, not its first

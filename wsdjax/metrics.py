@@ -19,6 +19,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from clu import metrics as clu_metrics
+from clu import parameter_overview
 from etils import epath
 
 # Dense bf16 peak FLOP/s per device (one chip / one GPU), by substring of the lower-cased
@@ -141,11 +143,45 @@ class MetricWriter:
       self._jsonl.close()
 
 
+# ---- the metrics the trainer accumulates (clu.metrics collections) ----
+# TrainWindow: the train metrics of the steps since the last log row (mean loss and
+# gradient norm, the LR of the last update), merged on device each step (no host sync).
+TrainWindow = clu_metrics.Collection.create(
+    train_loss=clu_metrics.Average.from_output("train_loss"),
+    grad_norm=clu_metrics.Average.from_output("grad_norm"),
+    lr=clu_metrics.LastValue.from_output("lr"))
+
+# EvalLoss: the mean of the per-batch mean losses over the fixed validation batches
+# (equal-sized batches, so the mean over their tokens).
+EvalLoss = clu_metrics.Collection.create(eval_loss=clu_metrics.Average.from_output("loss"))
+
+
+def accumulate(window, step_metrics: Mapping[str, Any]):
+  """`window` with one more step's metrics merged in (a new window when None)."""
+  one = TrainWindow.single_from_model_output(**step_metrics)
+  return one if window is None else window.merge(one)
+
+
+def mean_eval_loss(batch_losses) -> float:
+  """The eval loss (`EvalLoss`) of per-batch mean losses; every evaluation reduces so."""
+  total = None
+  for loss in batch_losses:
+    one = EvalLoss.single_from_model_output(loss=loss)
+    total = one if total is None else total.merge(one)
+  return float(total.compute()["eval_loss"])
+
+
+def parameter_table(params) -> str:
+  """clu's table of the params (name, shape, dtype, size; total), from arrays or shapes."""
+  return parameter_overview.get_parameter_overview(params, include_stats=False)
+
+
 def log_row(metrics: Mapping[str, Any], n: int, tokens_per_step: int, elapsed: float,
             wait: float, flops_per_token: float, entropy_rate: float | None) -> dict:
   """A log row over a window of `n` steps of `tokens_per_step` that took `elapsed` s (`wait`
-  of them waiting on input): the last step's metrics, tokens/s, MFU, input share, step
-  time, and the gap to the optimal loss when the data's entropy rate is known."""
+  of them waiting on input): the window's metrics (`TrainWindow.compute()`), tokens/s,
+  MFU, input share, step time, and the gap to the optimal loss when the data's entropy
+  rate is known."""
   tokens_per_s = n * tokens_per_step / max(elapsed, 1e-9)
   row = {k: float(v) for k, v in metrics.items() if k != "finite"}
   row["tokens_per_s"] = tokens_per_s

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 from etils import epath
 
 from wsdjax import checkpoint as ckpt
@@ -63,6 +62,7 @@ class _SegmentRun:
   schedule: Any
   tags: dict
   pending: tuple | None = None
+  window: Any = None  # metrics_lib.TrainWindow of the steps since the last log row
   t_window: float = dataclasses.field(default_factory=time.perf_counter)
   n_window: int = 0
   wait_window: float = 0.0
@@ -157,8 +157,7 @@ class Trainer:
       sh = sharding.batch_sharding(self.mesh)
       self._eval_batches = [data_lib.to_global(b, sh) for b in self.data.eval_batches()]
     step = self.steps.eval()
-    losses = [step(params, b) for b in self._eval_batches]
-    return float(np.mean([float(x) for x in losses]))
+    return metrics_lib.mean_eval_loss(step(params, b) for b in self._eval_batches)
 
   # -- start states --
   def _restore(self, ref: StateRef) -> Live:
@@ -222,6 +221,7 @@ class Trainer:
   def run(self) -> list[dict]:
     """Execute the plan (resuming), then return the manifest entries of decayed checkpoints."""
     self.writer.print(model_lib.describe(self.cfg.model))
+    self.writer.print(metrics_lib.parameter_table(self.steps.abstract.params))
     self.writer.print(plan_lib.describe(self.plan))
     if self.data.entropy_rate is not None:
       self.writer.print(f"data: bigram chain, entropy rate (optimal loss) "
@@ -362,6 +362,7 @@ class Trainer:
     batch = data_lib.to_global(local, self.steps.batch_sh)
     state = faults.before_step(run.seg.branch, step + 1, state)
     state, metrics = compiled(state, batch)
+    run.window = metrics_lib.accumulate(run.window, metrics)
     run.n_window += 1
     self.steps_done_here += 1
     faults.after_step(run.seg.branch, step + 1)
@@ -381,8 +382,9 @@ class Trainer:
       remaining = run.seg.end - done
     else:
       remaining = self.plan.total_steps + self.extra_steps() - run.run_steps(done)
-    self.log(run.seg, done, metrics, elapsed, run.n_window, run.wait_window, remaining)
-    run.t_window, run.n_window, run.wait_window = time.perf_counter(), 0, 0.0
+    self.log(run.seg, done, run.window.compute(), elapsed, run.n_window, run.wait_window,
+             remaining)
+    run.window, run.t_window, run.n_window, run.wait_window = None, time.perf_counter(), 0, 0.0
 
   def _eval_main(self, seg: Segment, done: int, state) -> None:
     """Every `eval_every` steps of the main branch: the eval loss."""
@@ -443,8 +445,7 @@ class Trainer:
       raise NonFiniteLoss(why)
 
   def log(self, seg, done, metrics, elapsed, n, wait, remaining) -> None:
-    """One log row at step `done` of `seg` (`metrics_lib.log_row`), `remaining` steps to
-    go; to TensorBoard, JSONL and the console."""
+    """A log row (`metrics_lib.log_row`) at step `done`: TensorBoard, JSONL, console."""
     row = metrics_lib.log_row(metrics, n, self.tokens_per_step, elapsed, wait,
                               self.flops_per_token, self.data.entropy_rate)
     self.writer.write(done, row, branch=seg.branch)
