@@ -35,11 +35,11 @@ def get_config(data: str = "bundled"):
   c = _sibling("compare_small" if data == "bundled" else "compare_tiny").get_config()
   c.name = f"compare_endings_{data}"
   # Budgets B_i in steps, decays 20% of each; warmup as long as the shortest decay.
-  c.schedule.budgets = (60, 120, 180, 240) if data == "bundled" else (40, 80, 120, 160)
-  c.schedule.warmup_steps = c.schedule.budgets[0] // 5
+  c.schedule.budgets = (40, 80, 120, 160)
+  c.schedule.warmup_steps = 8
   c.schedule.decay_fraction = 0.2
-  # Merges at every budget: main's saves in the last 20 (bigram: 16) steps, every 4 steps.
-  c.schedule.merge_window = 20 if data == "bundled" else 16
+  # Merges at every budget: main's saves in the last 16 steps, every 4 steps.
+  c.schedule.merge_window = 16
   c.schedule.merge_every = 4
   c.schedule.merge_weights = "uniform"
   # Two EMA shadows: horizons of ~10 and ~50 steps.
