@@ -116,8 +116,9 @@ def test_bf16_peak_table_by_device_kind():
   cases = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
            "NVIDIA H100 NVL": 835e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
            "NVIDIA A10G": 125e12, "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12,
-           "Tesla V100-SXM2-16GB": 125e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-           "TPU v5": 459e12, "TPU v6 lite": 918e12}
+           "Tesla V100-SXM2-16GB": 15.7e12, "Tesla T4": 8.1e12, "TPU v4": 275e12,
+           "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v6 lite": 918e12,
+           "TPU v2": 22.5e12, "TPU v3": 61.5e12}  # v2/v3: a jax device is one TensorCore
   for kind, peak in cases.items():
     assert metrics.table_peak_flops(kind) == peak, kind
   assert metrics.table_peak_flops("cpu") is None

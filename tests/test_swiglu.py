@@ -1,6 +1,7 @@
 """Tests of wsdjax.kernels.swiglu: every `swiglu_impl` computes silu(a) * u and its gradients."""
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +83,12 @@ def test_auto_is_the_pallas_kernel_on_gpu_only(monkeypatch):
   assert S.resolve("auto", "gpu") in ("pallas", "vjp") and S.resolve("auto", "tpu") == "xla"
   monkeypatch.setattr(S.jax, "default_backend", lambda: "gpu")
   assert S.resolve("auto") == "pallas" and S.resolve("vjp") == "vjp"
+  for capability, impl in (("7.5", "vjp"), ("8.0", "pallas"), ("9.0", "pallas")):
+    gpu = types.SimpleNamespace(compute_capability=capability)  # 7.5: a T4, pre-Ampere
+    monkeypatch.setattr(S.jax, "devices", lambda backend=None, gpu=gpu: [gpu])
+    assert S.resolve("auto", "gpu") == impl, capability
+  monkeypatch.undo()
+  monkeypatch.setattr(S.jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(S, "_has_pallas_triton", lambda: False)
   assert S.resolve("auto") == "vjp"
   monkeypatch.setattr(S.jax, "default_backend", lambda: "tpu")

@@ -23,15 +23,18 @@ from clu import metrics as clu_metrics
 from clu import parameter_overview
 from etils import epath
 
-# Dense bf16 peak FLOP/s per device (one chip / one GPU), by substring of the lower-cased
-# device_kind; the first match wins, so a more specific name comes before its prefix.
+# Dense bf16 peak FLOP/s per jax device, by substring of the lower-cased device_kind; the
+# first match wins, so a more specific name comes before its prefix. A jax device is a chip
+# from TPU v4 on (megacore) and a GPU, but one of the two TensorCores of a v2/v3 chip (half
+# the chip's 45 / 123 TFLOP/s). T4 and V100 have no bf16 matmul units: XLA runs bf16 at
+# their float32 rate (8.1 and 15.7 TFLOP/s), which is what a bf16 run can reach.
 _PEAK_BF16 = (
     ("v6", 918e12), ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12),
     ("v5", 459e12), ("v4", 275e12),
-    ("v3", 123e12), ("v2", 45e12), ("b200", 2250e12), ("h200", 989e12),
+    ("v3", 61.5e12), ("v2", 22.5e12), ("b200", 2250e12), ("h200", 989e12),
     ("h100 pcie", 756e12), ("h100 nvl", 835e12), ("h100", 989e12), ("h800", 989e12),
-    ("a100", 312e12), ("l40s", 362e12), ("l4", 121e12), ("a10", 125e12), ("t4", 65e12),
-    ("v100", 125e12),
+    ("a100", 312e12), ("l40s", 362e12), ("l4", 121e12), ("a10", 125e12), ("t4", 8.1e12),
+    ("v100", 15.7e12),
 )
 
 

@@ -49,7 +49,20 @@ def resolve(impl: str, platform: str | None = None) -> str:
     return impl
   if (platform or sharding.current_platform()) != "gpu":
     return "xla"
-  return "pallas" if _has_pallas_triton() else "vjp"
+  return "pallas" if _has_pallas_triton() and _ampere_or_newer() else "vjp"
+
+
+def _ampere_or_newer() -> bool:
+  """Whether the GPUs run Pallas' Triton kernels: compute capability 8.0 or newer (a T4 or
+  V100 does not). True when there is no GPU to ask (compiling for one elsewhere)."""
+  try:
+    capability = getattr(jax.devices("gpu")[0], "compute_capability", None)
+  except RuntimeError:
+    return True
+  try:
+    return capability is None or float(capability) >= 8.0
+  except (TypeError, ValueError):
+    return True
 
 
 def _grads(g, a, u):
