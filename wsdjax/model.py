@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wsdjax import decoding
 from wsdjax.errors import ConfigError
 from wsdjax.kernels import attention, fast_dense, fused_loss, swiglu
 
@@ -214,8 +215,9 @@ class RMSNorm(nn.Module):
     return (y * scale).astype(self.dtype)
 
 
-def rope(x: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding of x: [B, T, N, Dh] (positions 0..T-1), "rotate half" form.
+def rope(x: jax.Array, theta: float, offset: jax.Array | None = None) -> jax.Array:
+  """Rotary position embedding of x: [B, T, N, Dh] (positions 0..T-1, or offset..offset+T-1
+  when decoding with a cache), "rotate half" form.
 
   With f_i = theta^(-2i/Dh), i < Dh/2, and (x1, x2) the two halves of the last axis:
   rope(x)_t = (x1 cos(t f) - x2 sin(t f), x2 cos(t f) + x1 sin(t f)).
@@ -223,7 +225,10 @@ def rope(x: jax.Array, theta: float) -> jax.Array:
   """
   t, dh = x.shape[1], x.shape[-1]
   freqs = theta ** (-jnp.arange(0, dh // 2, dtype=jnp.float32) * 2.0 / dh)
-  angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]  # [T, Dh/2]
+  positions = jnp.arange(t, dtype=jnp.float32)
+  if offset is not None:
+    positions = positions + offset
+  angles = positions[:, None] * freqs[None, :]  # [T, Dh/2]
   cos = jnp.cos(angles)[None, :, None, :]
   sin = jnp.sin(angles)[None, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -235,9 +240,11 @@ causal_attention = attention.causal_attention
 
 
 class Attention(nn.Module):
-  """Causal multi-head / grouped-query self-attention with RoPE, no biases."""
+  """Causal multi-head / grouped-query self-attention with RoPE, no biases. With `decode`,
+  keys and values go to a cache and the new positions attend to it (wsdjax/decoding.py)."""
 
   config: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -259,10 +266,13 @@ class Attention(nn.Module):
       q = fast_dense.dense_nd(x, wq.astype(dt), 1, impl)
       k = fast_dense.dense_nd(x, wk.astype(dt), 1, impl)
       v = fast_dense.dense_nd(x, wv.astype(dt), 1, impl)
-    q = nn.with_logical_constraint(rope(q, cfg.rope_theta), HEADS)
-    k = nn.with_logical_constraint(rope(k, cfg.rope_theta), KV_HEADS)
+    cache = decoding.KVCache(self, k.shape, cfg.seq_len, dt) if self.decode else None
+    offset = None if cache is None else cache.index.value
+    q = nn.with_logical_constraint(rope(q, cfg.rope_theta, offset), HEADS)
+    k = nn.with_logical_constraint(rope(k, cfg.rope_theta, offset), KV_HEADS)
     v = nn.with_logical_constraint(v, KV_HEADS)
-    o = causal_attention(q, k, v, cfg.attention_impl, cfg.platform)
+    o = (causal_attention(q, k, v, cfg.attention_impl, cfg.platform) if cache is None
+         else cache.attend(q, k, v))
     o = nn.with_logical_constraint(o, HEADS)
     if impl == "xla":
       return jnp.einsum("bthk,hkd->btd", o, wo.astype(dt))
@@ -314,12 +324,13 @@ class Block(nn.Module):
   """
 
   config: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
     cfg = self.config
     dt = cfg.compute_dtype
-    x = x + Attention(cfg, name="attn")(RMSNorm(dt, name="attn_norm")(x))
+    x = x + Attention(cfg, self.decode, name="attn")(RMSNorm(dt, name="attn_norm")(x))
     x = nn.with_logical_constraint(x, RESIDUAL)
     x = x + MLP(cfg, name="mlp")(RMSNorm(dt, name="mlp_norm")(x))
     x = nn.with_logical_constraint(x, RESIDUAL)
@@ -341,10 +352,12 @@ class Transformer(nn.Module):
 
   Called with `targets` int32[B, T], it returns the mean next-token loss (nats) instead,
   `cross_entropy(logits, targets)`; with `loss_impl` 'chunked' (by default on GPU and on the
-  CPU fast path) through `fused_loss.head_loss`, which never builds the logits.
+  CPU fast path) through `fused_loss.head_loss`, which never builds the logits. With
+  `decode`, a KV cache (collection 'cache') makes each call continue the previous ones.
   """
 
   config: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, targets: jax.Array | None = None) -> jax.Array:
@@ -354,19 +367,21 @@ class Transformer(nn.Module):
     x = nn.with_logical_constraint(embed(tokens), RESIDUAL)
 
     block = _block_class(cfg)
-    if cfg.scan_layers and cfg.layer_loop == "unrolled" and not self.is_initializing():
+    if (cfg.scan_layers and cfg.layer_loop == "unrolled" and not self.is_initializing()
+        and not self.decode):
       # The stacked parameters of `layers`, one slice per block, in a Python loop.
       layers = nn.unbox(self.variables["params"]["layers"])
       for i in range(cfg.n_layers):
         params_i = jax.tree.map(lambda p, i=i: p[i], layers)
         x, _ = block(cfg).apply({"params": params_i}, x, None)
     elif cfg.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(cfg, name="layers")(x, None)
+      stack = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True}, length=cfg.n_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(cfg, self.decode, name="layers")(x, None)
     else:
       for i in range(cfg.n_layers):
-        x, _ = block(cfg, name=f"block_{i}")(x, None)
+        x, _ = block(cfg, self.decode, name=f"block_{i}")(x, None)
 
     x = RMSNorm(dt, name="final_norm")(x)
     if cfg.tie_embeddings:
