@@ -81,6 +81,26 @@ def test_overrides_evaluate_a_held_out_text_file(run, tmp_path):
     assert abs(r["loss"] - own[r["branch"], r["step"]]) > 1e-3  # another text
 
 
+def test_a_text_file_given_by_overrides_is_evaluated_whole(run, tmp_path):
+  held_out = tmp_path / "held_out.txt"
+  docs = [f"Psalm {i}: The LORD is my shepherd; I shall not want." for i in range(60)]
+  held_out.write_text("\n\n".join(docs))
+  (first,) = evaluation.evaluate_states(run, {"path": str(held_out)}, "decay-13", 13)
+  # bytes: each document's bytes and an eos; rows of 33 tokens overlapping by one
+  stream = sum(len(d.encode()) + 1 for d in docs)
+  rows = (stream - 1) // 32
+  assert first["tokens"] == rows // 8 * 8 * 32 and rows // 8 > 2  # more than the split's
+  lines = []
+  evaluation.evaluate_states(run, {"path": str(held_out)}, "decay-13", 13,
+                             report=lines.append)
+  assert lines == [f"the whole of {held_out}, {rows // 8} batches x 8 rows x 32 tokens"
+                   + (f" ({rows % 8} rows past the last full batch left out)"
+                      if rows % 8 else "")]
+  with pytest.raises(ConfigError, match=r"^--config.data.path: .* fewer than one batch"):
+    (tmp_path / "short.txt").write_text("In the beginning\n\nGod created")
+    evaluation.evaluate_states(run, {"path": str(tmp_path / "short.txt")}, "decay-13", 13)
+
+
 def test_one_state_by_branch_and_step(run):
   main = [e for e in manifest(run) if e["branch"] == "main"]
   (record,) = evaluation.evaluate_states(run, branch="main", step=main[0]["step"])

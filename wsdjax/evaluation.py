@@ -31,7 +31,9 @@ from wsdjax import data as data_lib
 from wsdjax import ema
 from wsdjax import metrics as metrics_lib
 from wsdjax import model as model_lib
+from wsdjax import sample
 from wsdjax import sharding
+from wsdjax.data import packing, sources
 from wsdjax.errors import ConfigError
 from wsdjax.plan import MAIN
 from wsdjax.steps import StepCache
@@ -133,6 +135,35 @@ def describe_data(cfg, overrides: dict | None, pipeline) -> str:
           f"tokens{short}")
 
 
+def whole_file(cfg, data_overrides: dict | None) -> bool:
+  """Whether to evaluate all of a text file given by overrides (its every row once) rather
+  than a validation split: a `text` source whose path the overrides set, unless they also
+  set `val_fraction` (then its split, as training would make it)."""
+  given = data_overrides or {}
+  return (cfg.data.source == "text" and ("path" in given or "source" in given)
+          and "val_fraction" not in given)
+
+
+def whole_file_batches(cfg, tok) -> tuple[list[np.ndarray], str]:
+  """Every row of seq_len+1 tokens of the text at `data.path` (all its documents, packed as
+  in training), in batches of `train.global_batch_size` rows; the rows past the last full
+  batch are left out (the line says how many). ConfigError if not one batch."""
+  rows = packing.PackedRows(packing.concat_documents(
+      tok.encode_batch(sources.read_documents(cfg.data.path)), tok.eos_id, tok.vocab_size),
+      cfg.model.seq_len)
+  size = cfg.train.global_batch_size
+  if rows.num_rows < size:
+    raise ConfigError("--config.data.path", f"{cfg.data.path} makes {rows.num_rows} rows of "
+                      f"model.seq_len+1 tokens, fewer than one batch of {size}",
+                      "give more text (or --config.data.val_fraction to use a split)")
+  count = rows.num_rows // size
+  batches = [rows.gather(np.arange(i * size, (i + 1) * size)) for i in range(count)]
+  left = rows.num_rows - count * size
+  return batches, (f"the whole of {cfg.data.path}, {count} batches x {size} rows x "
+                   f"{cfg.model.seq_len} tokens" + (f" ({left} rows past the last full batch "
+                                                    "left out)" if left else ""))
+
+
 def evaluate_states(workdir, data_overrides: dict | None = None, branch: str | None = None,
                     step: int | None = None, mesh=None, report=None) -> list[dict]:
   """Evaluate the states `select_states` picks on the validation batches of the run's data
@@ -145,16 +176,21 @@ def evaluate_states(workdir, data_overrides: dict | None = None, branch: str | N
   config_lib.validate(cfg, None)
   check_same_tokens(run_cfg, cfg)
   refs = select_states(workdir, branch, step)
-  pipeline = data_lib.build_pipeline(cfg, workdir=str(workdir))
-  local = pipeline.eval_batches()
+  if whole_file(cfg, data_overrides):  # the run's tokenizer only: no split to make
+    tok = sample.load_tokenizer(workdir, cfg)
+    local, line = whole_file_batches(cfg, tok)
+  else:
+    pipeline = data_lib.build_pipeline(cfg, workdir=str(workdir))
+    tok = pipeline.tokenizer
+    local, line = pipeline.eval_batches(), describe_data(cfg, overrides, pipeline)
   if report is not None:
-    report(describe_data(cfg, overrides, pipeline))
+    report(line)
   mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)
   eval_step = StepCache(cfg, mesh, model_lib.build_model(
       cfg.model, sharding.platform_of(mesh))).eval()
   batches = [data_lib.to_global(b, sharding.batch_sharding(mesh)) for b in local]
   tokens = len(local) * cfg.train.global_batch_size * cfg.model.seq_len
-  n_bytes = target_bytes(pipeline.tokenizer, local)
+  n_bytes = target_bytes(tok, local)
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
     manifest = tree.manifest()
   recorded = {(e["branch"], e["step"]): e.get("eval_loss")
