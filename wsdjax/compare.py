@@ -401,14 +401,16 @@ def compare(cfg, workdir, only: Sequence[str] | None = None, mesh=None,
 
 
 def fit_report(cfg, rows: list[dict], predict_at: float | None = None) -> str:
-  """A scaling fit (wsdjax.scaling) per strategy with 3 or more budgets: the loss of its
-  decayed checkpoints against their lineage's FLOPs (tokens x model FLOPs per token)."""
+  """A scaling fit (wsdjax.scaling) per series (strategy, variant, merge, EMA) with 3 or
+  more budgets: the loss of its checkpoints against their lineage's FLOPs (tokens x model
+  FLOPs per token)."""
   from wsdjax import model as model_lib
   from wsdjax import scaling
   per_token = model_lib.flops_per_token(cfg.model)
   lines = []
-  for series in dict.fromkeys(r["series"] for r in rows):
-    mine = sorted((r for r in rows if r["series"] == series and r["eval_loss"] is not None),
+  name = lambda r: r.get("series") or LABELS[r["strategy"]]  # noqa: E731
+  for series in dict.fromkeys(map(name, rows)):
+    mine = sorted((r for r in rows if name(r) == series and r["eval_loss"] is not None),
                   key=lambda r: r["tokens"])
     if len(mine) < 3:
       lines.append(f"{series}: the fit needs 3 or more budgets, has {len(mine)}")
