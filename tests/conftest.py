@@ -56,7 +56,6 @@ def pytest_collection_modifyitems(items):
 
 
 def one_device_mesh():
-  from wsdjax import sharding
   return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
                            ("data", "fsdp", "tensor"))
 

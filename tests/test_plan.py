@@ -1,6 +1,5 @@
 """The branch planner: segments, start states, decayed checkpoints, compute accounting."""
 
-import ml_collections
 import pytest
 
 from wsdjax import plan as plan_lib

@@ -3,7 +3,6 @@ accumulation, one compile per schedule, learning the bigram task, the CLI's arti
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
