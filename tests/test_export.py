@@ -50,15 +50,17 @@ def _random_params(abstract, seed: int):
 
 def make_run(workdir, *, kv_heads=2, tie=True, scan=True, vocab=64, tokenizer=None):
   """A run with random states saved as main@4 and decay-8@8 (no training: the export
-  only reads them). tokenizer: None (bigram), 'sentencepiece' or a tokenizer.json path."""
+  only reads them). tokenizer: None (bigram), 'sentencepiece', 'bytes' or a tokenizer.json
+  path."""
   import tiny
   c = tiny.get_config()
   c.model.update(n_kv_heads=kv_heads, tie_embeddings=tie, scan_layers=scan,
                  vocab_size=vocab, seq_len=16)
   if tokenizer is not None:
     c.data.source = "bundled"
-    c.data.tokenizer = "sentencepiece" if tokenizer == "sentencepiece" else "huggingface"
-    c.data.tokenizer_path = "" if tokenizer == "sentencepiece" else str(tokenizer)
+    c.data.tokenizer = (tokenizer if tokenizer in ("sentencepiece", "bytes")
+                        else "huggingface")
+    c.data.tokenizer_path = "" if c.data.tokenizer != "huggingface" else str(tokenizer)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config_lib.to_json(c))
   abstract = train_state.abstract_state(c)
@@ -109,6 +111,22 @@ def test_gqa_tied_sentencepiece_run_exports_equal_logits_and_tokenizer(tmp_path)
     assert ids == sp.encode(text), text
     assert hf.decode(ids) == sp.decode(ids)
   assert (out / "tokenizer.model").read_bytes() == proto
+
+
+def test_a_bytes_run_exports_a_tokenizer_json_that_encodes_its_bytes(tmp_path):
+  workdir = make_run(tmp_path / "run", vocab=256, tokenizer="bytes")
+  out = tmp_path / "hf"
+  report = export.export_llama(str(workdir), str(out), branch="decay-8")
+  assert report["files"] == ["config.json", "generation_config.json", "model.safetensors",
+                             "tokenizer.json", "tokenizer_config.json"]
+  assert json.loads((out / "config.json").read_text())["eos_token_id"] == 0
+  hf = transformers.AutoTokenizer.from_pretrained(str(out))
+  ours = tokenizers.BytesTokenizer()
+  assert hf.eos_token_id == ours.eos_id == 0 and len(hf) == 256
+  for text in TEXTS + ["a\x00b", "emoji 😀 and ✓"]:
+    ids = hf.encode(text, add_special_tokens=False)
+    assert ids == ours.encode(text), text
+    assert hf.decode(ids) == ours.decode(ids), text
 
 
 def test_mha_untied_unstacked_hf_tokenizer_run_exports_equal_logits(tmp_path):

@@ -5,8 +5,8 @@
 DIR gets model.safetensors (the params in --dtype: float32, bfloat16 or float16),
 config.json, generation_config.json and the run's tokenizer where it has a Hugging Face
 form: SentencePiece as tokenizer.model plus an equivalent tokenizer.json, a HF
-tokenizer.json as itself, each with a tokenizer_config.json for `AutoTokenizer`; the bytes
-tokenizer and the bigram task have none (the report says so). Default: branch main at its
+tokenizer.json as itself, the bytes tokenizer as a byte-level tokenizer.json, each with a
+tokenizer_config.json for `AutoTokenizer`; the bigram task has none (the report says so). Default: branch main at its
 latest save; a decayed checkpoint is `--branch decay-<N>`. Refused with one line, exit 2,
 nothing written: a model field Llama cannot express, a branch or step not saved, DIR a
 file or a non-empty directory (unless --overwrite).
@@ -110,8 +110,11 @@ def tokenizer_files(cfg, workdir) -> tuple[dict[str, bytes], int | None, str]:
   if d.source == "bigram":
     return {}, None, "none (the bigram task's tokens are bare ids)"
   if d.tokenizer == "bytes":
-    return {}, 0, ("none (the run's bytes tokenizer has no Hugging Face form: ids are the "
-                   "UTF-8 bytes of the text, eos 0)")
+    from wsdjax import hf_llama
+    tok = hf_llama.bytes_tokenizer()
+    return ({"tokenizer.json": tok.to_str().encode(),
+             "tokenizer_config.json": _json(_tokenizer_config(tok.id_to_token(0)))},
+            0, "bytes, as a tokenizer.json mapping each id to its UTF-8 byte (eos 0)")
   from wsdjax.data import DataConfigError
   from wsdjax.data import tokenizers
   if d.tokenizer == "huggingface":

@@ -162,6 +162,28 @@ def sentencepiece_tokenizer(model_proto: bytes):
   return tok
 
 
+def bytes_tokenizer():
+  """A `tokenizers.Tokenizer` that encodes like wsdjax's bytes tokenizer: id = UTF-8 byte,
+  NUL dropped from the text (id 0 is the end-of-document token). Each byte is one token
+  under the GPT-2 byte-to-character table (ByteLevel, no merges); decoding maps back and
+  replaces invalid UTF-8."""
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+  tok = Tokenizer(models.BPE({char: byte for byte, char in _byte_chars().items()}, []))
+  tok.normalizer = normalizers.Replace("\x00", "")
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  tok.decoder = decoders.ByteLevel()
+  return tok
+
+
+def _byte_chars() -> dict[int, str]:
+  """GPT-2's byte -> printable character table (the ByteLevel alphabet): printable
+  Latin-1 bytes stand for themselves, the others for chr(256 + n) in byte order."""
+  keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+          *range(ord("®"), ord("ÿ") + 1)]
+  extra = iter(range(256, 512))
+  return {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}
+
+
 def _sentencepiece_model(proto):
   """The `tokenizers` model of a SentencePiece ModelProto: Unigram (type 1) or BPE."""
   from tokenizers import models
