@@ -118,12 +118,7 @@ def _with_overrides(cfg, overrides, variant: str):
       raise config_lib.ConfigError("compare.variants", f"variant {variant!r} sets unknown "
                                    f"field {field!r}", "use run config fields, e.g. "
                                    "schedule.decay_shape or schedule.decay_overrides.b2")
-    *parents, leaf = field.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    with node.ignore_type():
-      node[leaf] = tuple(value) if isinstance(value, list) else value
+    config_lib.set_field(cfg, field, tuple(value) if isinstance(value, list) else value)
   return cfg
 
 
@@ -191,7 +186,11 @@ def collect(cfg, workdir) -> list[dict]:
   the merges, the EMA shadows and (constant LR) the main states at the budgets."""
   from wsdjax import checkpoint as ckpt
   from wsdjax import ema
+  from wsdjax import model as model_lib
   workdir = epath.Path(workdir)
+  h = entropy_rate(cfg)
+  flops_per_step = (cfg.train.global_batch_size * cfg.model.seq_len
+                    * model_lib.flops_per_token(cfg.model))
   rows = []
   for run in runs(cfg):
     if not (workdir / run.dirname / "checkpoints").exists():
@@ -206,9 +205,9 @@ def collect(cfg, workdir) -> list[dict]:
       series = _series(run, entry, own)
       if series is None:
         continue
-      served = entry.get("budget") or entry["step"]  # what the manifest records (a shadow:
-      # its source's)
-      rows.append(_row(cfg, run, series, run.budget or labels.get(served, served), entry))
+      served = entry.get("budget") or entry["step"]  # as recorded (a shadow: its source's)
+      rows.append(_row(run, series, run.budget or labels.get(served, served), entry,
+                       flops_per_step, h))
   order = {s: i for i, s in enumerate(STRATEGIES)}
   return sorted(rows, key=lambda r: (r["budget"], order[r["strategy"]], r["series"]))
 
@@ -230,11 +229,9 @@ def _series(run: Run, entry: dict, budgets_of_run: list[int]) -> str | None:
   return None
 
 
-def _row(cfg, run: Run, series: str, budget: int, entry: dict) -> dict:
-  from wsdjax import model as model_lib
-  h = entropy_rate(cfg)
-  flops_per_step = (cfg.train.global_batch_size * cfg.model.seq_len
-                    * model_lib.flops_per_token(cfg.model))
+def _row(run: Run, series: str, budget: int, entry: dict, flops_per_step: float,
+         h: float | None) -> dict:
+  """A result row of `entry`; `h`: the data's entropy rate (None: unknown)."""
   loss = entry.get("eval_loss")
   return dict(strategy=run.strategy, series=series, budget=budget, run=run.dirname,
               checkpoint=entry["branch"], step=entry["step"], tokens=entry["tokens"],

@@ -70,7 +70,7 @@ def average_into_tree(trainer, at: int, sources: list[int], window: int, weights
 def merge_planned(trainer, at: int) -> dict | None:
   """The plan's merge at budget `at` (`schedule.merge_window`), once main@at is saved:
   written if missing, its entry; None when the plan merges nothing at `at`."""
-  sources = plan_lib.merge_sources(trainer.cfg.schedule).get(at)
+  sources = trainer.merge_sources.get(at)
   ref = StateRef(plan_lib.merge_branch_name(at), at)
   if not sources:
     return None

@@ -214,8 +214,7 @@ class Trainer:
   def protected(self) -> set[StateRef]:
     """Saves retention keeps besides decayed ones: the plan's start states and the main
     saves its merges average (`plan.merge_sources`)."""
-    return self.plan.required_states() | {StateRef(MAIN, s) for steps in self.merge_sources
-                                          .values() for s in steps}
+    return self.plan.required_states() | {StateRef(MAIN, s) for s in self._merge_steps}
 
   # -- main entry --
   def run(self) -> list[dict]:
