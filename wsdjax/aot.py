@@ -88,8 +88,7 @@ def main(argv):
   if not host.installed("libtpu"):
     cli.fail("libtpu: not installed, and compiling for a TPU needs it; install it with "
              "pip install -e '.[tpu]' (or pip install 'jax[tpu]')")
-  if _JSON.value and not os.path.isdir(os.path.dirname(os.path.abspath(_JSON.value))):
-    cli.fail(f"--json: the directory of {_JSON.value} does not exist; create it first")
+  cli.require_folder_of("--json", _JSON.value)
   from wsdjax.tpu import aot
   aot.quiet_libtpu_environment(tpu_slice)
   dump_dir = aot.new_dump_dir()

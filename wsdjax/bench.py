@@ -480,10 +480,7 @@ def main(argv):
     cli.fail(f"--warmup: must be >= 0, got {_WARMUP.value}; e.g. --warmup 2")
   if _SAVES.value < 0:
     cli.fail(f"--saves: must be >= 0, got {_SAVES.value}; 0 skips the checkpoint stall")
-  if _JSON.value:
-    parent = os.path.dirname(os.path.abspath(_JSON.value))
-    if not os.path.isdir(parent):
-      cli.fail(f"--json: directory {parent} does not exist; create it or pick another path")
+  cli.require_folder_of("--json", _JSON.value)
   res = run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, saves=_SAVES.value,
             workdir=_WORKDIR.value, profile_dir=_PROFILE.value)
   print(table(res), flush=True)

@@ -76,6 +76,18 @@ def require_workdir(workdir: str | None) -> str:
   return workdir
 
 
+def require_folder_of(flag: str, path: str | None, remote_ok: bool = False) -> None:
+  """A one-line failure unless the folder that output file `path` goes into exists
+  (nothing to check without a path, or for remote storage when the writer takes it)."""
+  from wsdjax.files import is_local
+  if not path or (remote_ok and not is_local(path)):
+    return
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    fail(f"{flag}: the folder {folder} does not exist; create it, or write into an "
+         "existing one")
+
+
 def run_workdir(argv: Sequence[str], workdir: str | None, usage: str = "see --help") -> str:
   """The --workdir of an existing run, for the CLIs that read or extend one: a one-line
   failure on stray arguments or a missing --workdir."""

@@ -477,15 +477,21 @@ def _from_json_dict(raw: dict) -> ml_collections.ConfigDict:
   for field, value in flat.items():
     if field in RETIRED_FIELDS:
       continue
-    node = cfg
-    *parents, leaf = field.split(".")
-    for p in parents:
-      node = node[p]
     if isinstance(value, list):
       value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    with node.ignore_type():
-      node[leaf] = value
+    set_field(cfg, field, value)
   return cfg
+
+
+def set_field(cfg, field: str, value) -> None:
+  """Set the dotted `field` (e.g. 'schedule.decay_shape') of `cfg` to `value`, whatever its
+  type (a JSON list arrives where a tuple was)."""
+  *parents, leaf = field.split(".")
+  node = cfg
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[leaf] = value
 
 
 # Fields of earlier versions that a stored run config may hold and that mean nothing now

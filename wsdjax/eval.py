@@ -11,7 +11,6 @@ mesh to this host's devices. See wsdjax/evaluation.py for the batches and the re
 from __future__ import annotations
 
 import json
-import os
 
 from absl import flags
 from ml_collections import config_flags
@@ -88,9 +87,7 @@ def overrides_of(workdir, cfg) -> tuple[dict, bool]:
 def main(argv):
   f = {name: holder.value for name, holder in _FLAGS.items()}
   workdir = cli.run_workdir(argv, f["workdir"], _USAGE)
-  folder = os.path.dirname(os.path.abspath(f["json"] or "."))
-  if f["json"] and files.is_local(f["json"]) and not os.path.isdir(folder):
-    cli.fail(f"--json: {folder} is not a directory; write the records into an existing one")
+  cli.require_folder_of("--json", f["json"], remote_ok=True)  # files writes gs:// too
   from wsdjax import config as config_lib
   config_lib.load_run_config(workdir)  # a one-line error if W holds no run
   data, new_mesh = overrides_of(workdir, f["config"])
