@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_MASKED = -1e30  # a finite minus infinity, as in kernels/attention.py
+from wsdjax.kernels.attention import MASKED
 
 
 def cached_attention(q: jax.Array, key: jax.Array, value: jax.Array,
@@ -40,7 +40,7 @@ def cached_attention(q: jax.Array, key: jax.Array, value: jax.Array,
   qg = q.reshape(b, t, kv, h // kv, dh).astype(jnp.float32)
   scores = jnp.einsum("btkgd,bskd->bkgts", qg, key.astype(jnp.float32)) / math.sqrt(dh)
   visible = jnp.arange(s)[None, :] <= start + jnp.arange(t)[:, None]  # [t, S]
-  probs = jax.nn.softmax(jnp.where(visible, scores, _MASKED), axis=-1)
+  probs = jax.nn.softmax(jnp.where(visible, scores, MASKED), axis=-1)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, value.astype(jnp.float32))
   return out.reshape(b, t, h, dh).astype(q.dtype)
 

@@ -52,7 +52,7 @@ from jax.sharding import PartitionSpec as P
 from wsdjax import sharding
 
 IMPLS = ("auto", "xla", "cudnn", "blocked", "splash")
-_MASKED = -1e30  # a finite "minus infinity": exp underflows to 0, no inf - inf = nan.
+MASKED = -1e30  # a finite "minus infinity": exp underflows to 0, no inf - inf = nan.
 
 
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -114,7 +114,7 @@ def query_blocked(q: jax.Array, k: jax.Array, v: jax.Array, block: int | None = 
     s = jnp.einsum("bkgqd,bkcd->bkgqc", qh[:, :, :, start:end], kh[:, :, :end],
                    preferred_element_type=jnp.float32) * scale
     causal = (jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :])
-    p = jax.nn.softmax(jnp.where(causal, s, _MASKED), axis=-1)
+    p = jax.nn.softmax(jnp.where(causal, s, MASKED), axis=-1)
     outs.append(jnp.einsum("bkgqc,bkcd->bkgqd", p.astype(v.dtype), vh[:, :, :end]))
   out = jnp.concatenate(outs, axis=3)  # [B, K, G, T, Dh]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
