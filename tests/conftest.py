@@ -80,3 +80,25 @@ def subprocess_env(devices: int = 1) -> dict:
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONUNBUFFERED"] = "1"
   return env
+
+
+def write_jsonl_corpus(folder, files: int = 3, docs_per_file: int = 120, start: int = 0) -> str:
+  """`files` JSONL files of KJV documents (bundled text) under `folder`; returns a glob."""
+  import json
+  from wsdjax.data import kjv
+  docs = kjv.kjv_documents()
+  os.makedirs(folder, exist_ok=True)
+  for f in range(files):
+    with open(os.path.join(folder, f"part-{f:03d}.jsonl"), "w", encoding="utf-8") as out:
+      for i in range(docs_per_file):
+        doc = docs[(start + f * docs_per_file + i) % len(docs)]
+        out.write(json.dumps({"id": i, "text": doc}) + "\n")
+  return os.path.join(str(folder), "*.jsonl")
+
+
+def prepare_store(input_glob: str, output, **kwargs) -> dict:
+  """A token store prepared in this process (one worker, no progress); its manifest."""
+  from wsdjax.data import prepare
+  args = prepare.PrepareArgs(input=input_glob, output=str(output),
+                             **({"workers": 1, "progress": False, "val_fraction": 0.1} | kwargs))
+  return prepare.prepare(args, log=lambda *a: None)["joined"]

@@ -136,14 +136,13 @@ def test_no_module_reaches_into_another_modules_private_names():
 LONG_BY_NATURE = {("wsdjax.config", "base_config"), ("wsdjax.paper", "paper_config")}
 
 
-def test_modules_and_functions_stay_small_enough_to_read():
-  """No module over 500 lines, no function over 50 (config definitions aside)."""
+def test_functions_stay_small_enough_to_read():
+  """No function over 50 lines (config definitions aside). Modules have no line cap: a
+  module is sized by the one concept it holds (shared/DESIGN.md)."""
   too_long = []
   for name, path in _modules().items():
     with open(path) as f:
       source = f.read()
-    if source.count("\n") > 500:
-      too_long.append(f"{name}: {source.count(chr(10))} lines")
     for node in ast.walk(ast.parse(source)):
       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         length = node.end_lineno - node.lineno + 1

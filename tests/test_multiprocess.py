@@ -1,11 +1,13 @@
 """Multi-process training on one machine (launch/local.py, jax.distributed on 127.0.0.1).
 
-The same WSD-S job of configs/tiny.py run as 1 process x 8 CPU devices and as 2 processes
-x 4 devices must give the same losses and decayed checkpoints (to float32 rounding: see
+The data is what a pod reads: a token store (python -m wsdjax.prepare) of KJV text. The
+same WSD-S job of configs/tiny.py run as 1 process x 2 CPU devices and as 2 processes x 1
+device must be equal bit for bit (also when stopped as 2 and resumed as 1); as 1 x 8 and
+2 x 4 it must give the same batches, hence the same losses and decayed checkpoints (to float32 rounding: see
 `assert_same_run`). In a 2-process job, SIGTERM to one process (a preemption notice) must
 stop every process cleanly at one saved step; SIGKILL to one must end the job (jax's
 heartbeat aborts the survivor); each time the same launch command resumes, and the job
-ends bitwise equal to an uninterrupted one."""
+ends bitwise equal to an uninterrupted one. A job stopped as 2 processes resumes as 1."""
 
 import json
 import os
@@ -19,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, prepare_store, subprocess_env, write_jsonl_corpus
 from wsdjax import checkpoint as ckpt
 
 LAUNCH = os.path.join(REPO, "launch", "local.py")
@@ -29,11 +31,21 @@ OVERRIDES = ["--config.schedule.budgets=(4,12)", "--config.schedule.decay_fracti
              "--config.train.global_batch_size=8", "--config.train.log_every=1",
              "--config.checkpoint.every=3"]
 DECAYED = ("decay-4", "decay-13")
+STORE = []  # the token store every job here trains on (made once, by `store`)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def store(tmp_path_factory):
+  root = tmp_path_factory.mktemp("store")
+  prepare_store(write_jsonl_corpus(root / "jsonl", files=2, docs_per_file=80), root / "store")
+  STORE[:] = [str(root / "store")]
 
 
 def launch_cmd(processes, devices, workdir, *extra):
+  data = ["--config.data.source=tokens", f"--config.data.path={STORE[0]}",
+          "--config.model.vocab_size=256"]
   return [sys.executable, LAUNCH, str(processes), "configs/tiny.py", str(workdir),
-          f"--devices={devices}", "--heartbeat=10", *extra, *OVERRIDES]
+          f"--devices={devices}", "--heartbeat=10", *extra, *OVERRIDES, *data]
 
 
 def run_launch(processes, devices, workdir, timeout=480):
@@ -102,10 +114,10 @@ def test_two_processes_match_one(reference, two_processes):
   assert_same_run(reference, workdir)
 
 
-def signal_process_1(workdir, sig, when, grace=120, timeout=150):
-  """Launch the 2 x 4 job, send `sig` to process 1 on the first output line matching
-  `when`, and return (exit status, seconds from the signal to the end, output)."""
-  proc = subprocess.Popen(launch_cmd(2, 4, workdir, f"--grace={grace}"), cwd=REPO,
+def signal_process_1(workdir, sig, when, grace=120, timeout=150, devices=4):
+  """Launch the 2 x `devices` job, send `sig` to process 1 on the first output line
+  matching `when`, and return (exit status, seconds from the signal to the end, output)."""
+  proc = subprocess.Popen(launch_cmd(2, devices, workdir, f"--grace={grace}"), cwd=REPO,
                           env=subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines, pids = [], None
@@ -147,3 +159,30 @@ def test_stopped_or_killed_process_ends_job_and_rerun_resumes(two_processes, tmp
   again = run_launch(2, 4, tmp_path)
   assert "decayed checkpoints:" in again
   assert_same_run(two_processes[0], tmp_path, exact=True)
+
+
+@pytest.fixture(scope="module")
+def one_by_two(tmp_path_factory):
+  """The job as 1 process x 2 devices."""
+  workdir = tmp_path_factory.mktemp("one_by_two")
+  run_launch(1, 2, workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_give_bitwise_equal_runs(one_by_two, tmp_path):
+  """2 devices as 1 process or as 2: every step reads the same rows, and a sum of two
+  values has one rounding whatever the order, so the runs are equal bit for bit."""
+  run_launch(2, 1, tmp_path)
+  assert_same_run(one_by_two, tmp_path, exact=True)
+
+
+@pytest.mark.slow
+def test_a_job_stopped_as_two_processes_resumes_as_one(one_by_two, tmp_path):
+  """The rows of a step do not depend on the process count, so a run moves to another
+  slice: stopped as 2 x 1, finished as 1 x 2, it equals the 1 x 2 run bit for bit."""
+  code, _, out = signal_process_1(tmp_path, signal.SIGTERM, r"main step +5 ", devices=1)
+  assert code == 0, out
+  again = run_launch(1, 2, tmp_path)
+  assert re.search(r"segment main \[\d+, 10\), resumed at \d+", again), again
+  assert_same_run(one_by_two, tmp_path, exact=True)

@@ -81,10 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- data (wsdjax/data/) ----
   c.data = ml_collections.ConfigDict()
-  # Where text comes from: 'bundled' | 'text' | 'tfds' | 'bigram'.
+  # Where text comes from: 'bundled' | 'text' | 'tfds' | 'tokens' | 'bigram'.
   c.data.source = "bundled"
-  # 'text' source: a file path or glob of .txt / .txt.gz files.
+  # 'text' source: a file path or glob of .txt / .txt.gz files. 'tokens' source: a token
+  # store written by `python -m wsdjax.prepare` (local folder or gs://bucket/store).
   c.data.path = ""
+  # 'tokens' source, instead of data.path: several stores and their weights, e.g.
+  # (("gs://b/web", 0.7), ("gs://b/code", 0.3)); each step draws w_i / sum(w) of its rows
+  # from store i. The weights may change on resume (from the resume step on).
+  c.data.mixture = ()
   # 'tfds' source: dataset name (e.g. 'lm1b'), prepared in array_record format.
   c.data.tfds_name = ""
   # 'tfds' source: data_dir holding the prepared dataset (local path or gs://...).
@@ -220,7 +225,7 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-SOURCES = ("bundled", "text", "tfds", "bigram")
+SOURCES = ("bundled", "text", "tfds", "tokens", "bigram")
 TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
 DTYPES = ("float32", "bfloat16")
 
@@ -332,6 +337,14 @@ def _validate_data(d, flat: dict) -> None:
   if d.source == "tfds":
     _require(bool(d.tfds_name), "data.tfds_name", "empty but data.source='tfds'",
              "set --config.data.tfds_name=<dataset>")
+  if d.source == "tokens":
+    from wsdjax.data import tokens_source  # local: the owner of the rule imports numpy
+    problem = tokens_source.stores_problem(d)
+    if problem:
+      raise ConfigError(*problem)
+  else:
+    _require(not d.mixture, "data.mixture", f"only the 'tokens' source reads a mixture, not "
+             f"{d.source!r}", "set --config.data.source=tokens, or --config.data.mixture='()'")
   if d.tokenizer == "huggingface":
     _require(bool(d.tokenizer_path), "data.tokenizer_path", "empty but tokenizer='huggingface'",
              "set --config.data.tokenizer_path=/path/to/tokenizer.json")

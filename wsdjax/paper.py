@@ -7,11 +7,12 @@ three budgets of 50B, 100B and 200B tokens = 12.5k, 25k and 50k steps, each deca
 its budget down to 0.1 x peak LR. Params and optimizer state are sharded over every
 device (FSDP: mesh.fsdp = -1). See docs/scale_out.md and `launch/tpu_vm.sh`.
 
-Data: the paper trained on the Pile, which TFDS does not ship; point `data.*` at a text
-dataset of yours prepared in TFDS array_record format, e.g.
-  --config.data.tfds_name=my_corpus --config.data.tfds_data_dir=gs://BUCKET/tfds
-The SentencePiece vocabulary (32k, LLaMA's size) is trained on a sample of the training
-split on first use and cached in WORKDIR/tokenizer/.
+Data: a token store written once by `python -m wsdjax.prepare` (the paper trained on the
+Pile; any JSONL or Parquet corpus will do), tokenized with a 32k SentencePiece model
+(LLaMA's size) trained on a sample of it:
+  python -m wsdjax.prepare --input 'gs://BUCKET/pile/*.jsonl.zst' \
+      --output gs://BUCKET/store --tokenizer sentencepiece --vocab_size 32000
+and train with --config.data.path=gs://BUCKET/store (README "Feed a pod").
 """
 
 from wsdjax.config import base_config
@@ -39,11 +40,10 @@ def paper_config(name: str, n_layers: int, d_model: int, n_heads: int, d_ff: int
   # pass (model.remat: 'dots' keeps the matmul and attention outputs, 'full' only its input).
   c.model.dtype = "bfloat16"
   c.model.remat = remat
-  # A TFDS text dataset in array_record format (override name and data_dir).
-  c.data.source = "tfds"
-  c.data.tfds_name = "c4/en"
-  c.data.tfds_data_dir = ""
-  c.data.tfds_eval_split = "validation"
+  # A token store of python -m wsdjax.prepare (32k SentencePiece); point data.path at
+  # yours: --config.data.path=gs://BUCKET/store.
+  c.data.source = "tokens"
+  c.data.path = "gs://YOUR_BUCKET/store"
   c.data.tokenizer = "sentencepiece"
   # 1024 sequences x 4096 tokens = 4M tokens per step, in micro_batches micro-batches.
   c.train.global_batch_size = 1024

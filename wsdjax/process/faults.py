@@ -8,6 +8,8 @@
   nan_at_step       feed NaN params into the update that produces `step` (its loss is NaN)
   int_at_startup    SIGINT once the trainer is built, before its first step compiles
                     (Ctrl-C during start-up; give it as int_at_startup@main:0)
+  kill_after_shard  SIGKILL `python -m wsdjax.prepare` once it has written `step` shards
+                    and their progress records (give it as kill_after_shard@prepare:N)
 Without the variable every hook is a dictionary lookup that finds nothing.
 """
 
@@ -16,12 +18,9 @@ from __future__ import annotations
 import os
 import signal
 
-import jax
-import jax.numpy as jnp
-
 ENV = "WSDJAX_FAULTS"
 ACTIONS = ("kill_after_step", "term_after_step", "int_after_step", "kill_in_save", "nan_at_step",
-           "int_at_startup")
+           "int_at_startup", "kill_after_shard")
 
 
 def parse(spec: str) -> set[tuple[str, str, int]]:
@@ -47,6 +46,8 @@ def _armed(action: str, branch: str, step: int) -> bool:
 def before_step(branch: str, step: int, state):
   """Hook before the update that produces `step` of `branch`; returns the state to use."""
   if _armed("nan_at_step", branch, step):
+    import jax  # pylint: disable=g-import-not-at-top - only here: prepare imports this module
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     return state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
   return state
 
@@ -71,3 +72,13 @@ def at_startup() -> None:
   """Hook once the trainer is built, before the first step is compiled."""
   if _armed("int_at_startup", "main", 0):
     os.kill(os.getpid(), signal.SIGINT)
+
+
+_shards_written = [0]
+
+
+def after_shard() -> None:
+  """Hook once `python -m wsdjax.prepare` has written a shard flush and its record."""
+  _shards_written[0] += 1
+  if _armed("kill_after_shard", "prepare", _shards_written[0]):
+    os.kill(os.getpid(), signal.SIGKILL)
