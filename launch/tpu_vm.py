@@ -5,10 +5,15 @@
   create  --accelerator-type v4-64 [--version IMAGE] [--spot]   make the TPU VM
   setup   [--repo URL [--ref REF]]     copy this checkout (default) or clone URL to every
                                        worker; install wsdjax with the TPU jax extra in a venv
+  prepare --input 'gs://BUCKET/corpus/*.parquet' --output gs://BUCKET/store [--workers N]
+          [--tokenizer ... and the other flags of python -m wsdjax.prepare]
+                                       tokenize a corpus into a token store on every worker,
+                                       detached: worker I of N runs `python -m
+                                       wsdjax.prepare --shard I/N`; the last to finish joins
   run     --config CONFIG --workdir gs://BUCKET/run [--workers N] [--config.a.b=value ...]
                                        start `python -m wsdjax.train` on every worker,
                                        detached (nohup), one log per worker
-  logs    [--worker N] [--lines L] [--follow]    tail a worker's log
+  logs    [--worker N] [--lines L] [--follow] [--log prepare]    tail a worker's log
   stop    SIGTERM to the trainer on every worker: each saves a checkpoint and exits; `run`
           with the same arguments resumes
   delete  delete the TPU VM
@@ -185,6 +190,28 @@ def train_script(config: str, workdir: str, overrides: list[str], workers: int |
           f"echo \"$(hostname): started pid $(cat {LOG_DIR}/train.pid), log {LOG_DIR}/train.log\"")
 
 
+def prepare_script(worker: int, workers: int, flags: list[str]) -> str:
+  """Shell run on worker `worker`: its share of `python -m wsdjax.prepare`, detached."""
+  prepare = shlex.join([".venv/bin/python", "-m", "wsdjax.prepare", *flags,
+                        f"--shard={worker}/{workers}"])
+  return (f"mkdir -p {LOG_DIR} && cd {REMOTE_DIR} && "
+          f"(nohup {prepare} >> {LOG_DIR}/prepare.log 2>&1 < /dev/null &) && "
+          f"echo \"$(hostname): preparing share {worker}/{workers}, log {LOG_DIR}/prepare.log\"")
+
+
+def prepare_commands(g: Gcloud, args, flags: list[str], workers: int | None) -> list[list[str]]:
+  """One ssh a worker (each gets its own --shard I/N); with several workers the output
+  must be on GCS."""
+  if workers != 1 and not args.output.startswith("gs://"):
+    fail(f"--output: {args.output!r} is not on GCS, but the workers share no disk; pass "
+         "--output gs://BUCKET/store")
+  if workers is None:
+    print("# one ssh a worker, I = 0 .. <workers> - 1 (--workers N skips the describe)",
+          flush=True)
+    return [g.ssh(prepare_script("<I>", "<workers>", flags), worker="<I>")]
+  return [g.ssh(prepare_script(i, workers, flags), worker=str(i)) for i in range(workers)]
+
+
 def check_workdir(args) -> None:
   if not args.workdir.startswith("gs://") and not args.local_workdir:
     fail(f"--workdir: {args.workdir!r} is not on GCS, but a pod's workers share no disk; "
@@ -207,7 +234,7 @@ def run_commands(g: Gcloud, args, overrides: list[str], workers: int | None) -> 
 
 def logs_commands(g: Gcloud, args) -> list[list[str]]:
   follow = " -F" if args.follow else ""
-  return [g.ssh(f"tail -n {args.lines}{follow} {LOG_DIR}/train.log", worker=str(args.worker))]
+  return [g.ssh(f"tail -n {args.lines}{follow} {LOG_DIR}/{args.log}.log", worker=str(args.worker))]
 
 
 def stop_commands(g: Gcloud, args) -> list[list[str]]:
@@ -245,7 +272,14 @@ def parser() -> argparse.ArgumentParser:
                  help="allow a workdir on the worker's disk (single-host TPU VMs only)")
   r.add_argument("--workers", type=int, default=None,
                  help="the TPU VM's worker count (default: from gcloud ... describe)")
-  lg = sub.add_parser("logs", help="tail a worker's training log")
+  pr = sub.add_parser("prepare", help="tokenize a corpus into a token store on every worker "
+                      "(detached; other flags go to python -m wsdjax.prepare)")
+  pr.add_argument("--input", required=True, help="files, folder or glob on GCS (quoted)")
+  pr.add_argument("--output", required=True, help="gs://BUCKET/store")
+  pr.add_argument("--workers", type=int, default=None,
+                  help="the TPU VM's worker count (default: from gcloud ... describe)")
+  lg = sub.add_parser("logs", help="tail a worker's training (or prepare) log")
+  lg.add_argument("--log", choices=("train", "prepare"), default="train")
   lg.add_argument("--worker", type=int, default=0)
   lg.add_argument("--lines", type=int, default=50)
   lg.add_argument("--follow", action="store_true", help="keep following (Ctrl-C to end)")
@@ -256,7 +290,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args, rest = parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-  if rest and (args.command != "run" or any(not a.startswith("--config.") for a in rest)):
+  if args.command == "prepare":
+    if any(a.split("=")[0] in ("--shard", "--join") for a in rest):
+      fail("--shard: set per worker by the launcher; pass the other flags of "
+           "python -m wsdjax.prepare")
+  elif rest and (args.command != "run" or any(not a.startswith("--config.") for a in rest)):
     fail(f"arguments: unexpected {' '.join(rest)!r}; only `run` takes --config.a.b=value "
          f"overrides")
   if not args.name:
@@ -280,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
       fail(f"--workers: {args.workers} is not a count >= 1")
     workers = args.workers or g.worker_count()
     return g.run(*run_commands(g, args, rest, workers))
+  if args.command == "prepare":
+    if args.workers is not None and args.workers < 1:
+      fail(f"--workers: {args.workers} is not a count >= 1")
+    workers = args.workers or g.worker_count()
+    flags = [f"--input={args.input}", f"--output={args.output}", *rest]
+    return g.run(*prepare_commands(g, args, flags, workers))
   if args.command == "setup":
     return g.run(*setup_commands(g, args, ""))
   return g.run(*builders[args.command](g, args))

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, one_device_mesh, subprocess_env
 
 from wsdjax import bench
@@ -122,3 +124,21 @@ def test_bf16_peak_table_by_device_kind():
   for kind, peak in cases.items():
     assert metrics.table_peak_flops(kind) == peak, kind
   assert metrics.table_peak_flops("cpu") is None
+
+
+def test_data_mode_reports_reader_and_prepare_throughput():
+  from wsdjax.data import throughput
+  r = throughput.run(steps=3, copies=1, docs=300, tokenizers=("bytes", "huggingface"),
+                     workers=(1, 2), seq_len=256)
+  assert [(p["tokenizer"], p["workers"]) for p in r["prepare"]] == [
+      ("bytes", 1), ("bytes", 2), ("huggingface", 1), ("huggingface", 2)]
+  for row in r["prepare"]:
+    assert row["tokens"] > 0 and row["tokens_per_s"] > 0 and row["tokens_per_cpu_s"] > 0
+  # Every worker count tokenizes the same corpus into the same number of tokens.
+  assert r["prepare"][0]["tokens"] == r["prepare"][1]["tokens"]
+  read = r["reader"]
+  assert read["tokens"] == 3 * 64 * 257 and read["times_need"] == pytest.approx(
+      read["tokens_per_cpu_s"] / 0.7e6)
+  text = throughput.table(r)
+  assert text.startswith("reader    64 rows x 257 tokens a step, 3 steps: ")
+  assert "prepare   huggingface" in text and "from 1 to 2" in text

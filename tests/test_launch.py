@@ -311,3 +311,26 @@ def test_gpu_bench_runs_each_variant_in_its_own_process(tmp_path):
       [], ["--config.model.layer_loop=scan", "--config.train.micro_batches=2"],
       ["--config.model.attention_impl=xla", "--config.train.micro_batches=4"],
       ["--config.model.loss_impl=plain"], ["--config.model.swiglu_impl=xla"]]
+
+
+def test_prepare_gives_every_worker_its_share(gcloud):
+  """`prepare` runs python -m wsdjax.prepare on each worker with its own --shard I/N (the
+  other flags passed through), detached, logging to prepare.log; the last share joins."""
+  run, calls, _ = gcloud
+  out = run(*BASE, "prepare", "--input", "gs://b/corpus/*.parquet", "--output", "gs://b/store",
+            "--tokenizer", "sentencepiece", "--vocab_size", "32000", FAKE_TPU_WORKERS="4")
+  assert out.returncode == 0, out.stderr
+  describe, *ssh = calls()
+  assert describe[3] == "describe" and len(ssh) == 4
+  for i, call in enumerate(ssh):
+    assert call[3:6] == ["ssh", "wsd", f"--worker={i}"]
+    remote = call[6].removeprefix("--command=")
+    assert (".venv/bin/python -m wsdjax.prepare '--input=gs://b/corpus/*.parquet' "
+            "--output=gs://b/store --tokenizer sentencepiece --vocab_size 32000 "
+            f"--shard={i}/4 >> ~/wsdjax_logs/prepare.log 2>&1 < /dev/null &") in remote
+  out = run(*BASE, "logs", "--log", "prepare")
+  assert calls()[-1][6] == "--command=tail -n 50 ~/wsdjax_logs/prepare.log"
+  for args, message in ((["--output", "/local/store"], "--output: '/local/store' is not on GCS"),
+                        (["--output", "gs://b/s", "--shard", "1/2"], "--shard: set per worker")):
+    bad = run(*BASE, "prepare", "--input", "gs://b/x", *args, FAKE_TPU_WORKERS="2")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith(f"wsdjax: {message}"), bad.stderr

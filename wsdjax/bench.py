@@ -1,4 +1,8 @@
 """`python -m wsdjax.bench --config configs/X.py [--steps N] [--json out.json]`
+`python -m wsdjax.bench --mode data [--store DIR] [--steps N] [--json out.json]`
+
+`--mode data` measures the data path instead (wsdjax/data/throughput.py): the token-store
+reader at the paper configs' batch shape and `prepare` per tokenizer on 1 and 2 workers.
 
 How fast the trainer turns compute into progress, measured the same way on every machine.
 It drives the real trainer pieces (`Trainer`: the same AOT-compiled train step, data
@@ -52,13 +56,13 @@ from ml_collections import config_flags
 from wsdjax import cli
 from wsdjax.process import hugepages
 
-_CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = None
+_CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = _MODE = _STORE = None
 
 
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program (importing this module for its
   functions must not claim absl flag names such as --workdir)."""
-  global _CONFIG, _STEPS, _WARMUP, _SAVES, _JSON, _WORKDIR, _PROFILE
+  global _CONFIG, _STEPS, _WARMUP, _SAVES, _JSON, _WORKDIR, _PROFILE, _MODE, _STORE
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                             lock_config=True)
   _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
@@ -66,6 +70,10 @@ def define_flags() -> None:
   _SAVES = flags.DEFINE_integer("saves", 3, "Async checkpoint saves to time (0: skip).")
   _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Scratch dir (default: a temp dir, removed).")
+  _MODE = flags.DEFINE_enum("mode", "train", ["train", "data"], "train: the train step; "
+                            "data: the token-store reader and prepare.")
+  _STORE = flags.DEFINE_string("store", None, "--mode data: a local store to read (default: "
+                               "one prepared from the bundled corpus).")
   _PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of 3 steps here "
                                  "(and list the ops that took the most device time).")
 
@@ -472,7 +480,25 @@ def _profile_rows(r: dict) -> list[tuple[str, str]]:
   return rows
 
 
+def main_data(argv) -> None:
+  """--mode data: the reader and prepare throughput (no config)."""
+  from wsdjax.data import throughput
+  if len(argv) > 1:
+    cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
+  if _STEPS.value < 1:
+    cli.fail(f"--steps: must be >= 1, got {_STEPS.value}; e.g. --steps 50")
+  cli.require_folder_of("--json", _JSON.value)
+  res = throughput.run(store=_STORE.value, steps=_STEPS.value)
+  print(throughput.table(res), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(res, f, indent=1)
+    print(f"wrote {_JSON.value}", file=sys.stderr)
+
+
 def main(argv):
+  if _MODE.value == "data":
+    return main_data(argv)
   cli.loaded_config(argv, _CONFIG, "configs/small.py")
   if _STEPS.value < 1:
     cli.fail(f"--steps: must be >= 1, got {_STEPS.value}; e.g. --steps 10")

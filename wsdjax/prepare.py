@@ -30,7 +30,7 @@ _TEXT_FIELD = flags.DEFINE_string("text_field", "text", "JSONL field / Parquet c
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.005, "Share of documents held out for "
                                    "validation (by a hash of their text).")
 _SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 1 << 26, "Tokens per shard file (about).")
-_WORKERS = flags.DEFINE_integer("workers", 0, "Tokenizing processes (0: one a core).")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Tokenizing processes (0: one a core; bytes: 1).")
 _SHARD = flags.DEFINE_string("shard", "0/1", "I/N: this host takes input files i % N == I.")
 _JOIN = flags.DEFINE_bool("join", False, "Only join the finished parts into the store.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress.")

@@ -328,13 +328,15 @@ def _check_writable(path: str) -> None:
 def prepare(args: PrepareArgs, log=print) -> dict:
   """Runs (or resumes) this host's share of the job, then joins the store if every input
   file is done. Returns {"joined": the manifest or None, "files": this share's file count,
-  "tokens": tokens tokenized now, "seconds", "tokens_per_s", "workers"}."""
+  "tokens": tokens tokenized now, "seconds", "tokens_per_s", "workers", "cpu_seconds"
+  (of this share's work, the workers included)}."""
   check_args(args)
   files = documents_lib.list_inputs(args.input)
   _check_writable(args.output)
   kv = store_lib.open_kvstore(args.output)
   old = _existing_job(args, kv)
-  nothing = {"files": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "workers": 0}
+  nothing = {"files": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "workers": 0,
+             "cpu_seconds": 0.0}
   if args.join_only:
     if old is None:
       raise DataConfigError(f"--join: {args.output} holds no prepared parts; run prepare "
@@ -371,9 +373,11 @@ def _run_share(args: PrepareArgs, kv, files, tok) -> dict:
   index, count = args.shard
   mine = [(i, f) for i, f in enumerate(files) if i % count == index]
   progress = Progress(sum(f.size for _, f in mine), len(mine), args.progress)
-  workers = args.workers or len(os.sched_getaffinity(0))
+  # Bytes need no tokenizing to speak of: reading the input is the bound, and a pool only
+  # adds the cost of shipping text to it (docs/performance.md), so its default is one.
+  workers = args.workers or (1 if tok.kind == "bytes" else len(os.sched_getaffinity(0)))
+  start, cpu = time.perf_counter(), _cpu_seconds()
   encoder = parallel_encode.Encoder(tok, args.val_fraction, workers)
-  start = time.perf_counter()
   try:
     for i, f in mine:
       file_job = _FileJob(kv, i, f, documents_lib.file_format(f.path, args.format), args,
@@ -387,7 +391,15 @@ def _run_share(args: PrepareArgs, kv, files, tok) -> dict:
     progress.close()
   seconds = time.perf_counter() - start
   return {"files": len(mine), "tokens": progress.tokens, "seconds": seconds,
-          "tokens_per_s": progress.tokens / max(seconds, 1e-9), "workers": workers}
+          "tokens_per_s": progress.tokens / max(seconds, 1e-9), "workers": workers,
+          "cpu_seconds": _cpu_seconds() - cpu}
+
+
+def _cpu_seconds() -> float:
+  """CPU time of this process and its ended children (the workers, once joined)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _check_first_document(f, args: PrepareArgs) -> None:
