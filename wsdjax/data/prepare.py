@@ -333,8 +333,14 @@ def prepare(args: PrepareArgs, log=print) -> dict:
   check_args(args)
   files = documents_lib.list_inputs(args.input)
   _check_writable(args.output)
-  kv = store_lib.open_kvstore(args.output)
-  old = _existing_job(args, kv)
+  try:
+    kv = store_lib.open_kvstore(args.output)
+    old = _existing_job(args, kv)
+  except ValueError as e:  # TensorStore: a bad URL, no access, no network
+    if isinstance(e, DataConfigError):
+      raise
+    raise DataConfigError(f"--output: cannot open {args.output} ({str(e).splitlines()[0]}); "
+                          "check the path and your access to it") from None
   nothing = {"files": 0, "tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "workers": 0,
              "cpu_seconds": 0.0}
   if args.join_only:

@@ -163,13 +163,21 @@ class TokenStore:
 
   def __init__(self, path: str, field: str = "data.path", check: bool = True):
     self.path = str(path)
-    self._kv = open_kvstore(self.path)
-    manifest = read_json(self._kv, MANIFEST, "the store's manifest", field)
+    try:
+      self._kv = open_kvstore(self.path)
+      manifest = read_json(self._kv, MANIFEST, "the store's manifest", field)
+    except ValueError as e:  # TensorStore: a bad path, no access, no network
+      if isinstance(e, DataConfigError):
+        raise
+      raise DataConfigError(f"{field}: cannot read {self.path}/{MANIFEST} "
+                            f"({str(e).splitlines()[0]}); check the path and your access "
+                            "to it") from None
     if manifest is None:
       raise DataConfigError(
           f"{field}: {self.path} is not a complete token store (no {MANIFEST}); prepare one "
           "with python -m wsdjax.prepare --input ... --output " + self.path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not all(
+        k in manifest for k in ("dtype", "tokenizer", "id", "shards")):
       raise DataConfigError(f"{field}: {self.path}/{MANIFEST} is not a wsdjax token store "
                             "manifest; point it at a folder written by python -m wsdjax.prepare")
     if manifest.get("version") != VERSION:
