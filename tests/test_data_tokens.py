@@ -265,3 +265,29 @@ def test_a_decay_after_the_fact_equals_the_planned_one_and_weights_change_on_res
   assert position == {"step": 30, "mixture": [[0, [3.0, 1.0]], [20, [1.0, 1.0]]]}
   assert tree.read_meta(ckpt.StateRef("main", 20))["data_positions"][0]["mixture"] == [
       [0, [3.0, 1.0]]]
+
+
+def test_a_large_vocabulary_store_is_uint32_and_reads_across_shards(tmp_path):
+  """Ids past 65,535 are stored as uint32; windows spanning shard ends read whole."""
+  from wsdjax.data import packing, token_store
+  assert packing.token_dtype(65536) == np.uint16 and packing.token_dtype(65537) == np.uint32
+  kv = token_store.open_kvstore(str(tmp_path))
+  rng = np.random.default_rng(0)
+  parts = [rng.integers(0, 100_000, n).astype(np.uint32) for n in (5, 17, 3, 40)]
+  shards = {"train": [], "val": []}
+  for i, part in enumerate(parts):
+    raw, offset = token_store.npy_bytes(part)
+    kv.write(f"train/{i:05d}.npy", raw).result()
+    shards["train"].append({"path": f"train/{i:05d}.npy", "tokens": len(part), "offset": offset})
+  shards["val"] = shards["train"][:1]
+  tokenizer = {"kind": "huggingface", "vocab_size": 100_000, "eos_id": 1, "sha256": "x"}
+  token_store.write_json(kv, "store.json", {
+      "format": token_store.FORMAT, "version": token_store.VERSION, "dtype": "uint32",
+      "tokenizer": tokenizer, "shards": shards, "id": token_store.store_id(tokenizer, shards)})
+  split = token_store.TokenStore(str(tmp_path)).split("train")
+  whole = np.concatenate(parts).astype(np.int32)
+  starts = np.array([0, 3, 4, 20, 21, 24, 30])
+  np.testing.assert_array_equal(split.read(starts, 35),
+                                np.stack([whole[s:s + 35] for s in starts]))
+  with pytest.raises(IndexError):
+    split.read(np.array([len(whole) - 3]), 4)
