@@ -317,7 +317,7 @@ def _families(tmp_path, run_dir):
        f"data.tokenizer_path: {files / 'tok.json'} is not a valid tokenizer.json"),
       ("wsdjax.train", tiny + ["--num_processes=2"], "--coordinator_address: missing"),
       ("wsdjax.lr", ["--config", "configs/tiny.py", "--plot", str(files / "no" / "lr.png")],
-       f"--plot: its folder {files / 'no'} does not exist"),
+       f"--plot: the folder {files / 'no'} does not exist"),
       ("wsdjax.branches", ["--workdir", str(run_dir("manifest-dir"))],
        "workdir: ") ,
       ("wsdjax.train", ["--config", "configs/tiny.py", "--workdir", str(run_dir("ckpt-file"))],

@@ -97,7 +97,8 @@ def test_gqa_tied_sentencepiece_run_exports_equal_logits_and_tokenizer(tmp_path)
   report = export.export_llama(str(workdir), str(out), branch="decay-8")
   assert (report["branch"], report["step"]) == ("decay-8", 8)
   assert report["files"] == ["config.json", "generation_config.json", "model.safetensors",
-                             "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
+                             "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                             "wsdjax_export.json"]
   config = json.loads((out / "config.json").read_text())
   assert config["num_attention_heads"] == 4 and config["num_key_value_heads"] == 2
   assert config["tie_word_embeddings"] and config["eos_token_id"] == 1
@@ -118,7 +119,7 @@ def test_a_bytes_run_exports_a_tokenizer_json_that_encodes_its_bytes(tmp_path):
   out = tmp_path / "hf"
   report = export.export_llama(str(workdir), str(out), branch="decay-8")
   assert report["files"] == ["config.json", "generation_config.json", "model.safetensors",
-                             "tokenizer.json", "tokenizer_config.json"]
+                             "tokenizer.json", "tokenizer_config.json", "wsdjax_export.json"]
   assert json.loads((out / "config.json").read_text())["eos_token_id"] == 0
   hf = transformers.AutoTokenizer.from_pretrained(str(out))
   ours = tokenizers.BytesTokenizer()
@@ -191,7 +192,7 @@ def test_the_cli_exports_and_overwrites_a_bigram_run(bigram_run, tmp_path):
                              f"LlamaForCausalLM to {out}: ")
   assert "tokenizer: none (the bigram task's tokens are bare ids)" in r.stdout
   assert sorted(os.listdir(out)) == ["config.json", "generation_config.json",
-                                     "model.safetensors"]
+                                     "model.safetensors", "wsdjax_export.json"]
   assert_same_logits(bigram_run, out, "decay-8")
 
 
@@ -201,8 +202,11 @@ def _model(workdir):
 
 @pytest.mark.parametrize("args, message", [
     ([], "wsdjax: --out: missing; pass --out DIR"),
-    (["--out", "{full}"], "wsdjax: --out: {full} is not empty; pass a new or empty directory, "
-                          "or --overwrite to replace it"),
+    (["--out", "{full}"], "wsdjax: --out: {full} is not empty; pass a new or empty folder, "
+                          "or --overwrite to replace what this command wrote there before"),
+    (["--out", "{full}", "--overwrite"], "wsdjax: --out: {full} was not made by this command "
+                                         "(no wsdjax_export.json in it), so --overwrite leaves "
+                                         "it alone; pass a new or empty folder"),
     (["--out", "{file}"], "wsdjax: --out: {file} is a file; "),
     (["--out", "{new}", "--dtype", "int8"], "wsdjax: --dtype: unknown dtype 'int8'; use one "
                                             "of float32, bfloat16, float16"),

@@ -10,7 +10,6 @@ HBM to spare; 1: it does not (by how much, the largest temporaries, what to chan
 input.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -18,7 +17,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from wsdjax import cli
+from wsdjax import cli, outputs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -88,7 +87,7 @@ def main(argv):
   if not host.installed("libtpu"):
     cli.fail("libtpu: not installed, and compiling for a TPU needs it; install it with "
              "pip install -e '.[tpu]' (or pip install 'jax[tpu]')")
-  cli.require_folder_of("--json", _JSON.value)
+  outputs.check_file("--json", _JSON.value)  # before compiling, which takes minutes
   from wsdjax.tpu import aot
   aot.quiet_libtpu_environment(tpu_slice)
   dump_dir = aot.new_dump_dir()
@@ -101,8 +100,7 @@ def main(argv):
   advice = None if report.fits else aot.advice(cfg, report)
   print(format_report(report, advice), flush=True)
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(report.as_dict() | {"advice": advice}, f, indent=1)
+    outputs.write_json("--json", _JSON.value, report.as_dict() | {"advice": advice})
   if not report.fits:
     sys.exit(EXIT_DOES_NOT_FIT)
 

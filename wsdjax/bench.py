@@ -53,7 +53,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from wsdjax import cli
+from wsdjax import cli, outputs
 from wsdjax.process import hugepages
 
 _CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = _MODE = _STORE = None
@@ -487,12 +487,11 @@ def main_data(argv) -> None:
     cli.fail(f"arguments: unexpected {' '.join(argv[1:])!r}; pass options as --flag=value")
   if _STEPS.value < 1:
     cli.fail(f"--steps: must be >= 1, got {_STEPS.value}; e.g. --steps 50")
-  cli.require_folder_of("--json", _JSON.value)
+  outputs.check_file("--json", _JSON.value)
   res = throughput.run(store=_STORE.value, steps=_STEPS.value)
   print(throughput.table(res), flush=True)
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(res, f, indent=1)
+    outputs.write_json("--json", _JSON.value, res)
     print(f"wrote {_JSON.value}", file=sys.stderr)
 
 
@@ -506,13 +505,12 @@ def main(argv):
     cli.fail(f"--warmup: must be >= 0, got {_WARMUP.value}; e.g. --warmup 2")
   if _SAVES.value < 0:
     cli.fail(f"--saves: must be >= 0, got {_SAVES.value}; 0 skips the checkpoint stall")
-  cli.require_folder_of("--json", _JSON.value)
+  outputs.check_file("--json", _JSON.value)
   res = run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, saves=_SAVES.value,
             workdir=_WORKDIR.value, profile_dir=_PROFILE.value)
   print(table(res), flush=True)
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(res, f, indent=1, default=str)
+    outputs.write_json("--json", _JSON.value, res)
     print(f"wrote {_JSON.value}", file=sys.stderr)
 
 

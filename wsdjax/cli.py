@@ -43,13 +43,13 @@ def loaded_config(argv: Sequence[str], config_flag, example: str):
     fail(f"--config: missing; pass --config {example} (or another config file)")
   try:
     value = config_flag.value
-    value.keys()
   except OSError as e:
     why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
     fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. {example}")
   import ml_collections
   if not isinstance(value, ml_collections.ConfigDict):
-    fail(f"--config: get_config() returned a {type(value).__name__}, not an "
+    kind = type(value).__name__
+    fail(f"--config: get_config() returned {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not an "
          "ml_collections.ConfigDict; start from wsdjax.config.base_config() and return it, "
          f"as {example} does")
   return value
@@ -76,18 +76,6 @@ def require_workdir(workdir: str | None) -> str:
   return workdir
 
 
-def require_folder_of(flag: str, path: str | None, remote_ok: bool = False) -> None:
-  """A one-line failure unless the folder that output file `path` goes into exists
-  (nothing to check without a path, or for remote storage when the writer takes it)."""
-  from wsdjax.files import is_local
-  if not path or (remote_ok and not is_local(path)):
-    return
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    fail(f"{flag}: the folder {folder} does not exist; create it, or write into an "
-         "existing one")
-
-
 def run_workdir(argv: Sequence[str], workdir: str | None, usage: str = "see --help") -> str:
   """The --workdir of an existing run, for the CLIs that read or extend one: a one-line
   failure on stray arguments or a missing --workdir."""
@@ -109,19 +97,49 @@ def normalize_flag_names(argv: Sequence[str]) -> list[str]:
   return out
 
 
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
+
+
+def command_help(doc: str | None, own_flags, debug: bool = True) -> str:
+  """A command's --help: its docstring, then its own flags (not the config's fields, which
+  are `--config.<section>.<field>=value`, listed in wsdjax/config.py)."""
+  lines = [(doc or "").strip(), "", "flags:"]
+  has_config = False
+  for flag in sorted(own_flags, key=lambda f: f.name):
+    if flag.name.startswith("config."):
+      continue
+    has_config |= flag.name == "config"
+    simple = isinstance(flag.default, (str, int, float)) and flag.default != ""
+    default = f" (default: {flag.default!r})" if simple else ""
+    lines.append(f"  --{flag.name}: {' '.join(str(flag.help).split())}{default}")
+  if has_config:
+    lines.append("  --config.<section>.<field>=value: set a config field (every field and its "
+                 "meaning: wsdjax/config.py base_config)")
+  if debug:
+    lines.append("  --debug: show full tracebacks instead of one-line errors")
+  return "\n".join(lines)
+
+
+def _print_help_and_exit() -> None:
+  main_module = sys.modules.get("__main__")
+  own = flags.FLAGS.get_key_flags_for_module(sys.argv[0])
+  print(command_help(getattr(main_module, "__doc__", None), own), flush=True)
+  sys.exit(0)
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl parsing, with flag errors (bad override, unknown key, missing file) as one line."""
+  """absl parsing, with flag errors (bad override, unknown key, missing file) as one line;
+  --help prints the command's own flags (`command_help`)."""
   argv = normalize_flag_names(argv)
+  if any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+    _print_help_and_exit()
   if "--debug" not in argv:  # config_flags warns about what we report as one line
     absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(_flag_problem(str(e).splitlines()[0] if str(e) else type(e).__name__))
-  except SystemExit as e:  # --help, or a config file that calls sys.exit
-    if any(a.split("=")[0] in ("--help", "-h", "--helpfull", "--helpshort", "-?")
-           for a in argv):
-      raise
+    fail(_flag_problem(str(e) or type(e).__name__))
+  except SystemExit as e:  # a config file that calls sys.exit
     fail(f"--config: loading it exited (sys.exit({e.code!r})); its get_config() must return "
          "an ml_collections.ConfigDict")
   except Exception as e:  # noqa: BLE001 - a config file that fails to load
@@ -138,8 +156,17 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _flag_problem(message: str) -> str:
-  """absl's message about a flag, with the field and how to fix it."""
+  """absl's message about a flag (its first line; the last for a config file that failed
+  to load), with the field and how to fix it."""
   import re
+  loading = re.match(r"flag --config=(.*?): Error whilst parsing config file:", message)
+  if loading:
+    why = [line.strip() for line in message.splitlines() if line.strip()][-1]
+    hint = (" (the part after ':' is passed to get_config(), which must take it)"
+            if ":" in loading.group(1) else "")
+    return (f"--config: cannot load {loading.group(1)} ({why}){hint}; fix the config file "
+            "or the --config value (--debug shows the traceback)")
+  message = message.splitlines()[0]
   bad_value = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)$", message)
   if bad_value:
     field, value, why = bad_value.groups()
@@ -203,9 +230,10 @@ def _unknown_field(field: str) -> str | None:
 def exit_code(error: BaseException) -> int | None:
   """The exit code of a library exception, for every CLI (the one table); None for an
   exception that is a bug, which keeps its traceback. First match wins: subclasses first."""
-  from wsdjax import checkpoint, data, schedules, trainer  # local: only when one failed
+  from wsdjax import checkpoint, data, outputs, schedules, trainer  # local: only when one failed
   from wsdjax.errors import ConfigError
   table = ((ConfigError, EXIT_BAD_INPUT),
+           (outputs.OutputFault, EXIT_FAULT),         # an output's write failed: full disk
            (schedules.ScheduleError, EXIT_BAD_INPUT),
            (data.DataConfigError, EXIT_BAD_INPUT),
            (checkpoint.SaveError, EXIT_FAULT),        # a save that failed: the run stops

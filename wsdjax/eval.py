@@ -10,13 +10,11 @@ mesh to this host's devices. See wsdjax/evaluation.py for the batches and the re
 
 from __future__ import annotations
 
-import json
-
 from absl import flags
 from ml_collections import config_flags
 
 from wsdjax import cli
-from wsdjax import files
+from wsdjax import outputs
 
 _FLAGS = {}
 _USAGE = "usage: --workdir W [--branch B] [--step S] [--config.data.X=V ...] [--json F]"
@@ -87,7 +85,7 @@ def overrides_of(workdir, cfg) -> tuple[dict, bool]:
 def main(argv):
   f = {name: holder.value for name, holder in _FLAGS.items()}
   workdir = cli.run_workdir(argv, f["workdir"], _USAGE)
-  cli.require_folder_of("--json", f["json"], remote_ok=True)  # files writes gs:// too
+  outputs.check_file("--json", f["json"], workdir=workdir)  # before the work, never in a run
   from wsdjax import config as config_lib
   config_lib.load_run_config(workdir)  # a one-line error if W holds no run
   data, new_mesh = overrides_of(workdir, f["config"])
@@ -97,7 +95,7 @@ def main(argv):
                                        report=lambda line: print(f"data: {line}", flush=True))
   print(evaluation.format_records(records))
   if f["json"]:
-    files.atomic_write_text(f["json"], json.dumps(records, indent=1) + "\n")
+    outputs.write_json("--json", f["json"], records)
 
 
 if __name__ == "__main__":

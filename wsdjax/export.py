@@ -37,18 +37,15 @@ def define_flags() -> None:
   _F["overwrite"] = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
 
 
-def check_out(out, overwrite: bool = False) -> None:
-  """ConfigError unless `out` may take an export: a local path that does not exist, an
-  empty directory, or (with `overwrite`) any directory."""
-  if not out:
-    raise ConfigError("--out", "missing", "pass --out DIR, a new directory for the export")
-  if "://" in str(out):
-    raise ConfigError("--out", f"{out} is not a local path", "export to a local directory")
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ConfigError("--out", f"{out} is a file", "pass a new or empty directory")
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    raise ConfigError("--out", f"{out} is not empty",
-                      "pass a new or empty directory, or --overwrite to replace it")
+MARKER = "wsdjax_export.json"  # what export leaves in its folder: --overwrite replaces only those
+
+
+def check_out(out, overwrite: bool = False) -> str:
+  """The absolute folder `out` if it may take an export (`outputs.check_folder`: new or
+  empty, never in a run's tree; with `overwrite` a folder an earlier export made);
+  ConfigError if not."""
+  from wsdjax import outputs
+  return outputs.check_folder("--out", out, MARKER, overwrite)
 
 
 def export_llama(workdir, out, branch: str = "main", step: int | None = None,
@@ -61,7 +58,7 @@ def export_llama(workdir, out, branch: str = "main", step: int | None = None,
   from wsdjax import config as config_lib
   from wsdjax import hf_llama
   from wsdjax import model as model_lib
-  check_out(out, overwrite)
+  out = check_out(out, overwrite)
   hf_llama.check_dtype(dtype)
   cfg = config_lib.load_run_config(workdir)
   model_cfg = model_lib.ModelConfig.from_config(cfg.model)
@@ -71,10 +68,12 @@ def export_llama(workdir, out, branch: str = "main", step: int | None = None,
   tok_files, eos_id, tok_note = tokenizer_files(cfg, workdir)
   files = {"config.json": _json(hf_llama.llama_config(model_cfg, dtype, eos_id)),
            "generation_config.json": _json(hf_llama.generation_config(eos_id)), **tok_files}
+  report = {"branch": branch, "step": int(state.step), "out": str(out), "dtype": dtype,
+            "params": model_lib.param_count(model_cfg), "tokenizer": tok_note,
+            "files": sorted([*files, "model.safetensors", MARKER])}
+  files[MARKER] = _json(report | {"workdir": os.path.abspath(str(workdir))})
   _write(out, tensors, files)
-  return {"branch": branch, "step": int(state.step), "out": str(out), "dtype": dtype,
-          "params": model_lib.param_count(model_cfg), "tokenizer": tok_note,
-          "files": sorted([*files, "model.safetensors"])}
+  return report
 
 
 def _json(obj) -> bytes:
@@ -83,9 +82,31 @@ def _json(obj) -> bytes:
 
 def _write(out, tensors: dict, files: dict[str, bytes]) -> None:
   """model.safetensors (from `tensors`) and `files` into a fresh directory beside `out`,
-  which then takes the place of `out`; nothing is left behind if a write fails."""
-  from safetensors.numpy import save_file
+  which then takes the place of `out`; nothing is left behind if a write fails (and what
+  a killed export left there is removed first). A failed write is one line."""
+  from wsdjax import files as files_lib
+  from wsdjax import outputs
   out = os.path.abspath(out).rstrip(os.sep)
+  files_lib.clean_stale_temps(out)
+  need = sum(t.nbytes for t in tensors.values()) + sum(len(b) for b in files.values())
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  free = shutil.disk_usage(parent).free
+  if free < need:
+    raise outputs.OutputFault(f"--out: {parent} has {free / 2**20:.1f} MiB free, the export "
+                              f"needs {need / 2**20:.1f} MiB; free space or export elsewhere")
+  try:
+    _write_files(out, tensors, files)
+  except OSError as e:
+    raise outputs.write_error("--out", out, e) from None
+  except Exception as e:  # safetensors reports a failed write as its own error type
+    if "No space left" in str(e):
+      raise outputs.write_error("--out", out, OSError(28, "No space left on device")) from None
+    raise
+
+
+def _write_files(out: str, tensors: dict, files: dict[str, bytes]) -> None:
+  from safetensors.numpy import save_file
   tmp = f"{out}.tmp-{os.getpid()}"
   os.makedirs(tmp)
   try:

@@ -6,12 +6,10 @@ line `wsdjax: <field>: ...` on stderr, exit 2. Importing it defines no global fl
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
 from wsdjax import schedules
-from wsdjax.errors import ConfigError
 
 
 def main(argv: Sequence[str]) -> int:
@@ -19,23 +17,32 @@ def main(argv: Sequence[str]) -> int:
 
   Returns the exit status: 0, or 2 after a one-line `wsdjax: <field>: ...` on stderr.
   """
+  from wsdjax import cli  # local: importing cli defines its global --debug flag
+  from wsdjax import outputs
+  fv = _flags(argv)
+  if any(a.split("=")[0] in cli.HELP_FLAGS for a in argv[1:]):
+    print(cli.command_help(__doc__, [fv[name] for name in fv], debug=False))
+    return 0
   try:
-    cfg, plot_path, steps = _parse(argv)
+    cfg, plot_path, steps = _parse(fv, argv)
     print(schedules.format_phases(schedules.phases_from_config(cfg),
                                   schedules.checkpoint_steps_from_config(cfg)))
     if plot_path:
       from wsdjax import plots  # local: matplotlib only for --plot
-      plots.plot_schedule(cfg, plot_path, steps)
+      with outputs.writing("--plot", plot_path):
+        plots.plot_schedule(cfg, plot_path, steps)
       print(f"wrote {plot_path}")
   except ValueError as e:  # a bad flag, config or schedule field (ScheduleError, ConfigError)
-    from wsdjax import cli  # local: importing cli defines its global --debug flag
     cli.print_error(str(e))
     return cli.EXIT_BAD_INPUT
+  except outputs.OutputFault as e:  # the plot's write failed: a full disk
+    cli.print_error(str(e))
+    return cli.EXIT_FAULT
   return 0
 
 
-def _parse(argv: Sequence[str]):
-  """(schedule section, --plot, --steps) from the command line; ValueError if bad."""
+def _flags(argv: Sequence[str]):
+  """The command's flags, in a FlagValues of their own (no global flags)."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -45,6 +52,13 @@ def _parse(argv: Sequence[str]):
   flags.DEFINE_string("plot", None, "Write the LR plot to this PNG path.", flag_values=fv)
   flags.DEFINE_integer("steps", None, "Steps to plot (default: last checkpoint + 10%).",
                        flag_values=fv)
+  return fv
+
+
+def _parse(fv, argv: Sequence[str]):
+  """(schedule section, --plot, --steps) from the command line; ValueError if bad."""
+  from absl import flags
+  from wsdjax import outputs
   try:
     fv(list(argv))
     config = fv.config
@@ -55,10 +69,7 @@ def _parse(argv: Sequence[str]):
     raise ValueError(f"config: cannot load it: {e}; check the --config path") from None
   if cfg is None:
     raise ValueError("config: missing; pass --config configs/<name>.py")
-  if fv.plot and not os.path.isdir(os.path.dirname(os.path.abspath(fv.plot))):
-    raise ConfigError(
-        "--plot", f"its folder {os.path.dirname(os.path.abspath(fv.plot))} does not exist",
-        "create it, or pass a path in an existing folder")
+  outputs.check_file("--plot", fv.plot)
   if fv.steps is not None and fv.steps <= 0:
     raise schedules.ScheduleError("steps", f"must be > 0, got {fv.steps}", "e.g. --steps 1000")
   return cfg, fv.plot, fv.steps

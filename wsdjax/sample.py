@@ -94,6 +94,12 @@ def prompt_ids(tok, prompt: str, vocab_size: int) -> list[int]:
   """The ids generation starts from: a document start (eos) and the encoded prompt; for a
   bigram run (tok None) the prompt's space-separated ids (token 0 if it is empty)."""
   if tok is not None:
+    raw = sum(0xDC80 <= ord(c) <= 0xDCFF for c in prompt)  # bytes argv could not decode
+    if raw and tok.kind != "bytes":
+      from wsdjax.errors import ConfigError
+      raise ConfigError("--prompt", f"is not valid UTF-8 ({raw} byte(s) are not), and the "
+                        f"run's {tok.kind} tokenizer reads text", "pass UTF-8 text (a "
+                        "bytes-tokenizer run takes any bytes)")
     return [tok.eos_id] + list(tok.encode(prompt))
   from wsdjax.errors import ConfigError
   try:

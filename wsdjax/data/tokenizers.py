@@ -31,7 +31,8 @@ class BytesTokenizer:
 
   Byte 0 (NUL) is the end-of-sequence id placed between documents, so NUL bytes are
   dropped from input text (they do not occur in ordinary text); `decode` drops id 0 too
-  and replaces invalid UTF-8 sequences with U+FFFD.
+  and replaces invalid UTF-8 sequences with U+FFFD. Text decoded from non-UTF-8 bytes with
+  Python's surrogateescape (a command-line argument) encodes back to those raw bytes.
   """
 
   vocab_size = 256
@@ -55,7 +56,9 @@ class BytesTokenizer:
 
   @staticmethod
   def _bytes(text: str) -> bytes:
-    return text.encode("utf-8").replace(b"\x00", b"")
+    # surrogateescape: text that came from bytes that are not UTF-8 (a command-line
+    # argument) encodes back to those bytes, so a bytes run reads any bytes as they are.
+    return text.encode("utf-8", errors="surrogateescape").replace(b"\x00", b"")
 
 
 class SentencePieceTokenizer:
