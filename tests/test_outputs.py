@@ -188,3 +188,14 @@ def test_a_prompt_that_is_not_utf8(run):
   with pytest.raises(ConfigError, match=r"^--prompt: is not valid UTF-8 \(2 byte\(s\) are "
                                         r"not\), and the run's sentencepiece tokenizer"):
     sample.prompt_ids(TextTokenizer(), prompt, 256)
+
+
+def test_prepare_and_bench_never_write_into_a_run(run):
+  before = snapshot(run)
+  message = refused(cli("wsdjax.prepare", "--input", "configs/tiny.py", "--output",
+                        str(run / "store")))
+  assert message == (f"--output: {run / 'store'} is inside the run {run}; prepare the store "
+                     "outside any run's folder")
+  message = refused(cli("wsdjax.bench", "--config", "configs/tiny.py", "--workdir", str(run)))
+  assert message.startswith(f"--workdir: {run} is inside the run {run}, which the bench")
+  assert snapshot(run) == before

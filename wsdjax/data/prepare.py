@@ -34,6 +34,7 @@ from wsdjax.data import parallel_encode
 from wsdjax.data import token_store as store_lib
 from wsdjax.data import tokenizers as tokenizers_lib
 from wsdjax.data.errors import DataConfigError
+from wsdjax import outputs
 from wsdjax.process import faults
 
 TOKENIZER_KINDS = ("bytes", "sentencepiece", "huggingface")
@@ -91,6 +92,9 @@ def check_args(a: PrepareArgs) -> None:
   if "://" not in a.output:
     need(not os.path.isfile(a.output), "--output", f"{a.output} is a file",
          "pass a folder (created if absent)")
+    run = outputs.run_holding(a.output)
+    need(run is None, "--output", f"{a.output} is inside the run {run}",
+         "prepare the store outside any run's folder")
 
 
 # ---- the tokenizer -----------------------------------------------------------------------
