@@ -104,7 +104,11 @@ def test_saves_written_with_orbaxs_standard_handler_restore(tmp_path):
   old.close()
   with ckpt.CheckpointTree(tmp_path, compression="none") as tree:
     assert [e["step"] for e in tree.manifest()] == [5]
-    restored, got = tree.restore(StateRef("main", 5), state)
+    # Written without wsdjax, it has no integrity record: unverified, so not restored
+    # unless asked (the trainer never asks; checkpoint.restore asks, with a warning).
+    with pytest.raises(ckpt.UnverifiedCheckpoint, match="main@5 is unverified .no integrity"):
+      tree.restore(StateRef("main", 5), state)
+    restored, got = tree.restore(StateRef("main", 5), state, unverified_ok=True)
     _assert_same(restored, state)
     assert got == meta
 

@@ -77,6 +77,26 @@ def main_steps(workdir) -> list[int]:
   return sorted(e["step"] for e in manifest(workdir) if e["branch"] == "main")
 
 
+def unrecorded(workdir) -> list[str]:
+  """Saves without an integrity record, as "<branch>-<step>": what a SIGKILL leaves when
+  it lands after Orbax commits a save and before its record is written. Unverified, each
+  is set aside (to checkpoints/broken/) by the next run, which resumes before it."""
+  with ckpt.CheckpointTree(workdir, read_only=True) as tree:
+    return [f"{b}-{s}" for b in tree.branches() for s in tree.steps(b)
+            if not tree.verification(ckpt.StateRef(b, s)).verified]
+
+
+def assert_set_aside_unverified(out, names: list[str]) -> None:
+  for name in names:
+    branch, step = name.rsplit("-", 1)
+    assert f"checkpoint: {branch}@{step} is unverified (no integrity record)" in out.stdout
+
+
+def set_aside(workdir) -> list[str]:
+  """The saves in checkpoints/broken/, as "<branch>-<step>" (without the copy number)."""
+  return sorted(p.name.rsplit("-", 1)[0] for p in (workdir / "checkpoints" / "broken").iterdir())
+
+
 def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(reference,
                                                                            tmp_path):
   """One run taken through every fault in turn, then finished: it must end with the
@@ -88,22 +108,29 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
   assert main_steps(run) == [5, 10]  # each save of the segment entered the manifest
 
   # The newest save loses half a file, and its checksum record (as when a kill lands
-  # between Orbax's commit and the record): restore fails, so it is set aside and the run
-  # falls back to main@5.
+  # between Orbax's commit and the record): unverified, it is never restored; it is set
+  # aside and the run falls back to main@5, the newest verified save.
   newest = run / "checkpoints" / "main" / "10"
   data = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
   data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
   (run / "checkpoints" / "integrity" / "main-10.json").unlink(missing_ok=True)
+  expected_aside, left = ["main-10"], []
   for fault in ["kill_in_save@main:15",           # while the fork point is being written
                 "kill_after_step@decay-20:18"]:   # mid decay branch
     out = train(run, fault)
     assert out.returncode == -9, (fault, out.returncode, out.stderr[-2000:])
+    assert_set_aside_unverified(out, left)
     if fault.endswith("main:15"):
-      assert "main@10 is broken: unreadable" in out.stdout and "resumed at 5" in out.stdout
+      assert ("main@10 is unverified (no integrity record), so it is not trusted; moved it "
+              f"to {run}/checkpoints/broken/main-10-0; resuming from main@5") in out.stdout
+      assert "resumed at 5" in out.stdout
+    left = unrecorded(run)  # e.g. main@10 again, committed just before the kill
+    expected_aside += left
 
   # SIGINT (Ctrl-C): finish the step, save it, wait for the async save, exit 0.
   out = train(run, "int_after_step@main:22")
   assert out.returncode == 0, out.stderr[-2000:]
+  assert_set_aside_unverified(out, left)
   assert "stopped at main@22; the same command resumes" in out.stdout + out.stderr
   assert main_steps(run)[-1] == 22
 
@@ -129,8 +156,7 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
   out = train(run, "term_after_step@decay-40:33", extra=["--config.checkpoint.keep=100"])
   assert out.returncode == 0, out.stderr[-2000:]
   assert "checkpoint: main@22 is broken" in out.stdout and "resumed at 20" in out.stdout
-  assert sorted(p.name for p in (run / "checkpoints" / "broken").iterdir()) == [
-      "main-10-0", "main-22-0"]
+  assert set_aside(run) == sorted(expected_aside + ["main-22"])
   assert all(p.read_bytes() == b for p, b in good.items())  # main@20 untouched
   assert "stopped at decay-40@33" in out.stdout + out.stderr
 
@@ -146,8 +172,7 @@ def test_kills_signals_broken_and_failed_saves_then_resume_is_bitwise_exact(refe
   assert out.returncode == 0, out.stderr[-2000:]
   assert "checkpoint: decay-40@33 is broken: state/" in out.stdout
   assert "changed content" in out.stdout
-  assert sorted(p.name for p in (run / "checkpoints" / "broken").iterdir()) == [
-      "decay-40-33-0", "main-10-0", "main-22-0"]
+  assert set_aside(run) == sorted(expected_aside + ["main-22", "decay-40-33"])
   assert_bitwise_equal(reference, final_states(run))
 
   # A decayed checkpoint of the finished run gets a flipped byte: the rerun finds it and

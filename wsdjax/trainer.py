@@ -6,6 +6,14 @@ the branch plan segment by segment: it restores or forks the start state, compil
 step for the segment's LR schedule ahead of the loop, trains, saves into the checkpoint
 tree, evaluates decayed checkpoints and records them in the manifest. A rerun of the same
 command resumes where the plan stopped.
+
+Resume trusts only verified saves (`checkpoint.integrity`). Before the plan runs
+(`check_saves`), every save without a readable integrity record is moved to
+checkpoints/broken/ (kept, never deleted), one line each saying where and what the run
+resumes from, and so is every decayed checkpoint or fork point whose files differ from
+its record; the plan rebuilds what it needs. If no save of the run is verified (a run of
+an older wsdjax, a deleted checkpoints/integrity/), nothing is moved: the run stops with
+one line naming `python -m wsdjax.branches --workdir W --verify` (and `--record`).
 """
 
 from __future__ import annotations
@@ -109,6 +117,7 @@ class Trainer:
     self.flops_per_token = model_lib.flops_per_token(cfg.model)
     self._eval_batches = None
     self._stop = signals.StopRequests()
+    self._saves_checked = False  # check_saves() has run
     self.started = time.perf_counter()  # for the closing line's wall time
     self.steps_done_here = 0  # steps this process ran (a resumed run: since the resume)
 
@@ -227,11 +236,14 @@ class Trainer:
                         f"{self.data.entropy_rate:.4f} nats/token")
     try:
       with self._stop:
-        self._set_aside_broken([seg.end_ref for seg in self.plan.segments])
+        self.check_saves()
         while True:
           try:
             self._run_plan()
             break
+          except ckpt.UnverifiedCheckpoint:  # a record lost while the run went on
+            if not self._set_aside_unverified():
+              raise
           except ckpt.BrokenCheckpoint as broken:  # set it aside, resume from an earlier save
             moved = self.tree.quarantine(broken.ref, str(broken))
             self.writer.print(f"{broken}; moved it to {moved} and resuming from the "
@@ -252,6 +264,49 @@ class Trainer:
   def _overrides(self, seg: Segment) -> tuple:
     """The optimizer overrides of `seg`: the decays' (`schedule.decay_overrides`), else ()."""
     return decay_overrides(self.cfg) if seg.decayed else ()
+
+  def check_saves(self) -> None:
+    """Once, before the plan runs: set aside the unverified saves (`_set_aside_unverified`)
+    and the decayed checkpoints and fork points whose files changed since they were
+    saved. CheckpointError, with nothing moved, if no save of the run is verified."""
+    if self._saves_checked:
+      return
+    self._set_aside_unverified()
+    self._set_aside_broken([seg.end_ref for seg in self.plan.segments])
+    self._saves_checked = True
+
+  def _set_aside_unverified(self) -> int:
+    """Quarantine every save without a readable integrity record, so that resume never
+    restores one unchecked, and say where each went and what the run resumes from; how
+    many. If none of the run's saves has a record, refuse in one line and move nothing."""
+    saves = [StateRef(b, s) for b in self.tree.branches() for s in self.tree.steps(b)]
+    unverified = [(ref, record.why) for ref in saves
+                  if not (record := self.tree.verification(ref)).verified]
+    if not unverified:
+      return 0
+    if len(unverified) == len(saves):
+      raise ckpt.CheckpointError(
+          f"workdir: no save in {self.workdir} is verified ({len(saves)} save(s), none with "
+          "a readable integrity record, e.g. a run of an older wsdjax, or "
+          "checkpoints/integrity/ was deleted), so none is resumed from and nothing was "
+          f"moved; check them with python -m wsdjax.branches --workdir {self.workdir} "
+          "--verify, and add --record to vouch for them as they are")
+    moved = [(ref, why, self.tree.quarantine(
+        ref, f"checkpoint: {ref.branch}@{ref.step} is unverified ({why})"))
+             for ref, why in unverified]
+    then = self._resume_point()
+    for ref, why, dest in moved:
+      self.writer.print(f"checkpoint: {ref.branch}@{ref.step} is unverified ({why}), so "
+                        f"it is not trusted; moved it to {dest}; {then}")
+    return len(moved)
+
+  def _resume_point(self) -> str:
+    """What the plan goes on from, in words: its first unfinished segment's newest save,
+    else that segment's start state (step 0 for the first)."""
+    if all(self.tree.has(seg.end_ref) for seg in self.plan.segments):
+      return "the plan needs nothing from it (its states are saved and verified)"
+    ref = run_config.resume_ref(self.plan, self.tree)
+    return f"resuming from {ref.branch}@{ref.step}" if ref else "starting over from step 0"
 
   def _set_aside_broken(self, refs) -> None:
     """Quarantine the saved ones of `refs` (a finished run's decayed checkpoints and fork
@@ -472,6 +527,7 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
   try:  # start-up: nothing of the run is recorded until its first step is compiled
     trainer = Trainer(cfg, workdir, mesh=mesh, stream=stream)  # data errors surface here
     faults.at_startup()
+    trainer.check_saves()  # before a compile: a run with no verified save stops at once
     trainer.compile_first_step()
   except BaseException:  # bad input, a compile that does not fit, Ctrl-C
     if trainer is not None:

@@ -3,12 +3,22 @@ it is restored, so a truncated, deleted or bit-flipped file is reported instead 
 
 A record is `WORKDIR/checkpoints/integrity/<branch>-<step>.json`: relative path -> size
 and SHA-256 of every file under the save's directory (Orbax's metadata, the OCDBT
-manifests and data files, the meta item). A save without a record (one whose process was
-killed between Orbax's commit and the record) is trusted as Orbax committed it.
+manifests and data files, the meta item); sizes only with `checkpoint.checksums=False`.
+
+Integrity fails closed. A save is
+  verified    its record is readable (`read(...).verified`): its files are checked
+              against it before a restore, and a difference makes it DAMAGED;
+  unverified  its record is missing (a run of an older wsdjax, a kill between Orbax's
+              commit and the record, a deleted `integrity/`) or unreadable (empty, not
+              JSON, not a list of files): nothing can tell its files changed, so the
+              trainer never restores it (`checkpoint.UnverifiedCheckpoint`), and
+              `checkpoint.restore` does so only with a warning. `python -m wsdjax.branches
+              --verify --record` vouches for such a save as it is (a fresh record).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -18,7 +28,21 @@ from wsdjax.files import atomic_write_text
 from wsdjax.plan import StateRef
 
 RECORDS = "integrity"
+RECORDED, MISSING, UNREADABLE = "recorded", "missing", "unreadable"
 _BLOCK = 1 << 20  # bytes per read; hashlib releases the GIL while it hashes each block
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """A save's integrity record as found on disk: `status` RECORDED (with `files`: relative
+  path -> {"size", "sha256"?}), MISSING or UNREADABLE (with `why`, for messages)."""
+  status: str
+  files: dict | None = None
+  why: str = ""
+
+  @property
+  def verified(self) -> bool:
+    return self.status == RECORDED
 
 
 def files_of(top: epath.Path) -> list[str]:
@@ -57,16 +81,27 @@ def record(root: epath.Path, ref: StateRef, top: epath.Path, checksums: bool = T
   atomic_write_text(record_path(root, ref), json.dumps(digests, indent=0))
 
 
-def recorded(root: epath.Path, ref: StateRef) -> dict | None:
-  """The save's record, None if it has none (or an unreadable one: it is rewritten only
-  by a new save, so a torn record is as good as none)."""
+def read(root: epath.Path, ref: StateRef) -> Record:
+  """The save's record: RECORDED, MISSING, or UNREADABLE (empty, not JSON, not a map of
+  files to sizes, or a read error). A torn record is never trusted: records are written
+  atomically, so one only tears by hand or by a failing disk."""
   path = record_path(root, ref)
-  if not path.exists():
-    return None
   try:
-    return json.loads(path.read_text())
+    text = path.read_text()
+  except FileNotFoundError:
+    return Record(MISSING, why="no integrity record")
+  except OSError as e:
+    return Record(UNREADABLE, why=f"integrity record unreadable: {e.strerror or e}")
+  if not text.strip():
+    return Record(UNREADABLE, why="integrity record unreadable: empty")
+  try:
+    files = json.loads(text)
   except ValueError:
-    return None
+    return Record(UNREADABLE, why="integrity record unreadable: not valid JSON")
+  if not (isinstance(files, dict) and files and all(
+      isinstance(v, dict) and isinstance(v.get("size"), int) for v in files.values())):
+    return Record(UNREADABLE, why="integrity record unreadable: not a list of files and sizes")
+  return Record(RECORDED, files)
 
 
 def damage(expected: dict, top: epath.Path, share: tuple[int, int] = (0, 1)) -> str | None:

@@ -1,4 +1,9 @@
-"""`restore(workdir, branch, step)`: a train state of a finished or running run, for users."""
+"""`restore(workdir, branch, step)`: a train state of a finished or running run, for users.
+
+A damaged save (its files differ from its integrity record) is refused at an explicit
+step, and passed over with a warning for the newest. An unverified one (no readable
+record: `checkpoint.integrity`) is restored as it is, with one warning line on stderr:
+`wsdjax: <branch>@<step> is unverified (<why>); ...`."""
 
 from __future__ import annotations
 
@@ -27,9 +32,9 @@ def latest_step(tree: CheckpointTree, branch: str, before: int | None = None) ->
 def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
   """Load a train state of a run: `branch` ('main', 'decay-<N>', 'merge-<N>', or an EMA
   shadow 'ema-<decay>', whose params it returns as the state's params) at `step` (default:
-  its latest complete save, passing over broken ones with a warning). Onto `mesh` with the
-  run's shardings, or as host numpy arrays without one. Takes no lock: it works while a run
-  writes the tree."""
+  its latest complete save, passing over broken ones with a warning; an unverified one is
+  restored with a warning). Onto `mesh` with the run's shardings, or as host numpy arrays
+  without one. Takes no lock: it works while a run writes the tree."""
   from wsdjax import config as config_lib  # local: the tree itself needs neither
   cfg = config_lib.load_run_config(workdir)
   tree = CheckpointTree(workdir, read_only=True)
@@ -42,10 +47,10 @@ def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
                             f"branches: {tree.branches()}")
     target = _target(cfg, mesh)
     if step is not None:
-      return tree.restore(StateRef(branch, int(step)), target)[0]
+      return _restore_warning(tree, StateRef(branch, int(step)), target)[0]
     for newest in reversed(steps):  # the latest complete save of the branch
       try:
-        return tree.restore(StateRef(branch, newest), target)[0]
+        return _restore_warning(tree, StateRef(branch, newest), target)[0]
       except BrokenCheckpoint as broken:
         if newest == steps[0]:
           raise
@@ -53,6 +58,18 @@ def restore(workdir, branch: str = MAIN, step: int | None = None, mesh=None):
     raise AssertionError("unreachable")
   finally:
     tree.close()
+
+
+def _restore_warning(tree: CheckpointTree, ref: StateRef, target):
+  """`tree.restore(ref, target)`, an unverified save too, with one warning line for it."""
+  record = tree.verification(ref)
+  out = tree.restore(ref, target, unverified_ok=True)
+  if not record.verified:
+    print(f"wsdjax: {ref.branch}@{ref.step} is unverified ({record.why}); restored it as it "
+          "is, unchecked (python -m wsdjax.branches --workdir "
+          f"{tree.workdir} --verify checks it, --verify --record vouches for it)",
+          file=sys.stderr, flush=True)
+  return out
 
 
 def _target(cfg, mesh):
@@ -76,5 +93,6 @@ def _restore_shadow(tree: CheckpointTree, cfg, shadow: str, step: int | None, me
                           f"{step}; pass one of those")
   source = listed[max(listed) if step is None else int(step)]["source"]
   decays = [ema_lib.name(d) for d in cfg.train.ema_decays]
-  state = tree.restore(StateRef(source["branch"], source["step"]), _target(cfg, mesh))[0]
+  state = _restore_warning(tree, StateRef(source["branch"], source["step"]),
+                           _target(cfg, mesh))[0]
   return state.replace(params=state.ema[decays.index(shadow)])

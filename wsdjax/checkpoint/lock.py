@@ -13,6 +13,9 @@ holds the lock from start to close; a second writer is refused at start with
   naming a dead process on this host, is stale and taken over.
 - A multi-process job holds one lock: process 0 takes it and every process learns the
   answer, so either all start or all stop with the same message.
+- A workdir whose files cannot be written (a read-only mount, no permission) is refused
+  at start with `WorkdirNotWritable`, naming the lock file and the OS's reason; nothing
+  is written.
 
 Holds are counted per process and workdir, so a trainer and the tree it opens share one.
 """
@@ -33,9 +36,9 @@ import time
 import jax
 from etils import epath
 
-from wsdjax.checkpoint.errors import WorkdirInUse
+from wsdjax.checkpoint.errors import WorkdirInUse, WorkdirNotWritable
 from wsdjax.errors import ConfigError
-from wsdjax.files import atomic_write_text, is_local
+from wsdjax.files import atomic_write_text, is_local, pid_alive
 
 LOCK_FILE = "writer.lock"
 HEARTBEAT_S = 30.0
@@ -69,14 +72,11 @@ def _refusal(workdir, holder: dict | None) -> str:
           "it, or use another --workdir")
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
+def _unwritable(path, error: OSError) -> str:
+  full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+  fix = "free disk space" if full else "make the workdir writable, or copy the run elsewhere"
+  return (f"workdir: cannot take the writer lock {path} "
+          f"({error.strerror or type(error).__name__}); {fix}")
 
 
 class _FlockHold:
@@ -95,9 +95,13 @@ class _FlockHold:
       raise
     self.fd = fd
     self.previous = _read(fd)  # a record left by a process that died holding it
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(_holder_record()).encode(), 0)
-    os.fsync(fd)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps(_holder_record()).encode(), 0)
+      os.fsync(fd)
+    except OSError:  # e.g. a full disk: not held
+      os.close(fd)
+      raise
 
   def release(self) -> None:
     os.ftruncate(self.fd, 0)  # no stale name for the next reader
@@ -157,7 +161,7 @@ def read_holder(path: epath.Path) -> dict | None:
 
 
 def _stale(holder: dict) -> bool:
-  if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+  if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0))):
     return True
   return time.time() - float(holder.get("heartbeat", 0)) > STALE_AFTER_S
 
@@ -183,8 +187,9 @@ def _key(workdir) -> str:
 
 def acquire(workdir, use_flock: bool | None = None) -> dict | None:
   """Hold the writer lock of `workdir` (created if absent) for this process, or raise
-  `WorkdirInUse` naming the holder. Returns the record of a stale holder taken over (None
-  if there was none). A collective in a multi-process job (every process calls it)."""
+  `WorkdirInUse` naming the holder (`WorkdirNotWritable` if its files cannot be written).
+  Returns the record of a stale holder taken over (None if there was none). A collective
+  in a multi-process job (every process calls it)."""
   key = _key(workdir)
   with _GUARD:
     if key in _HOLDS:
@@ -196,18 +201,21 @@ def acquire(workdir, use_flock: bool | None = None) -> dict | None:
                         "pass a directory (created if absent) as --workdir")
     hold, problem, previous = None, None, None
     if jax.process_index() == 0:
-      root.mkdir(parents=True, exist_ok=True)
       flock = is_local(key) if use_flock is None else use_flock
       try:
+        root.mkdir(parents=True, exist_ok=True)
         hold = (_FlockHold if flock else _RecordHold)(root / LOCK_FILE)
         previous = hold.previous
       except _Held as held:
-        problem = _refusal(workdir, held.holder)
+        problem = ("in use", _refusal(workdir, held.holder))
+      except OSError as e:  # a read-only file system, no permission
+        problem = ("not writable", _unwritable(root / LOCK_FILE, e))
     if jax.process_count() > 1:
       from wsdjax.process import distributed
       problem = distributed.allgather_json(problem)[0]
     if problem:
-      raise WorkdirInUse(problem)
+      kind, message = problem
+      raise (WorkdirInUse if kind == "in use" else WorkdirNotWritable)(message)
     _HOLDS[key] = _Count(hold)
     return previous
 

@@ -5,13 +5,19 @@ Layout:
   WORKDIR/checkpoints/manifest.json                  index of every finished save
   WORKDIR/checkpoints/config_changes.json            fields changed on resume, and where
   WORKDIR/checkpoints/integrity/<branch>-<step>.json checksums of each save's files
-  WORKDIR/checkpoints/broken/<branch>-<step>-<n>/    saves found damaged, kept for a look
+  WORKDIR/checkpoints/broken/<branch>-<step>-<n>/    saves set aside (damaged, unreadable
+                                                     or unverified), kept for a look, with
+                                                     REASON.txt and their record, if any
 
 `state` is Orbax's standard PyTree checkpoint of the train state (OCDBT, zarr chunks,
 zstd-compressed or raw by `compression`): `ocp.StandardCheckpointer().restore(path)`
 reads it without wsdjax. `meta` (JSON) holds the state's manifest entry and data position.
 The manifest is derived from the metas of finished saves and written atomically; a save
 enters it (and is reported) only once Orbax has committed it on disk.
+
+Integrity fails closed (`checkpoint.integrity`): `restore` refuses a save without a
+readable record (`UnverifiedCheckpoint`) unless asked to take it unchecked, and a save
+whose files differ from its record (`BrokenCheckpoint`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from etils import epath
 
 from wsdjax.checkpoint import integrity, lock
 from wsdjax.checkpoint.layout import COMPRESSIONS, MANIFEST, check_layout, checkpoint_dir
-from wsdjax.checkpoint.errors import BrokenCheckpoint, CheckpointError, SaveError
+from wsdjax.checkpoint.errors import (BrokenCheckpoint, CheckpointError, SaveError,
+                                      UnverifiedCheckpoint)
 from wsdjax.files import atomic_write_text, is_local
 from wsdjax.plan import MAIN, StateRef
 from wsdjax.process import faults
@@ -295,24 +302,34 @@ class CheckpointTree:
                         "and rerun the same command") from e
     self._records = keep
 
-  def damage(self, ref: StateRef, collective: bool = True) -> str | None:
+  def verification(self, ref: StateRef) -> integrity.Record:
+    """The save's integrity record as found on disk (cheap: the files are not read); a
+    record this process is still writing is waited for first."""
+    if self._records:
+      self._check_records(block=True)
+    return integrity.read(self.root, ref)
+
+  def damage(self, ref: StateRef, collective: bool = True,
+             record: integrity.Record | None = None) -> str | None:
     """What is wrong with the files of a finished save (missing, truncated, changed),
-    judged against the checksums recorded when it finished; None if intact or never
-    recorded. `collective`: in a multi-process job every process checks a share of the
-    files and all get the answer (every process must call it)."""
-    expected = integrity.recorded(self.root, ref)
-    if expected is None:
+    judged against the checksums recorded when it finished (`record`, read if not given);
+    None if intact or unverified (no readable record: `verification`). `collective`: in a
+    multi-process job every process checks a share of the files and all get the answer
+    (every process must call it)."""
+    record = record or self.verification(ref)
+    if not record.verified:
       return None
     if not collective or jax.process_count() == 1:
-      return integrity.damage(expected, self.path(ref))
+      return integrity.damage(record.files, self.path(ref))
     from wsdjax.process import distributed
-    mine = integrity.damage(expected, self.path(ref),
+    mine = integrity.damage(record.files, self.path(ref),
                             (jax.process_index(), jax.process_count()))
     return next((d for d in distributed.allgather_json(mine) if d), None)
 
   def quarantine(self, ref: StateRef, reason: str) -> epath.Path:
-    """Move an unreadable save out of its branch (kept under checkpoints/broken/ for a look,
-    never deleted) so that resume uses the previous complete one."""
+    """Move an unreadable, damaged or unverified save out of its branch (kept under
+    checkpoints/broken/ for a look, with REASON.txt and its integrity record, never
+    deleted) so that resume uses the previous complete one."""
     n = 0
     while (dest := self.root / BROKEN / f"{ref.branch}-{ref.step}-{n}").exists():
       n += 1
@@ -325,8 +342,9 @@ class CheckpointTree:
     if manager is not None:
       manager.close()
     self._pending = [p for p in self._pending if p[0] != ref.branch or p[1] != ref.step]
-    if self.is_primary:
-      integrity.record_path(self.root, ref).unlink(missing_ok=True)
+    record = integrity.record_path(self.root, ref)
+    if self.is_primary and record.exists():  # kept with the save: what it was judged by
+      record.rename(dest / f"{integrity.RECORDS}.json")
     self._entries.pop((ref.branch, ref.step), None)
     self._write_manifest()
     return dest
@@ -341,9 +359,11 @@ class CheckpointTree:
       raise CheckpointError(f"checkpoint: {ref.branch}@{ref.step}: cannot read its meta "
                             f"({text})") from e
 
-  def restore(self, ref: StateRef, target) -> tuple[Any, dict]:
-    """Restore `ref` into the structure/shardings of `target` (abstract or concrete);
-    BrokenCheckpoint if its files differ from those recorded when it was saved."""
+  def restore(self, ref: StateRef, target, unverified_ok: bool = False) -> tuple[Any, dict]:
+    """Restore `ref` into the structure/shardings of `target` (abstract or concrete).
+    BrokenCheckpoint if its files differ from those recorded when it was saved (or, with
+    no record to judge by, Orbax cannot read them); UnverifiedCheckpoint if it has no
+    readable record, unless `unverified_ok` (the caller warns that it is unchecked)."""
     if not self.has(ref):
       raise CheckpointError(f"{ref.branch}@{ref.step}: no such checkpoint "
                             f"(saved steps of {ref.branch}: {self.steps(ref.branch)})")
@@ -352,7 +372,10 @@ class CheckpointTree:
           f"checkpoint: {ref.branch}@{ref.step} was written by wsdjax's raw-array writer, "
           "which was removed (saves are Orbax's standard format now) and cannot be "
           "restored; start a new --workdir")
-    damage = self.damage(ref)
+    record = self.verification(ref)
+    if not (record.verified or unverified_ok):
+      raise UnverifiedCheckpoint(ref, record.why, self.workdir)
+    damage = self.damage(ref, record=record)
     if damage:
       raise BrokenCheckpoint(ref, damage)
     item = _as_item(target)
@@ -362,11 +385,11 @@ class CheckpointTree:
           state=ocp.args.PyTreeRestore(item, restore_args=restore_args),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001
-      damage = self.damage(ref, collective=False)
+      damage = self.damage(ref, collective=False, record=record)
       text = " ".join(str(e).split())[:400]
       if damage:
         raise BrokenCheckpoint(ref, damage) from e
-      if integrity.recorded(self.root, ref) is None:  # files not vouched for: unreadable
+      if not record.verified:  # files not vouched for: unreadable
         raise BrokenCheckpoint(ref, f"unreadable ({text})") from e
       raise CheckpointError(
           f"checkpoint: cannot restore {ref.branch}@{ref.step} ({text}); if its files are "
