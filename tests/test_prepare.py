@@ -262,7 +262,10 @@ def test_bad_input_is_one_line_and_leaves_no_complete_store(corpus, reference, t
   assert tree(reference) == before
   os.makedirs(tmp_path / "run" / "checkpoints")
   assert refused("--input", corpus[1], "--output", str(tmp_path / "run")).startswith(
-      f"--output: {tmp_path / 'run'} holds other files (checkpoints, ...)")
+      f"--output: {tmp_path / 'run'} is inside the run {tmp_path / 'run'}")
+  os.makedirs(tmp_path / "notes" / "old")
+  assert refused("--input", corpus[1], "--output", str(tmp_path / "notes")).startswith(
+      f"--output: {tmp_path / 'notes'} holds other files (old, ...)")
   assert refused("--input", corpus[1], "--output", out, "--shard", "2/2").startswith(
       "--shard: 2/2 names no shard")
   assert refused("--input", corpus[1], "--output", out, "--tokenizer", "sentencepiece") == (

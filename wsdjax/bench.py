@@ -499,8 +499,8 @@ def main(argv):
   if _MODE.value == "data":
     return main_data(argv)
   cli.loaded_config(argv, _CONFIG, "configs/small.py")
-  if _WORKDIR.value and (run := outputs.run_holding(_WORKDIR.value)):
-    cli.fail(f"--workdir: {_WORKDIR.value} is inside the run {run}, which the bench would "
+  if _WORKDIR.value and (holder := outputs.run_holding(_WORKDIR.value)):
+    cli.fail(f"--workdir: {_WORKDIR.value} is inside the run {holder}, which the bench would "
              "train into; pass a new scratch folder (or none: a temporary one)")
   if _STEPS.value < 1:
     cli.fail(f"--steps: must be >= 1, got {_STEPS.value}; e.g. --steps 10")

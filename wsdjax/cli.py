@@ -43,6 +43,8 @@ def loaded_config(argv: Sequence[str], config_flag, example: str):
     fail(f"--config: missing; pass --config {example} (or another config file)")
   try:
     value = config_flag.value
+    if type(value).__name__ == "_ErrorConfig":  # config_flags defers a load error to first use
+      value.keys()
   except OSError as e:
     why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
     fail(f"--config: cannot load it ({why}); pass an existing config file, e.g. {example}")
