@@ -221,6 +221,7 @@ class _FileJob:
                                         on_bytes=self.progress.add_bytes)
     parts = {"train": [], "val": []}
     counts = {"train": 0, "val": 0}
+    buffered = 0  # training tokens not yet in a shard
     batches = parallel_encode.batches(itertools.islice(docs, skip, None),
                                       batch_chars=parallel_encode.batch_chars(self.args.shard_tokens))
     for train, n_train, val, n_val in encoder.map(batches):
@@ -228,9 +229,11 @@ class _FileJob:
       parts["val"].append(val)
       counts["train"] += n_train
       counts["val"] += n_val
+      buffered += len(train)
       self.progress.update(n_train + n_val, len(train) + len(val))
-      if sum(len(p) for p in parts["train"]) >= self.args.shard_tokens:
+      if buffered >= self.args.shard_tokens:
         self._flush(parts, counts, done=False)
+        buffered = 0
     self._flush(parts, counts, done=True)
     self.progress.update(file_done=True)
 
