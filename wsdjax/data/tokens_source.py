@@ -89,7 +89,11 @@ def _boundaries(weights, batch: int, steps: np.ndarray) -> np.ndarray:
 
 def _counts(weights, batch: int, steps: np.ndarray) -> np.ndarray:
   """int64 [len(steps), S]: rows of each store in each step."""
-  b = _boundaries(weights, batch, steps)
+  return _counts_of(_boundaries(weights, batch, steps), batch)
+
+
+def _counts_of(b: np.ndarray, batch: int) -> np.ndarray:
+  """Rows of each store in each step, from the steps' `_boundaries`."""
   edges = np.concatenate([np.zeros((len(b), 1), np.int64), b,
                           np.full((len(b), 1), batch, np.int64)], axis=1)
   return np.diff(edges, axis=1)
@@ -150,15 +154,15 @@ class TokenRows:
     drawn = rows_before(history, self._global, start_step, len(self._stores))
     step = start_step
     while True:
-      weights = weights_at(history, step)
-      yield self.rows_of_step(step, weights, drawn), (
+      b = _boundaries(weights_at(history, step), self._global, np.array([step]))
+      yield self.rows_of_step(b[0], drawn), (
           {"step": step + 1, "mixture": history} if self.mixed else {"step": step + 1})
-      drawn += _counts(weights, self._global, np.array([step]))[0]
+      drawn += _counts_of(b, self._global)[0]
       step += 1
 
-  def rows_of_step(self, step: int, weights, drawn: np.ndarray) -> np.ndarray:
-    """This process's rows of `step`, store s's first row being its drawn[s]-th."""
-    b = _boundaries(weights, self._global, np.array([step]))[0]
+  def rows_of_step(self, b: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """This process's rows of a step whose `_boundaries` are `b`, store s's first row being
+    its drawn[s]-th."""
     j = np.arange(self._first, self._first + self._local)
     source = np.searchsorted(b, j, side="right")
     block_start = np.concatenate([[0], b])[source]
