@@ -489,7 +489,12 @@ def main_data(argv) -> None:
     cli.fail(f"--steps: must be >= 1, got {_STEPS.value}; e.g. --steps 50")
   outputs.check_file("--json", _JSON.value)
   res = throughput.run(store=_STORE.value, steps=_STEPS.value)
-  print(throughput.table(res), flush=True)
+  _report(throughput.table(res), res)
+
+
+def _report(text: str, res: dict) -> None:
+  """Print the table; write the results to --json if given."""
+  print(text, flush=True)
   if _JSON.value:
     outputs.write_json("--json", _JSON.value, res)
     print(f"wrote {_JSON.value}", file=sys.stderr)
@@ -511,10 +516,7 @@ def main(argv):
   outputs.check_file("--json", _JSON.value)
   res = run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, saves=_SAVES.value,
             workdir=_WORKDIR.value, profile_dir=_PROFILE.value)
-  print(table(res), flush=True)
-  if _JSON.value:
-    outputs.write_json("--json", _JSON.value, res)
-    print(f"wrote {_JSON.value}", file=sys.stderr)
+  _report(table(res), res)
 
 
 if __name__ == "__main__":

@@ -128,11 +128,19 @@ def check_folder(flag: str, path: str | None, marker: str, overwrite: bool = Fal
                         "--overwrite leaves it alone", "pass a new or empty folder")
     if (run := _runs_below(path)) is not None:
       raise ConfigError(flag, f"{path} holds the run {run}", "pass a new or empty folder")
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  _writable_folder(flag, parent)
+  check_creatable(flag, os.path.dirname(path))
   return path
+
+
+def check_creatable(flag: str, folder: str) -> None:
+  """ConfigError unless the local `folder`, or the nearest existing folder above it (where
+  it would be made), takes a new file; nothing to check for remote paths."""
+  if not files.is_local(folder):
+    return
+  here = os.path.abspath(os.path.expanduser(folder))
+  while not os.path.exists(here):
+    here = os.path.dirname(here)
+  _writable_folder(flag, here)
 
 
 def write_error(flag: str, path, error: BaseException) -> Exception:

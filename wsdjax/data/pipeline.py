@@ -199,9 +199,7 @@ def _tokens(config, workdir, ctx: dict, info: dict):
                                  config.model.seq_len, config.seed, **ctx)
   info.update(stores=[s.id for s in stores],
               train_tokens=[s.split("train").num_tokens for s in stores],
-              val_tokens=[s.split("val").num_tokens for s in stores],
-              val_rows=int(sum((s.split("val").num_tokens - 1) // config.model.seq_len
-                               for s in stores)))
+              val_tokens=[s.split("val").num_tokens for s in stores], val_rows=rows.val_rows)
   return rows, tok
 
 

@@ -321,17 +321,6 @@ def _same_job(args: PrepareArgs, old: dict, job: dict) -> None:
         "differ); choose another folder, or rerun with the arguments it was prepared with")
 
 
-def _check_writable(path: str) -> None:
-  if "://" in path:
-    return
-  probe = os.path.abspath(path)
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
-    raise DataConfigError(f"--output: {path} cannot be written ({probe} is not a writable "
-                          "folder); choose a folder you may write")
-
-
 def prepare(args: PrepareArgs, log=print) -> dict:
   """Runs (or resumes) this host's share of the job, then joins the store if every input
   file is done. Returns {"joined": the manifest or None, "files": this share's file count,
@@ -339,7 +328,7 @@ def prepare(args: PrepareArgs, log=print) -> dict:
   (of this share's work, the workers included)}."""
   check_args(args)
   files = documents_lib.list_inputs(args.input)
-  _check_writable(args.output)
+  outputs.check_creatable("--output", args.output)
   try:
     kv = store_lib.open_kvstore(args.output)
     old = _existing_job(args, kv)
@@ -389,7 +378,7 @@ def _run_share(args: PrepareArgs, kv, files, tok) -> dict:
   # Bytes need no tokenizing to speak of: reading the input is the bound, and a pool only
   # adds the cost of shipping text to it (docs/performance.md), so its default is one.
   workers = args.workers or (1 if tok.kind == "bytes" else len(os.sched_getaffinity(0)))
-  start, cpu = time.perf_counter(), _cpu_seconds()
+  start, cpu = time.perf_counter(), cpu_seconds()
   encoder = parallel_encode.Encoder(tok, args.val_fraction, workers)
   try:
     for i, f in mine:
@@ -405,10 +394,10 @@ def _run_share(args: PrepareArgs, kv, files, tok) -> dict:
   seconds = time.perf_counter() - start
   return {"files": len(mine), "tokens": progress.tokens, "seconds": seconds,
           "tokens_per_s": progress.tokens / max(seconds, 1e-9), "workers": workers,
-          "cpu_seconds": _cpu_seconds() - cpu}
+          "cpu_seconds": cpu_seconds() - cpu}
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
   """CPU time of this process and its ended children (the workers, once joined)."""
   import resource  # pylint: disable=g-import-not-at-top
   own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import tempfile
 import time
 
@@ -31,13 +30,6 @@ POD_SEQ_LEN = 4096
 POD_HOST_TOKENS_PER_S = 0.7e6
 
 
-def _cpu_seconds() -> float:
-  """CPU time of this process and its finished children (all threads)."""
-  own = resource.getrusage(resource.RUSAGE_SELF)
-  kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def reader(store_path: str, steps: int = 50, rows: int = POD_HOST_ROWS,
            seq_len: int = POD_SEQ_LEN, global_rows: int | None = None) -> dict:
   """Reads `steps` steps of this host's `rows` rows from a store (process 0 of
@@ -48,10 +40,10 @@ def reader(store_path: str, steps: int = 50, rows: int = POD_HOST_ROWS,
                                    local_batch=rows, process_index=0)
   batches = source.batches(0, None)
   next(batches)  # opens the shards
-  cpu, wall = _cpu_seconds(), time.perf_counter()
+  cpu, wall = prepare_lib.cpu_seconds(), time.perf_counter()
   for _ in range(steps):
     next(batches)
-  wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  wall, cpu = time.perf_counter() - wall, prepare_lib.cpu_seconds() - cpu
   tokens = steps * rows * (seq_len + 1)
   return {"rows": rows, "seq_len": seq_len, "steps": steps, "tokens": tokens,
           "seconds": wall, "tokens_per_s": tokens / wall,

@@ -224,17 +224,29 @@ def load_or_train_sentencepiece(workdir: str | None, vocab_size: int, model_type
   through a per-process temporary file and a rename. `workdir` may be local or any path
   `etils.epath` reads (gs://...). With no workdir nothing is cached.
   """
-  name = f"sentencepiece_{model_type}_{vocab_size}.model"
-  path = epath.Path(workdir) / "tokenizer" / name if workdir else None
+  path = _cached_model(workdir, vocab_size, model_type)
   if path and path.exists():
     return SentencePieceTokenizer(path.read_bytes())
   proto = train_sentencepiece(texts(), vocab_size, model_type)
   if path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{name}.tmp-{os.getpid()}")
-    tmp.write_bytes(proto)
-    tmp.replace(path)
+    _write_cached(path, proto)
   return SentencePieceTokenizer(proto)
+
+
+def _cached_model(workdir: str | None, vocab_size: int, model_type: str) -> epath.Path | None:
+  """Where a run keeps its SentencePiece model (the name holds the type and size)."""
+  if not workdir:
+    return None
+  return epath.Path(workdir) / "tokenizer" / f"sentencepiece_{model_type}_{vocab_size}.model"
+
+
+def _write_cached(path: epath.Path, proto: bytes) -> None:
+  """Through a per-process temporary file and a rename: processes sharing a workdir may
+  each write the same bytes."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+  tmp.write_bytes(proto)
+  tmp.replace(path)
 
 
 def build_tokenizer(config, workdir: str | None, train_texts: Callable[[], Iterable[str]]):
@@ -278,20 +290,16 @@ def cache_sentencepiece(workdir: str | None, vocab_size: int, model_type: str,
   """Keep `model_proto` (a token store's model) in `workdir/tokenizer/` under the name a
   trained one would have, so eval, sample and export find the run's tokenizer; a different
   model already there is a DataConfigError (the run was trained with another one)."""
-  if not workdir:
+  path = _cached_model(workdir, vocab_size, model_type)
+  if path is None:
     return
-  name = f"sentencepiece_{model_type}_{vocab_size}.model"
-  path = epath.Path(workdir) / "tokenizer" / name
   if path.exists():
     if path.read_bytes() != model_proto:
       raise DataConfigError(
           f"data.path: the run's SentencePiece model {path} is not the one {source} was "
           "tokenized with; use the store the run was started on, or a new --workdir")
     return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f"{name}.tmp-{os.getpid()}")
-  tmp.write_bytes(model_proto)
-  tmp.replace(path)
+  _write_cached(path, model_proto)
 
 
 def store_tokenizer(config, workdir: str | None, store):

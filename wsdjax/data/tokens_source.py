@@ -132,6 +132,11 @@ class TokenRows:
     self._val_starts = np.concatenate([[0], np.cumsum(self._val_rows)])
 
   @property
+  def val_rows(self) -> int:
+    """Validation rows of all the stores."""
+    return int(self._val_starts[-1])
+
+  @property
   def mixed(self) -> bool:
     return len(self._stores) > 1
 
@@ -183,7 +188,7 @@ class TokenRows:
     return self._stores[s].split("train").read(rows * self._seq_len, self._seq_len + 1)
 
   def eval_batches(self, count: int) -> list[np.ndarray]:
-    total = int(self._val_starts[-1])
+    total = self.val_rows
     out = []
     for b in range(count):
       k = packing.local_row_ids(b, self._global, self._first // self._local, self._local)
