@@ -29,7 +29,7 @@ run: $(STAMP)
 
 # The whole test suite (what CI runs), on 2 workers (tests are grouped by file, so each
 # file's shared fixtures run once). glibc.malloc.hugetlb=1: XLA:CPU's large temporaries on
-# transparent huge pages, as the CLIs do for themselves (wsdjax/process/hugepages.py).
+# transparent huge pages, as the CLIs do for themselves (wsdjax/runtime/hugepages.py).
 TEST_ENV := GLIBC_TUNABLES=$(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.malloc.hugetlb=1
 # --durations: the slowest tests, to keep the suite inside its 15 minutes on 2 cores.
 test: $(TEST_STAMP)

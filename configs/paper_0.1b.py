@@ -3,10 +3,10 @@ Learning Rates: A River Valley Loss Landscape Perspective"), for a TPU pod slice
 
 LLaMA-style decoder, 12 layers, d_model 768, 12 heads, d_ff 3072: 113M non-embedding parameters.
 The rest of the setup (context 4096, 4M tokens per step, WSD-S at 12.5k/25k/50k steps,
-FSDP, data) is the paper's, in `wsdjax.paper.paper_config`.
+FSDP, data) is the paper's, in `wsdjax.config.paper.paper_config`.
 """
 
-from wsdjax.paper import paper_config
+from wsdjax.config.paper import paper_config
 
 
 def get_config():

@@ -5,10 +5,10 @@ LLaMA-style decoder, 24 layers, d_model 1536, 32 heads, d_ff 4096: 680M non-embe
 d_ff 4096 = 8/3 x d_model: this SwiGLU MLP (3 matrices) has the parameters of the
 paper's 6144-wide 2-matrix MLP (3 x 4096 = 2 x 6144); 6144 here would make it 0.9B.
 The rest of the setup (context 4096, 4M tokens per step, WSD-S at 12.5k/25k/50k steps,
-FSDP, data) is the paper's, in `wsdjax.paper.paper_config`.
+FSDP, data) is the paper's, in `wsdjax.config.paper.paper_config`.
 """
 
-from wsdjax.paper import paper_config
+from wsdjax.config.paper import paper_config
 
 
 def get_config():

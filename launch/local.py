@@ -5,7 +5,7 @@
 
 Each process gets K forced CPU devices (N*K global devices) and finds the others through
 jax.distributed on 127.0.0.1 (a free port), from the environment variables that
-`wsdjax.process.distributed.initialize` reads: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+`wsdjax.runtime.distributed.initialize` reads: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID. Process 0's output goes to the console; every process also logs to
 WORKDIR/logs/process_<i>.log. With N=1 it is a plain single-process run.
 

@@ -21,7 +21,7 @@
 Every worker runs the same command, with WSDJAX_TPU_WORKERS set to the slice's worker
 count (`--workers N`, else read from `gcloud ... describe`: its network endpoints, one a
 worker). With several workers each one starts jax.distributed, which finds the others
-itself (`wsdjax.process.distributed.initialize`); a single-host TPU VM never waits for peers. A
+itself (`wsdjax.runtime.distributed.initialize`); a single-host TPU VM never waits for peers. A
 pod's workers share nothing but the network, so the workdir must be on GCS (checkpoints,
 manifest, TensorBoard events and metrics go there).
 `--dry-run` prints the exact commands instead of running them. NAME and ZONE default to
@@ -49,7 +49,7 @@ VERSIONS = (("v6e", "v2-alpha-tpuv6e"), ("v5p", "v2-alpha-tpuv5"),
             ("v2", "tpu-ubuntu2204-base"))
 # The images ship Python 3.10; wsdjax needs >= 3.11, so setup installs 3.11 from Ubuntu.
 REMOTE_PYTHON = "python3.11"
-# The trainer's signal of how many workers the slice has (wsdjax/process/distributed.py reads it).
+# The trainer's signal of how many workers the slice has (wsdjax/runtime/distributed.py reads it).
 WORKERS_ENV = "WSDJAX_TPU_WORKERS"
 
 

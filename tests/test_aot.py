@@ -2,7 +2,7 @@
 
 libtpu is installed by `make test` (the '[tpu]' extra), so these never skip in CI: tiny
 configs on a v5litepod-4 (2x2) and a v4-8 (megacore), the exit codes, and the HLO readers
-(`wsdjax.tpu.hlo`) checked against programs whose FLOPs and traffic are known.
+(`wsdjax.runtime.tpu.hlo`) checked against programs whose FLOPs and traffic are known.
 """
 
 import json
@@ -18,8 +18,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from conftest import REPO, subprocess_env
-from wsdjax import model as model_lib
-from wsdjax.tpu import hlo, host, slices
+from wsdjax.model import transformer as model_lib
+from wsdjax.runtime.tpu import hlo, host, slices
 
 TINY = os.path.join(REPO, "configs", "tiny.py")
 
@@ -208,8 +208,8 @@ def test_hlo_parser_keeps_attributes_that_span_lines():
 def test_model_kernels_follow_the_platform_not_the_host():
   """On this CPU host: built for 'tpu' the model takes XLA's dense layers, the chunked loss
   and splash attention; built for the mesh of CPU devices, the CPU fast paths as before."""
-  from wsdjax import sharding
-  from wsdjax.kernels import attention, fast_dense, fused_loss
+  from wsdjax.runtime import sharding
+  from wsdjax.model.kernels import attention, fast_dense, fused_loss
   cfg = model_lib.ModelConfig(seq_len=256, d_model=128, n_heads=2, n_kv_heads=2)
   q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.float32)
   tpu = model_lib.build_model(cfg, "tpu").config
@@ -249,7 +249,7 @@ def test_remat_policies_change_what_the_tpu_step_recomputes_and_keeps():
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import tiny
 
-  from wsdjax.tpu import aot as tpu_aot
+  from wsdjax.runtime.tpu import aot as tpu_aot
   tpu_slice = slices.lookup("v5litepod-4")
   reports = {}
   for policy in ("none", "dots", "dots_offload", "full"):

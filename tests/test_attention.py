@@ -1,4 +1,4 @@
-"""Tests of wsdjax.kernels.attention: the query-blocked causal attention and the Pallas splash kernel
+"""Tests of wsdjax.model.kernels.attention: the query-blocked causal attention and the Pallas splash kernel
 (in interpret mode on CPU, unsharded and per device under an 8-device mesh) equal
 jax.nn.dot_product_attention (values and gradients, grouped-query heads included); which
 implementation 'auto' picks per platform. The whole model with blocked attention:
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from wsdjax.kernels import attention as A
+from wsdjax.model.kernels import attention as A
 from wsdjax import config as config_lib
-from wsdjax import model as M
-from wsdjax import sharding
+from wsdjax.model import transformer as M
+from wsdjax.runtime import sharding
 
 
 def _rand(seed, *shape):

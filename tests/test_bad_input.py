@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, one_device_mesh, subprocess_env
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
-from wsdjax import trainer
+from wsdjax.training import trainer
 
 LINE = re.compile(r"^(?P<field>[\w.\-]+): [^\n]+; [^\n]+$")
 
@@ -384,15 +384,20 @@ def test_branches_cli_on_a_missing_workdir(tmp_path):
 
 
 def test_one_exit_code_table_for_every_cli():
-  """cli.exit_code: bad input 2, a failed run 3 (a failed save, a non-finite loss; a save
-  error before the checkpoint error it specialises), anything else a bug (None: traceback)."""
-  from wsdjax import checkpoint, cli, config, data, schedules, trainer
+  """errors.exit_code: bad input 2, a failed run 3 (a failed save, a non-finite loss; a save
+  error before the checkpoint error it specialises), a stop 0, anything else a bug (None:
+  traceback)."""
+  from wsdjax import checkpoint, config, data
+  from wsdjax.runtime import errors as cli
+  from wsdjax.schedule import builders as schedules
+  from wsdjax.training import trainer
   assert cli.exit_code(config.ConfigError("f", "p", "x")) == cli.EXIT_BAD_INPUT
   assert cli.exit_code(schedules.ScheduleError("a", "p", "x")) == cli.EXIT_BAD_INPUT
   assert cli.exit_code(data.DataConfigError("data.source: bad")) == cli.EXIT_BAD_INPUT
   assert cli.exit_code(checkpoint.CheckpointError("no state")) == cli.EXIT_BAD_INPUT
   assert cli.exit_code(checkpoint.SaveError("disk full")) == cli.EXIT_FAULT
   assert cli.exit_code(trainer.NonFiniteLoss("nan")) == cli.EXIT_FAULT
+  assert cli.exit_code(cli.Stop("stopped")) == 0
   assert cli.exit_code(ValueError("a bug")) is None
   import re
   for front_door in ("train", "branch", "branches", "compare", "river_valley", "bench", "aot",

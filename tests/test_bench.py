@@ -114,7 +114,7 @@ def test_cli_bad_arguments_are_one_line_errors(tmp_path):
 
 def test_bf16_peak_table_by_device_kind():
   """MFU's denominator for the device kinds jax reports (a more specific name first)."""
-  from wsdjax import metrics
+  from wsdjax.training import metrics
   cases = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
            "NVIDIA H100 NVL": 835e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
            "NVIDIA A10G": 125e12, "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12,

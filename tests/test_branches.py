@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO, one_device_mesh, subprocess_env
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
-from wsdjax import sharding, trainer
+from wsdjax.runtime import sharding
+from wsdjax.training import trainer
 
 KEYS = {"branch", "step", "parent", "fork_step", "tokens", "flops", "run_flops", "lr",
         "eval_loss"}
@@ -230,7 +231,7 @@ def test_a_live_request_without_a_running_job_is_refused_unless_queued(tiny_conf
   assert not (tmp_path / "requests").exists()
   queued = cli("wsdjax.branch", "--workdir", str(tmp_path), "--now", "--queue")
   assert queued.returncode == 0 and len(list((tmp_path / "requests").glob("*.json"))) == 1
-  from wsdjax import live_branch
+  from wsdjax.training import live_requests as live_branch
   request = live_branch.pending(tmp_path)[0]
   assert live_branch.withdraw(tmp_path, request.id)  # what a timed-out --wait does
   assert live_branch.pending(tmp_path) == []
@@ -319,7 +320,7 @@ def test_extending_budgets_adds_branches_and_history_changes_are_refused(tiny_co
 def test_live_request_inside_warmup_is_refused_and_main_goes_on(tiny_config, tmp_path):
   cfg = tiny_config
   cfg.schedule.update(name="constant", budgets=(12,), warmup_steps=5)
-  from wsdjax import live_branch
+  from wsdjax.training import live_requests as live_branch
   request = live_branch.submit(str(tmp_path), decay_steps=3)  # seen at step 1: in warmup
   train(cfg, tmp_path)
   answer = live_branch._read(tmp_path / "requests" / "done" / f"{request.id}.json")

@@ -15,10 +15,10 @@ from conftest import one_device_mesh
 
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
-from wsdjax import run_config
-from wsdjax import trainer as trainer_lib
+from wsdjax.config import stored as run_config
+from wsdjax.training import trainer as trainer_lib
 from wsdjax.checkpoint import integrity
-from wsdjax.plan import StateRef
+from wsdjax.schedule.plan import StateRef
 
 
 def _state():

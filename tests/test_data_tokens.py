@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, prepare_store, subprocess_env, write_jsonl_corpus
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
-from wsdjax import run_config
+from wsdjax.config import stored as run_config
 from wsdjax.data import DataConfigError, build_pipeline
 from wsdjax.data import tokens_source as ts
 

@@ -1,4 +1,4 @@
-"""When wsdjax.process.distributed starts jax.distributed: the environments a GKE pod, a multi-host
+"""When wsdjax.runtime.distributed starts jax.distributed: the environments a GKE pod, a multi-host
 and a single-host Cloud TPU VM, SLURM, Open MPI and a laptop present, simulated. The TPU VM
 metadata server is a fake (or, for the reader itself, a server on 127.0.0.1): nothing here
 reaches the network, and jax.distributed.initialize is replaced by a recorder."""
@@ -9,7 +9,7 @@ import threading
 import jax
 import pytest
 
-from wsdjax.process import distributed
+from wsdjax.runtime import distributed
 
 # worker-network-endpoints as a TPU VM's metadata serves them: hostnames (new format) or
 # name:id:ip triples (old format); one entry a worker.

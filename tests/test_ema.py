@@ -15,7 +15,8 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from wsdjax import checkpoint as ckpt
-from wsdjax import ema, schedules
+from wsdjax.training import ema
+from wsdjax.schedule import builders as schedules
 
 
 def cli(*args):

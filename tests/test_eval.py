@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from conftest import REPO, subprocess_env
-from wsdjax import evaluation
+from wsdjax.analysis import evaluation
 from wsdjax.data import DataConfigError
-from wsdjax.errors import ConfigError
+from wsdjax.runtime.errors import ConfigError
 
 VERSE = "In the beginning God created the heaven and the earth. And the earth was void."
 TOKENS = 2 * 8 * 32  # train.eval_batches x global_batch_size x seq_len

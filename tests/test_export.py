@@ -23,11 +23,14 @@ import transformers  # noqa: E402
 from conftest import REPO, subprocess_env  # noqa: E402
 
 from wsdjax import checkpoint as ckpt  # noqa: E402
-from wsdjax import cli, export, hf_llama, train_state  # noqa: E402
+from wsdjax import export  # noqa: E402
+from wsdjax.runtime import cli
+from wsdjax.model import hf_llama
+from wsdjax.training import state as train_state
 from wsdjax import config as config_lib  # noqa: E402
-from wsdjax import model as model_lib  # noqa: E402
+from wsdjax.model import transformer as model_lib  # noqa: E402
 from wsdjax.data import tokenizers  # noqa: E402
-from wsdjax.errors import ConfigError  # noqa: E402
+from wsdjax.runtime.errors import ConfigError  # noqa: E402
 
 TEXTS = ["And God said, Let there be light: and there was light.", "In the beginning",
          "  two  spaces\tand a tab  ", "a\n\nnew lines\n", "\ufb01 ＡＢＣ 3.14 -- x", ""]
@@ -241,7 +244,8 @@ def test_a_missing_state_or_run_is_one_line_exit_2_nothing_written(bigram_run, t
   with pytest.raises(Exception) as e:
     export.export_llama(out=str(tmp_path / "hf"), **kwargs)
   assert str(e.value).startswith(message.format(w=bigram_run, t=tmp_path)), str(e.value)
-  assert cli.exit_code(e.value) == 2 and "\n" not in str(e.value)
+  from wsdjax.runtime import errors
+  assert errors.exit_code(e.value) == 2 and "\n" not in str(e.value)
   assert not (tmp_path / "hf").exists() and os.listdir(tmp_path) == []
 
 

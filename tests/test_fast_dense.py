@@ -1,4 +1,4 @@
-"""Tests of wsdjax.kernels.fast_dense: the CPU weight-gradient trick equals plain dots (values and
+"""Tests of wsdjax.model.kernels.fast_dense: the CPU weight-gradient trick equals plain dots (values and
 gradients to float32 rounding), and the model's loss and gradients do not depend on it."""
 
 import dataclasses
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from wsdjax import config as config_lib
-from wsdjax.kernels import fast_dense
-from wsdjax import model as M
+from wsdjax.model.kernels import fast_dense
+from wsdjax.model import transformer as M
 
 RTOL, ATOL = 2e-5, 1e-6
 

@@ -1,4 +1,4 @@
-"""Tests of wsdjax.kernels.fused_loss: the chunked LM head + cross-entropy equals
+"""Tests of wsdjax.model.kernels.fused_loss: the chunked LM head + cross-entropy equals
 cross_entropy(x @ W, y) in value and gradients, tied or not, in one chunk or many; and the
 model's loss (targets given) is the same on the CPU fast path and the plain one."""
 
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsdjax.kernels import fused_loss as F
-from wsdjax import model as M
+from wsdjax.model.kernels import fused_loss as F
+from wsdjax.model import transformer as M
 
 
 def _rand(seed, *shape, scale=1.0):
@@ -146,8 +146,8 @@ def test_head_loss_under_a_batch_sharded_mesh_reduces_dw_once(tied):
   from jax.sharding import PartitionSpec as P
 
   from wsdjax import config as config_lib
-  from wsdjax import sharding
-  from wsdjax.tpu import hlo
+  from wsdjax.runtime import sharding
+  from wsdjax.runtime.tpu import hlo
 
   b, t, d, v = 8, 32, 16, 64
   x = _rand(0, b, t, d)

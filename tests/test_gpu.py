@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsdjax.kernels import attention as A
-from wsdjax import model as M
+from wsdjax.model.kernels import attention as A
+from wsdjax.model import transformer as M
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
                                 reason="needs a GPU (run with JAX_PLATFORMS=cuda)")
@@ -75,7 +75,7 @@ def test_model_on_gpu_defaults_matches_plain_paths():
 def test_swiglu_pallas_backward_on_gpu():
   """`swiglu_impl='pallas'` lowers to its Triton kernel on GPU and gives the gradients of
   the XLA custom vjp (the same float32 expression) at GPT-2 small's width."""
-  from wsdjax.kernels import swiglu as S
+  from wsdjax.model.kernels import swiglu as S
   keys = jax.random.split(jax.random.key(0), 3)
   a, u, g = (jax.random.normal(k, (4, 1024, 3072), jnp.bfloat16) for k in keys)
 

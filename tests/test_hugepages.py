@@ -1,4 +1,4 @@
-"""Tests of wsdjax.process.hugepages: when the CLIs restart themselves with glibc.malloc.hugetlb=1,
+"""Tests of wsdjax.runtime.hugepages: when the CLIs restart themselves with glibc.malloc.hugetlb=1,
 and that the restart keeps the command and adds the tunable once."""
 
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from wsdjax.process import hugepages as H
+from wsdjax.runtime import hugepages as H
 
 
 def test_thp_mode_parses_the_kernel_file(tmp_path):
@@ -41,7 +41,7 @@ def test_wanted_only_where_it_changes_something():
 ])
 def test_reexec_adds_the_tunable_once(given, expected):
   env = dict(os.environ, GLIBC_TUNABLES=given, PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, "-m", "wsdjax.process.hugepages"], env=env, cwd=REPO,
+  out = subprocess.run([sys.executable, "-m", "wsdjax.runtime.hugepages"], env=env, cwd=REPO,
                        capture_output=True, text=True, timeout=60)
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == expected

@@ -30,7 +30,7 @@ from wsdjax import branches
 from wsdjax import checkpoint as ckpt
 from wsdjax.checkpoint import integrity, lock
 from wsdjax.checkpoint import verify as verify_lib
-from wsdjax.plan import StateRef
+from wsdjax.schedule.plan import StateRef
 
 ARGS = ["--config", "configs/tiny.py", "--config.model.seq_len=32",
         "--config.train.global_batch_size=8", "--config.train.log_every=5",

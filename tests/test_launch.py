@@ -1,5 +1,5 @@
 """launch/tpu_vm.py against a fake `gcloud` on PATH that records its arguments (nothing
-reaches the network), launch/local.py's plumbing, and wsdjax.process.distributed's explicit
+reaches the network), launch/local.py's plumbing, and wsdjax.runtime.distributed's explicit
 coordinator settings (without starting the runtime). Detection of TPU slices, GKE and
 Cloud TPU VMs: tests/test_distributed_env.py."""
 
@@ -12,7 +12,7 @@ import tarfile
 import pytest
 
 from conftest import REPO, subprocess_env
-from wsdjax.process import distributed
+from wsdjax.runtime import distributed
 
 TPU_VM = os.path.join(REPO, "launch", "tpu_vm.py")
 FAKE_GCLOUD = """#!{python}
@@ -132,7 +132,7 @@ def worker_env(ssh_call: list[str]) -> dict:
 @pytest.mark.parametrize("workers, multiprocess", [(1, False), (2, True), (16, True)])
 def test_run_tells_every_worker_the_slice_size(gcloud, workers, multiprocess):
   """`run` reads the worker count from `gcloud ... describe` and sets WSDJAX_TPU_WORKERS in
-  the one command every worker runs (--worker=all); wsdjax.process.distributed then starts
+  the one command every worker runs (--worker=all); wsdjax.runtime.distributed then starts
   jax.distributed exactly on a multi-host slice, without TPU_WORKER_HOSTNAMES or metadata."""
   run, calls, _ = gcloud
   out = run(*BASE, *RUN, FAKE_TPU_WORKERS=str(workers))

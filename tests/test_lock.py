@@ -14,7 +14,7 @@ from conftest import REPO, subprocess_env
 
 from wsdjax import checkpoint as ckpt
 from wsdjax.checkpoint import lock
-from wsdjax.errors import ConfigError
+from wsdjax.runtime.errors import ConfigError
 
 _HOLD = textwrap.dedent("""
     import sys, time

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from wsdjax import checkpoint as ckpt
-from wsdjax import schedules
+from wsdjax.schedule import builders as schedules
 
 
 def cli(*args):

@@ -1,4 +1,4 @@
-"""Tests of wsdjax.model: shapes, parameter counts, scan/unroll, GQA, causality, loss."""
+"""Tests of wsdjax.model.transformer: shapes, parameter counts, scan/unroll, GQA, causality, loss."""
 
 import os
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from wsdjax import model as M  # noqa: E402
+from wsdjax.model import transformer as M  # noqa: E402
 
 TINY = M.ModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128,
                      vocab_size=256, seq_len=16, tie_embeddings=True)

@@ -209,7 +209,8 @@ def notebook_config(name, platform) -> dict:
 
 def run_flops(cfg, size) -> float:
   """Training FLOPs of the notebook's runs: each run's plan steps x tokens x FLOPs/token."""
-  from wsdjax import model, plan
+  from wsdjax.model import transformer as model
+  from wsdjax.schedule import plan
   steps = plan.make_plan(cfg.schedule).total_steps
   runs = 2 if size.get("compare_wsd") else 1  # quickstart: WSD beside WSD-S
   return (runs * steps * cfg.train.global_batch_size * cfg.model.seq_len
@@ -219,8 +220,9 @@ def run_flops(cfg, size) -> float:
 @pytest.mark.parametrize("platform", sorted(CHIPS))
 @pytest.mark.parametrize("name", SIZED)
 def test_accelerator_sizes_validate_and_fit_the_estimate(name, platform, capsys):
-  from wsdjax import config as config_lib, model
-  from wsdjax.kernels import swiglu
+  from wsdjax import config as config_lib
+  from wsdjax.model import transformer as model
+  from wsdjax.model.kernels import swiglu
   namespace = notebook_config(name, platform)
   cfg, size = namespace["cfg"], namespace["size"]
   m = cfg.model

@@ -1,4 +1,4 @@
-"""No command's output can destroy a run (wsdjax/outputs.py), as a user would try it.
+"""No command's output can destroy a run (wsdjax/runtime/outputs.py), as a user would try it.
 
 Each case is the user's command line: its exit code, one line on stderr, and the run's
 workdir byte for byte unchanged. Outputs never go into a run's tree; --overwrite replaces
@@ -15,8 +15,9 @@ import sys
 import pytest
 
 from conftest import REPO, subprocess_env
-from wsdjax import outputs, sample
-from wsdjax.errors import ConfigError
+from wsdjax import sample
+from wsdjax.runtime import outputs
+from wsdjax.runtime.errors import ConfigError
 
 
 def cli(module, *args, env=None):

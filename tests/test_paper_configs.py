@@ -15,10 +15,10 @@ from jax.sharding import AbstractMesh, AxisType
 
 from conftest import REPO
 from wsdjax import config as config_lib
-from wsdjax import model as model_lib
-from wsdjax import plan as plan_lib
-from wsdjax import sharding
-from wsdjax import train_state
+from wsdjax.model import transformer as model_lib
+from wsdjax.schedule import plan as plan_lib
+from wsdjax.runtime import sharding
+from wsdjax.training import state as train_state
 
 PAPER = {"paper_0.1b": 0.1e9, "paper_0.3b": 0.3e9, "paper_0.6b": 0.6e9, "paper_1.2b": 1.2e9}
 POD_CHIPS = {"v4-64": 32, "v5e-64": 64}

@@ -2,9 +2,9 @@
 
 import pytest
 
-from wsdjax import plan as plan_lib
+from wsdjax.schedule import plan as plan_lib
 from wsdjax.config import base_config
-from wsdjax.plan import MAIN, StateRef
+from wsdjax.schedule.plan import MAIN, StateRef
 
 
 def sched(**kw):

@@ -1,4 +1,4 @@
-"""Sampling (wsdjax.sample, wsdjax.decoding): the KV-cached model gives the full forward's
+"""Sampling (wsdjax.sample, wsdjax.model.decoding): the KV-cached model gives the full forward's
 logits; cached generation gives the window path's tokens (greedy, seeded temperature and
 top-k draws) up to seq_len tokens and slides past it; the CLI prints text from a tiny run;
 bad input is one line, exit 2."""
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
-from wsdjax import model as model_lib
+from wsdjax.model import transformer as model_lib
 from wsdjax import sample
-from wsdjax.errors import ConfigError
+from wsdjax.runtime.errors import ConfigError
 
 CFG = model_lib.ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
                             vocab_size=64, seq_len=24, init_std=0.3)
@@ -91,7 +91,7 @@ def run(tmp_path_factory):
   """A byte-level tiny run on a small text corpus: main saved at step 2."""
   import tiny
   from conftest import one_device_mesh
-  from wsdjax import trainer
+  from wsdjax.training import trainer
   root = tmp_path_factory.mktemp("sample")
   verse = "In the beginning God created the heaven and the earth. And the earth was void."
   (root / "corpus.txt").write_text("\n\n".join(f"{i}: {verse}" for i in range(60)))

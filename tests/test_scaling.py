@@ -1,4 +1,4 @@
-"""The scaling fit (wsdjax.scaling, python -m wsdjax.fit, compare --fit): it recovers a
+"""The scaling fit (wsdjax.analysis.scaling, python -m wsdjax.fit, compare --fit): it recovers a
 known power law, predicts a held-out budget, and says when there are too few budgets."""
 
 import math
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
-from wsdjax import scaling
-from wsdjax.errors import ConfigError
+from wsdjax.analysis import scaling
+from wsdjax.runtime.errors import ConfigError
 
 E, A, ALPHA = 1.7, 3.0e4, 0.25
 
@@ -60,7 +60,8 @@ def test_fit_cli_on_a_run_with_four_budgets(tmp_path):
 
 
 def test_compare_fit_report_fits_each_strategy_with_enough_budgets(tiny_config):
-  from wsdjax import compare, model
+  from wsdjax import compare
+  from wsdjax.model import transformer as model
   per_token = model.flops_per_token(tiny_config.model)
   tokens = [1000 * 2 ** i for i in range(4)]
   rows = [dict(strategy="wsd", tokens=t, eval_loss=float(law(t * per_token))) for t in tokens]

@@ -1,4 +1,4 @@
-"""Tests of wsdjax/schedules.py: every formula at boundaries and inside, exactness near
+"""Tests of wsdjax/schedule/builders.py: every formula at boundaries and inside, exactness near
 2**31, the WSD-S paper run, Optax agreement, bad arguments, configs, phases and the CLI."""
 
 import math
@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from wsdjax import lr as lr_cli
-from wsdjax import schedules as sch
+from wsdjax.schedule import builders as sch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP = 2**31 - 1  # the largest int32 step

@@ -1,4 +1,4 @@
-"""Tests of wsdjax.sharding on 8 fake CPU devices: meshes, specs, sharded init and forward."""
+"""Tests of wsdjax.runtime.sharding on 8 fake CPU devices: meshes, specs, sharded init and forward."""
 
 import os
 
@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from wsdjax import model as M  # noqa: E402
-from wsdjax import sharding as S  # noqa: E402
+from wsdjax.model import transformer as M  # noqa: E402
+from wsdjax.runtime import sharding as S  # noqa: E402
 from wsdjax.config import base_config  # noqa: E402
 
 N_DEVICES = 8
@@ -242,7 +242,7 @@ def test_sharded_fused_loss_gradients_match_single_device(reference, reference_g
   """The CPU fast path's chunked LM-head loss (5 chunks of 3 of the 15 positions) and the
   unrolled loop over stacked blocks, on a 2x2x2 mesh: the same loss and gradients as the
   logits path on one device."""
-  from wsdjax.kernels import fused_loss
+  from wsdjax.model.kernels import fused_loss
   monkeypatch.setattr(fused_loss, "CHUNK_ROWS", 3 * BATCH)
   _, ref_loss = reference
   model = M.build_model(dataclasses.replace(TINY, dense_impl="cpu_dw",
@@ -282,7 +282,7 @@ def test_pallas_swiglu_runs_per_shard_only_where_the_rules_shard_evenly(width, p
   """Hidden width 128 over tensor=8: the kernel runs per shard. Width 100 (8 does not
   divide it): the rules' tensor axis would be dropped and a shard_map would gather the
   arrays whole, so the backward is XLA's float32 expression, still sharded by GSPMD."""
-  from wsdjax.kernels import swiglu
+  from wsdjax.model.kernels import swiglu
   mesh, rules = mesh_and_rules((1, 1, 8))
   keys = jax.random.split(jax.random.key(2), 3)
   a, u, g = (jax.random.normal(k, (BATCH, 16, width)) for k in keys)

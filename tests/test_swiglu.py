@@ -1,4 +1,4 @@
-"""Tests of wsdjax.kernels.swiglu: every `swiglu_impl` computes silu(a) * u and its gradients."""
+"""Tests of wsdjax.model.kernels.swiglu: every `swiglu_impl` computes silu(a) * u and its gradients."""
 
 import dataclasses
 import types
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsdjax import model as M
-from wsdjax.kernels import swiglu as S
+from wsdjax.model import transformer as M
+from wsdjax.model.kernels import swiglu as S
 
 
 def _rel(got, want) -> float:

@@ -13,11 +13,11 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wsdjax.kernels import attention as A
+from wsdjax.model.kernels import attention as A
 from wsdjax import config as config_lib
-from wsdjax import model as M
-from wsdjax import sharding
-from wsdjax.tpu import hlo
+from wsdjax.model import transformer as M
+from wsdjax.runtime import sharding
+from wsdjax.runtime.tpu import hlo
 
 # No skip without libtpu: `make test` installs it (the '[tpu]' extra), so CI always runs these.
 import libtpu  # noqa: E402,F401 - compiling for TPU needs it: pip install -e '.[tpu]'

@@ -15,10 +15,12 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import REPO, one_device_mesh, subprocess_env
 from wsdjax import data as data_lib
-from wsdjax import model as model_lib
-from wsdjax import plan as plan_lib
-from wsdjax import sharding, steps, trainer
-from wsdjax.plan import StateRef
+from wsdjax.model import transformer as model_lib
+from wsdjax.schedule import plan as plan_lib
+from wsdjax.runtime import sharding
+from wsdjax.training import steps
+from wsdjax.training import trainer
+from wsdjax.schedule.plan import StateRef
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 
@@ -172,7 +174,7 @@ def test_cli_tiny_runs_as_written_and_leaves_logs(tmp_path):
 
 def test_rewritten_file_keeps_earlier_rows_and_writes_on_schedule(tmp_path):
   """The gs:// JSONL writer (object stores cannot append), exercised on a local path."""
-  from wsdjax.metrics import RewrittenFile
+  from wsdjax.training.metrics import RewrittenFile
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1}\n')
   f = RewrittenFile(path, every_s=3600)

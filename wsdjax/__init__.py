@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 # Where libtpu is installed (the [tpu] extra, which `make test` installs to compile TPU
 # programs ahead of time) on a host without TPU chips, keep jax on the CPU before anything
 # initialises it: otherwise libtpu prints its failed start-up to every program's console.
-from wsdjax.tpu import host as _host  # noqa: E402 - standard library only
+from wsdjax.runtime.tpu import host as _host  # noqa: E402 - standard library only
 
 _host.cpu_only_without_tpu()

@@ -5,7 +5,7 @@ type: v4-64, v5litepod-64 / v5e-64, v5p-8, v6e-8, ...; `--list` shows all) on th
 which needs no TPU, only libtpu (`pip install -e '.[tpu]'`). Prints the chips, the mesh,
 per-chip HBM (state, temporaries, total against the chip's HBM), model and XLA FLOPs per
 step, collective traffic per step by kind, the step-time bound (the chips' peak FLOP/s and
-ICI bandwidth) and the compile time (`wsdjax.tpu.aot`). Exit 0: fits with at least 10% of
+ICI bandwidth) and the compile time (`wsdjax.runtime.tpu.aot`). Exit 0: fits with at least 10% of
 HBM to spare; 1: it does not (by how much, the largest temporaries, what to change); 2: bad
 input.
 """
@@ -17,7 +17,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from wsdjax import cli, outputs
+from wsdjax.runtime import cli
+
+from wsdjax.runtime import outputs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -72,7 +74,7 @@ def format_report(r, advice: str | None = None) -> str:
 
 
 def main(argv):
-  from wsdjax.tpu import host, slices
+  from wsdjax.runtime.tpu import host, slices
   if _LIST.value:
     print("\n".join(slices.names()))
     return
@@ -88,7 +90,7 @@ def main(argv):
     cli.fail("libtpu: not installed, and compiling for a TPU needs it; install it with "
              "pip install -e '.[tpu]' (or pip install 'jax[tpu]')")
   outputs.check_file("--json", _JSON.value)  # before compiling, which takes minutes
-  from wsdjax.tpu import aot
+  from wsdjax.runtime.tpu import aot
   aot.quiet_libtpu_environment(tpu_slice)
   dump_dir = aot.new_dump_dir()
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "

@@ -53,8 +53,10 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from wsdjax import cli, outputs
-from wsdjax.process import hugepages
+from wsdjax.runtime import cli
+
+from wsdjax.runtime import outputs
+from wsdjax.runtime import hugepages
 
 _CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = _MODE = _STORE = None
 
@@ -188,14 +190,14 @@ class _Peak:
 
   def __init__(self, given: float | None = None):
     import jax
-    from wsdjax import metrics
+    from wsdjax.training import metrics
     self.cpu = given is None and jax.local_devices()[0].platform == "cpu"
     peak, self.source = (given, "given") if given else metrics.device_peak_flops()
     self.samples = [peak]
 
   def sample(self) -> None:
     if self.cpu:
-      from wsdjax import metrics
+      from wsdjax.training import metrics
       self.samples.append(metrics.measure_cpu_matmul_peak(repeats=3))
 
   @property
@@ -213,7 +215,7 @@ def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 3, workdir: str | No
   replaces the measured/table peak (tests use it to skip the CPU matmul measurement)."""
   import jax
   from wsdjax import config as config_lib
-  from wsdjax import trainer as trainer_lib
+  from wsdjax.training import trainer as trainer_lib
 
   config_lib.validate(cfg, jax.device_count() if mesh is None else mesh.devices.size)
   with tempfile.TemporaryDirectory(prefix="wsdjax-bench-") as tmp:
@@ -223,7 +225,7 @@ def run(cfg, steps: int = 10, warmup: int = 2, saves: int = 3, workdir: str | No
 
 def _run(trainer, steps, warmup, saves, profile_dir, peak_flops) -> dict:
   import jax
-  from wsdjax import model as model_lib
+  from wsdjax.model import transformer as model_lib
   cfg = trainer.cfg
   res = {"config": cfg.name, "model": model_lib.describe(cfg.model),
          "dense_impl": cfg.model.dense_impl, "attention_impl": cfg.model.attention_impl,
@@ -255,7 +257,7 @@ class _Loop:
   steps), and the logging of every `log_every` steps."""
 
   def __init__(self, trainer):
-    from wsdjax import trainer as trainer_lib
+    from wsdjax.training import trainer as trainer_lib
     self.trainer, self.seg = trainer, trainer.plan.segments[0]
     t0 = time.perf_counter()
     self.step_fn = trainer.steps.train(self.seg.schedule, donate=True)
@@ -292,7 +294,7 @@ class _Loop:
 def _step_times(loop: _Loop, steps: int, peak: "_Peak") -> dict:
   """Step time, CPU time, host share, tokens/s and MFU over `steps` timed steps."""
   import jax
-  from wsdjax import model as model_lib
+  from wsdjax.model import transformer as model_lib
   times, hosts, cpu = [], [], []
   for i in range(steps):
     if i % max(1, steps // 4) == 0:
@@ -318,7 +320,7 @@ def _step_times(loop: _Loop, steps: int, peak: "_Peak") -> dict:
 def _checkpoint_stall(loop: _Loop, saves: int, step_s: float) -> dict:
   """The steps that run while an async save writes, against the plain steps just before
   and after (neighbours, not the median: CPU speed drifts on a shared host)."""
-  from wsdjax import trainer as trainer_lib
+  from wsdjax.training import trainer as trainer_lib
   tree, stalls = loop.trainer.tree, []
   for _ in range(saves):
     tree.wait()
@@ -349,7 +351,7 @@ def _fork(loop: _Loop) -> dict:
   """A WSD fork: the branch starts from main's arrays, its first step not donating them;
   bytes copied, buffers shared, what the branch's first step allocates, main intact."""
   import jax
-  from wsdjax import trainer as trainer_lib
+  from wsdjax.training import trainer as trainer_lib
   jax.block_until_ready(loop.state)
   before = _live_bytes()
   t0 = time.perf_counter()
@@ -395,7 +397,7 @@ def _integrity_costs(trainer, branch: str, step: int) -> dict:
   when a save completes), to check them (before each restore), and to restore it."""
   import jax
   from wsdjax.checkpoint import integrity
-  from wsdjax.plan import StateRef
+  from wsdjax.schedule.plan import StateRef
   tree = trainer.tree
   ref = StateRef(branch, max(s for s in tree.steps(branch) if s <= step))
   top, t0 = tree.path(ref), time.perf_counter()
@@ -520,6 +522,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/runtime/hugepages.py)
   define_flags()
   cli.run(main)

@@ -5,7 +5,7 @@ After the fact:  --workdir W --from-step N [--decay-steps D] [--decay-shape S] [
   evaluates the result as branch decay-<N+D>, and adds it to the manifest.
 Live:            --workdir W --now [--decay-steps D] [--decay-shape S] [--min-lr-ratio R]
   asks the job running in W to fork a decay branch at its next main step (a request file in
-  W/requests/, see wsdjax/live_branch.py); `--wait` blocks until the branch is saved.
+  W/requests/, see wsdjax/training/live_requests.py); `--wait` blocks until the branch is saved.
 D defaults to the run's decay_fraction of the budget the branch ends at.
 """
 
@@ -16,7 +16,7 @@ import time
 
 from absl import flags
 
-from wsdjax import cli
+from wsdjax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m wsdjax.train.")
 _FROM = flags.DEFINE_integer("from_step", None, "Saved main step to decay from.")
@@ -32,7 +32,7 @@ _MIN_LR = flags.DEFINE_float("min_lr_ratio", None, "End LR as a fraction of peak
 
 
 def check_args() -> None:
-  from wsdjax.schedules import DECAY_SHAPES
+  from wsdjax.schedule.builders import DECAY_SHAPES
   if _NOW.value == (_FROM.value is not None):
     cli.fail("--from_step/--now: give exactly one; --from-step N decays a saved main step, "
              "--now asks the running job")
@@ -64,9 +64,9 @@ def after_the_fact(workdir: str, from_step: int, decay_steps: int | None,
 def _decay(cfg, workdir, from_step, decay_steps, decay_shape, min_lr_ratio) -> dict:
   from wsdjax import checkpoint as ckpt
   from wsdjax import config as config_lib
-  from wsdjax import live_branch
-  from wsdjax import plan as plan_lib
-  from wsdjax import trainer as trainer_lib
+  from wsdjax.training import live_requests as live_branch
+  from wsdjax.schedule import plan as plan_lib
+  from wsdjax.training import trainer as trainer_lib
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
     saved = tree.steps(plan_lib.MAIN)
     if from_step not in saved:
@@ -94,7 +94,7 @@ def _decay(cfg, workdir, from_step, decay_steps, decay_shape, min_lr_ratio) -> d
 def live(workdir: str, wait: bool, timeout: float) -> None:
   from wsdjax import checkpoint as ckpt
   from wsdjax import config as config_lib
-  from wsdjax import live_branch
+  from wsdjax.training import live_requests as live_branch
   from wsdjax.checkpoint import lock
   config_lib.load_run_config(workdir)  # a clear error if W holds no run
   if lock.holder(workdir) is None and not _QUEUE.value:
@@ -129,13 +129,8 @@ def main(argv):
   if _NOW.value:
     live(_WORKDIR.value, _WAIT.value, _TIMEOUT.value)
     return
-  from wsdjax import trainer as trainer_lib
-  try:
-    entry = after_the_fact(_WORKDIR.value, _FROM.value, _DECAY_STEPS.value, _SHAPE.value,
-                           _MIN_LR.value)
-  except trainer_lib.Stop as stop:  # SIGTERM/SIGINT: saved; the same command resumes
-    print(f"wsdjax: {stop}", flush=True)
-    return
+  entry = after_the_fact(_WORKDIR.value, _FROM.value, _DECAY_STEPS.value, _SHAPE.value,
+                         _MIN_LR.value)  # SIGTERM/SIGINT: Stop, which cli.run reports
   print(f"{entry['branch']}: decayed from main@{entry['fork_step']} to step {entry['step']}, "
         f"eval loss {entry['eval_loss']:.4f}")
 

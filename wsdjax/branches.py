@@ -29,7 +29,7 @@ import json
 
 from absl import flags
 
-from wsdjax import cli
+from wsdjax.runtime import cli
 
 _WORKDIR = _JSON = _VERIFY = _RECORD = None
 USAGE = "usage: --workdir W [--json] [--verify [--record]]"
@@ -61,7 +61,7 @@ def load_entries(workdir) -> list[dict]:
   its verification status from its integrity record alone (`verified`, `integrity`)."""
   from wsdjax import checkpoint as ckpt
   _require_checkpoints(workdir)
-  from wsdjax import ema
+  from wsdjax.training import ema
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
     changes = {}
     for c in tree.config_changes():

@@ -32,10 +32,10 @@ import ml_collections
 from etils import epath
 
 from wsdjax import config as config_lib
-from wsdjax.process import hugepages
-from wsdjax import plan as plan_lib
-from wsdjax import plots
-from wsdjax import schedules
+from wsdjax.runtime import hugepages
+from wsdjax.schedule import plan as plan_lib
+from wsdjax.analysis import plots
+from wsdjax.schedule import builders as schedules
 
 STRATEGIES = ("wsd", "wsd_s", "cyclic_cosine", "cosine", "constant")
 RUNNABLE = ("wsd", "wsd_s", "cyclic_cosine", "constant")  # compare.strategies / variants
@@ -185,8 +185,8 @@ def collect(cfg, workdir) -> list[dict]:
   """One row per (run, budget) for each decayed checkpoint in `workdir`'s runs, and for
   the merges, the EMA shadows and (constant LR) the main states at the budgets."""
   from wsdjax import checkpoint as ckpt
-  from wsdjax import ema
-  from wsdjax import model as model_lib
+  from wsdjax.training import ema
+  from wsdjax.model import transformer as model_lib
   workdir = epath.Path(workdir)
   h = entropy_rate(cfg)
   flops_per_step = (cfg.train.global_batch_size * cfg.model.seq_len
@@ -381,7 +381,7 @@ def compare(cfg, workdir, only: Sequence[str] | None = None, mesh=None,
             stream=None) -> list[dict]:
   """The library entry point behind the CLI: run (or resume, or reuse) each run, then
   `report`. Returns the result rows."""
-  from wsdjax import trainer
+  from wsdjax.training import trainer
   check(cfg)
   out = stream or sys.stdout
   workdir = epath.Path(workdir)
@@ -398,11 +398,11 @@ def compare(cfg, workdir, only: Sequence[str] | None = None, mesh=None,
 
 
 def fit_report(cfg, rows: list[dict], predict_at: float | None = None) -> str:
-  """A scaling fit (wsdjax.scaling) per series (strategy, variant, merge, EMA) with 3 or
+  """A scaling fit (wsdjax.analysis.scaling) per series (strategy, variant, merge, EMA) with 3 or
   more budgets: the loss of its checkpoints against their lineage's FLOPs (tokens x model
   FLOPs per token)."""
-  from wsdjax import model as model_lib
-  from wsdjax import scaling
+  from wsdjax.model import transformer as model_lib
+  from wsdjax.analysis import scaling
   per_token = model_lib.flops_per_token(cfg.model)
   lines = []
   name = lambda r: r.get("series") or LABELS[r["strategy"]]  # noqa: E731
@@ -433,7 +433,7 @@ def _define_flags():
 
 
 def main(argv, config, workdir, only, fit) -> None:
-  from wsdjax import cli
+  from wsdjax.runtime import cli
   cfg = cli.loaded_config(argv, config, "configs/compare_small.py")
   cli.require_workdir(workdir.value)
   check(cfg)
@@ -443,20 +443,15 @@ def main(argv, config, workdir, only, fit) -> None:
       hint = (" (cosine runs need --config.compare.cosine=True)" if name == "cosine" else "")
       cli.fail(f"--only: {name!r} is not a strategy of this comparison{hint}; use some of "
                f"{', '.join(enabled(cfg))}")
-  from wsdjax.process import distributed
+  from wsdjax.runtime import distributed
   distributed.initialize()
-  from wsdjax import trainer
-  try:
-    rows = compare(cfg, workdir.value, names or None)
-  except trainer.Stop as stop:
-    print(f"wsdjax: {stop}", flush=True)
-    return
+  rows = compare(cfg, workdir.value, names or None)  # a Stop: cli.run says so, exit 0
   if fit.value:
     print(fit_report(cfg, rows), flush=True)
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
-  from wsdjax import cli
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/runtime/hugepages.py)
+  from wsdjax.runtime import cli
   _flags = _define_flags()
   cli.run(lambda argv: main(argv, *_flags))

@@ -5,7 +5,7 @@ alone: its latest save; --step S alone: main@S) on the run's validation batches,
 data (e.g. `--config.data.source=text --config.data.path=held_out.txt`). Prints the data,
 then per state: branch@step, tokens, mean loss, perplexity, bits per byte ('-' for bigram
 runs). `--json F` writes the same as a list of records. `--config.mesh.*` may change the
-mesh to this host's devices. See wsdjax/evaluation.py for the batches and the reduction.
+mesh to this host's devices. See wsdjax/analysis/evaluation.py for the batches and the reduction.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from wsdjax import cli
-from wsdjax import outputs
+from wsdjax.runtime import cli
+from wsdjax.runtime import outputs
 
 _FLAGS = {}
 _USAGE = "usage: --workdir W [--branch B] [--step S] [--config.data.X=V ...] [--json F]"
@@ -35,7 +35,7 @@ def _argv_workdir(argv) -> str | None:
 def define_flags(argv) -> None:
   """The CLI's flags; `--config.*` overrides apply to the stored config of --workdir."""
   from wsdjax import config as config_lib
-  from wsdjax.errors import ConfigError
+  from wsdjax.runtime.errors import ConfigError
   workdir = _argv_workdir(argv)
   try:
     base = config_lib.load_run_config(workdir) if workdir else config_lib.base_config()
@@ -89,7 +89,8 @@ def main(argv):
   from wsdjax import config as config_lib
   config_lib.load_run_config(workdir)  # a one-line error if W holds no run
   data, new_mesh = overrides_of(workdir, f["config"])
-  from wsdjax import evaluation, sharding
+  from wsdjax.analysis import evaluation
+  from wsdjax.runtime import sharding
   mesh = sharding.make_mesh(f["config"].mesh) if new_mesh else None
   records = evaluation.evaluate_states(workdir, data, f["branch"], f["step"], mesh=mesh,
                                        report=lambda line: print(f"data: {line}", flush=True))

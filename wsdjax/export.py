@@ -1,6 +1,6 @@
 """`python -m wsdjax.export --workdir W [--branch B] [--step S] --out DIR [--dtype float32]
 [--overwrite]`: a saved state of a run as a Hugging Face `LlamaForCausalLM` checkpoint that
-`transformers` loads without wsdjax (the mapping: wsdjax/hf_llama.py).
+`transformers` loads without wsdjax (the mapping: wsdjax/model/hf_llama.py).
 
 DIR gets model.safetensors (the params in --dtype: float32, bfloat16 or float16),
 config.json, generation_config.json and the run's tokenizer where it has a Hugging Face
@@ -20,8 +20,8 @@ import shutil
 
 from absl import flags
 
-from wsdjax import cli
-from wsdjax.errors import ConfigError
+from wsdjax.runtime import cli
+from wsdjax.runtime.errors import ConfigError
 
 _F: dict = {}
 
@@ -44,7 +44,7 @@ def check_out(out, overwrite: bool = False) -> str:
   """The absolute folder `out` if it may take an export (`outputs.check_folder`: new or
   empty, never in a run's tree; with `overwrite` a folder an earlier export made);
   ConfigError if not."""
-  from wsdjax import outputs
+  from wsdjax.runtime import outputs
   return outputs.check_folder("--out", out, MARKER, overwrite)
 
 
@@ -56,8 +56,8 @@ def export_llama(workdir, out, branch: str = "main", step: int | None = None,
   `out` appears complete or not at all."""
   from wsdjax import checkpoint as ckpt
   from wsdjax import config as config_lib
-  from wsdjax import hf_llama
-  from wsdjax import model as model_lib
+  from wsdjax.model import hf_llama
+  from wsdjax.model import transformer as model_lib
   out = check_out(out, overwrite)
   hf_llama.check_dtype(dtype)
   cfg = config_lib.load_run_config(workdir)
@@ -84,8 +84,8 @@ def _write(out, tensors: dict, files: dict[str, bytes]) -> None:
   """model.safetensors (from `tensors`) and `files` into a fresh directory beside `out`,
   which then takes the place of `out`; nothing is left behind if a write fails (and what
   a killed export left there is removed first). A failed write is one line."""
-  from wsdjax import files as files_lib
-  from wsdjax import outputs
+  from wsdjax.runtime import files as files_lib
+  from wsdjax.runtime import outputs
   out = os.path.abspath(out).rstrip(os.sep)
   files_lib.clean_stale_temps(out)
   need = sum(t.nbytes for t in tensors.values()) + sum(len(b) for b in files.values())
@@ -131,7 +131,7 @@ def tokenizer_files(cfg, workdir) -> tuple[dict[str, bytes], int | None, str]:
   if d.source == "bigram":
     return {}, None, "none (the bigram task's tokens are bare ids)"
   if d.tokenizer == "bytes":
-    from wsdjax import hf_llama
+    from wsdjax.model import hf_llama
     tok = hf_llama.bytes_tokenizer()
     return ({"tokenizer.json": tok.to_str().encode(),
              "tokenizer_config.json": _json(_tokenizer_config(tok.id_to_token(0)))},
@@ -169,7 +169,7 @@ def _sentencepiece_files(cfg, workdir) -> tuple[dict[str, bytes], int | None, st
   """The run's cached SentencePiece model as tokenizer.model and tokenizer.json."""
   import sentencepiece as spm
   from etils import epath
-  from wsdjax import hf_llama
+  from wsdjax.model import hf_llama
   name = f"sentencepiece_{cfg.data.sp_model_type}_{cfg.model.vocab_size}.model"
   path = epath.Path(workdir) / "tokenizer" / name  # where the run cached it
   if not path.exists():
@@ -187,7 +187,7 @@ def _sentencepiece_files(cfg, workdir) -> tuple[dict[str, bytes], int | None, st
 def main(argv):
   cli.run_workdir(argv, _F["workdir"].value, "usage: --workdir W [--branch B] [--step S] "
                   "--out DIR")
-  from wsdjax import hf_llama
+  from wsdjax.model import hf_llama
   try:  # the cheap checks, before jax and Orbax load
     check_out(_F["out"].value, _F["overwrite"].value)
     hf_llama.check_dtype(_F["dtype"].value)

@@ -1,6 +1,6 @@
 """`python -m wsdjax.lr --config C [--plot lr.png] [--steps N]`: the phase table of a config's
 LR schedule (name, [start, end), LR at both ends, the decayed checkpoints' steps) and, with
---plot, its curve with the phases shaded (`wsdjax.plots.plot_schedule`). Bad input: one
+--plot, its curve with the phases shaded (`wsdjax.analysis.plots.plot_schedule`). Bad input: one
 line `wsdjax: <field>: ...` on stderr, exit 2. Importing it defines no global flags.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from wsdjax import schedules
+from wsdjax.schedule import builders as schedules
 
 
 def main(argv: Sequence[str]) -> int:
@@ -17,8 +17,8 @@ def main(argv: Sequence[str]) -> int:
 
   Returns the exit status: 0, or 2 after a one-line `wsdjax: <field>: ...` on stderr.
   """
-  from wsdjax import cli  # local: importing cli defines its global --debug flag
-  from wsdjax import outputs
+  from wsdjax.runtime import cli  # local: importing cli defines its global --debug flag
+  from wsdjax.runtime import outputs
   fv = _flags(argv)
   if any(a.split("=")[0] in cli.HELP_FLAGS for a in argv[1:]):
     print(cli.command_help(__doc__, [fv[name] for name in fv], debug=False))
@@ -28,7 +28,7 @@ def main(argv: Sequence[str]) -> int:
     print(schedules.format_phases(schedules.phases_from_config(cfg),
                                   schedules.checkpoint_steps_from_config(cfg)))
     if plot_path:
-      from wsdjax import plots  # local: matplotlib only for --plot
+      from wsdjax.analysis import plots  # local: matplotlib only for --plot
       with outputs.writing("--plot", plot_path):
         plots.plot_schedule(cfg, plot_path, steps)
       print(f"wrote {plot_path}")
@@ -58,7 +58,7 @@ def _flags(argv: Sequence[str]):
 def _parse(fv, argv: Sequence[str]):
   """(schedule section, --plot, --steps) from the command line; ValueError if bad."""
   from absl import flags
-  from wsdjax import outputs
+  from wsdjax.runtime import outputs
   try:
     fv(list(argv))
     config = fv.config

@@ -1,6 +1,6 @@
 """`python -m wsdjax.merge --workdir W --at STEP --window K [--weights uniform]`: average
 the main branch's saves in (STEP - K, STEP] into branch merge-<STEP> (see
-wsdjax/merging.py); prints its sources, weights and eval loss. --weights: uniform (PMA) or
+wsdjax/training/merges.py); prints its sources, weights and eval loss. --weights: uniform (PMA) or
 a decay shape (linear, cosine, 1-sqrt, exponential; exp for short), whose WSM weights
 stand in for that decay over the window.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from wsdjax import cli
+from wsdjax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m wsdjax.train.")
 _AT = flags.DEFINE_integer("at", None, "Saved main step the window ends at.")
@@ -21,8 +21,10 @@ _WEIGHTS = flags.DEFINE_string("weights", "uniform", "uniform | linear | cosine 
 def merge(workdir: str, at: int, window: int, weights: str = "uniform") -> dict:
   """Average main's saves in (at - window, at] into branch merge-<at>; its entry."""
   from wsdjax import config as config_lib
-  from wsdjax import merging, plan as plan_lib, trainer as trainer_lib
-  from wsdjax.plan import MAIN, StateRef
+  from wsdjax.training import merges as merging
+  from wsdjax.schedule import plan as plan_lib
+  from wsdjax.training import trainer as trainer_lib
+  from wsdjax.schedule.plan import MAIN, StateRef
   cfg = config_lib.load_run_config(workdir)
   config_lib.validate(cfg, None)
   with trainer_lib.Trainer(cfg, workdir) as trainer:  # holds the workdir's writer lock
@@ -35,7 +37,7 @@ def merge(workdir: str, at: int, window: int, weights: str = "uniform") -> dict:
 
 
 def main(argv):
-  from wsdjax.schedules import MERGE_WEIGHTS
+  from wsdjax.schedule.builders import MERGE_WEIGHTS
   cli.run_workdir(argv, _WORKDIR.value)
   if _AT.value is None or _AT.value <= 0:
     cli.fail(f"--at: must be a saved main step, got {_AT.value}; e.g. --at 300")

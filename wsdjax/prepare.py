@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from wsdjax import cli
+from wsdjax.runtime import cli
 
 _INPUT = flags.DEFINE_string("input", None, "Input files: a file, folder or glob (** for any "
                              "depth), local or gs://.")

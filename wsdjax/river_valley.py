@@ -24,7 +24,7 @@ import sys
 
 from etils import epath
 
-from wsdjax.process import hugepages
+from wsdjax.runtime import hugepages
 
 FIELDS = ("branch", "fork_step", "step", "main_loss", "decayed_loss", "gap",
           "main_to_optimum", "decayed_to_optimum")
@@ -32,7 +32,7 @@ FIELDS = ("branch", "fork_step", "step", "main_loss", "decayed_loss", "gap",
 
 def rows(workdir, entropy_rate: float) -> list[dict]:
   """One row per decayed checkpoint of the run in `workdir` whose fork loss is known."""
-  from wsdjax import plots
+  from wsdjax.analysis import plots
   out = []
   for e in plots.read_manifest(workdir):
     if not e.get("decayed") or e.get("start_eval_loss") is None or e.get("eval_loss") is None:
@@ -70,7 +70,8 @@ def to_markdown(table: list[dict], entropy_rate: float) -> str:
 
 def report(cfg, workdir, stream=None) -> list[dict]:
   """Write river_valley.{csv,md,png} into `workdir` from its run; return the rows."""
-  from wsdjax import compare, config as config_lib, plots
+  from wsdjax import compare, config as config_lib
+  from wsdjax.analysis import plots
   h = compare.entropy_rate(cfg)
   if h is None:
     raise config_lib.ConfigError(
@@ -105,20 +106,20 @@ def _define_flags():
 
 
 def main(argv, config, workdir, plot_only) -> None:
-  from wsdjax import cli
+  from wsdjax.runtime import cli
   cfg = cli.loaded_config(argv, config, "configs/river_valley.py")
   cli.require_workdir(workdir.value)
   if cfg.data.source != "bigram":
     cli.fail(f"data.source: is {cfg.data.source!r}; the river valley needs the bigram task's "
              f"exact optimum; use --config.data.source=bigram")
   if not plot_only.value:
-    from wsdjax import trainer
+    from wsdjax.training import trainer
     trainer.train_and_evaluate(cfg, workdir.value)
   report(cfg, workdir.value)
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
-  from wsdjax import cli
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/runtime/hugepages.py)
+  from wsdjax.runtime import cli
   _flags = _define_flags()
   cli.run(lambda argv: main(argv, *_flags))

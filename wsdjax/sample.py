@@ -9,7 +9,7 @@
 Ancestral sampling, one token at a time: temperature 0 is greedy (argmax); otherwise a
 draw from softmax(logits / temperature), over the top_k largest logits when top_k > 0.
 `generate_cached` (what `sample_text` and the CLI use) keeps a KV cache: the prompt is
-prefilled in one call, then each token is one incremental step (wsdjax/decoding.py, which
+prefilled in one call, then each token is one incremental step (wsdjax/model/decoding.py, which
 also says how a context longer than model.seq_len slides). `generate` is the reference
 path: each token runs the model on a window of the last model.seq_len tokens. Up to
 seq_len tokens in all, both give the same tokens for the same seed. Bigram runs have no
@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from wsdjax import cli
-from wsdjax import decoding
-from wsdjax import model as model_lib
+from wsdjax.runtime import cli
+from wsdjax.model import decoding
+from wsdjax.model import transformer as model_lib
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,12 +96,12 @@ def prompt_ids(tok, prompt: str, vocab_size: int) -> list[int]:
   if tok is not None:
     raw = sum(0xDC80 <= ord(c) <= 0xDCFF for c in prompt)  # bytes argv could not decode
     if raw and tok.kind != "bytes":
-      from wsdjax.errors import ConfigError
+      from wsdjax.runtime.errors import ConfigError
       raise ConfigError("--prompt", f"is not valid UTF-8 ({raw} byte(s) are not), and the "
                         f"run's {tok.kind} tokenizer reads text", "pass UTF-8 text (a "
                         "bytes-tokenizer run takes any bytes)")
     return [tok.eos_id] + list(tok.encode(prompt))
-  from wsdjax.errors import ConfigError
+  from wsdjax.runtime.errors import ConfigError
   try:
     ids = [int(x) for x in prompt.split()]
   except ValueError:

@@ -1,14 +1,14 @@
 """`python -m wsdjax.train --config configs/X.py --workdir DIR [--config.a.b=value ...]`
 
-Parses flags and calls `wsdjax.trainer.train_and_evaluate`; rerunning the same command
+Parses flags and calls `wsdjax.training.trainer.train_and_evaluate`; rerunning the same command
 resumes the run in DIR.
 """
 
 from absl import flags
 from ml_collections import config_flags
 
-from wsdjax import cli
-from wsdjax.process import hugepages
+from wsdjax.runtime import cli
+from wsdjax.runtime import hugepages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -23,21 +23,18 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..N-
 def main(argv):
   cli.loaded_config(argv, _CONFIG, "configs/default.py")
   cli.require_workdir(_WORKDIR.value)
-  from wsdjax.process import distributed
+  from wsdjax.runtime import distributed
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as e:  # incomplete multi-process settings
     cli.fail(str(e))
-  from wsdjax import trainer  # after distributed init: importing jax state is fine, using it isn't
-  try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except trainer.Stop as stop:
-    print(f"wsdjax: {stop}", flush=True)
+  from wsdjax.training import trainer  # after distributed init: importing jax state is fine, using it isn't
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)  # a Stop: cli.run reports it
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/process/hugepages.py)
-  from wsdjax.process import distributed
+  hugepages.reexec()  # before jax allocates anything (see wsdjax/runtime/hugepages.py)
+  from wsdjax.runtime import distributed
   try:
     cli.run(main)
   except BaseException as e:  # a process failing alone must not hang a multi-process job

@@ -17,7 +17,7 @@ from wsdjax.checkpoint.errors import (BrokenCheckpoint, CheckpointError, SaveErr
 from wsdjax.checkpoint.load import latest_step, nearest_steps, restore
 from wsdjax.checkpoint.layout import COMPRESSIONS, checkpoint_dir, resolve_compression
 from wsdjax.checkpoint.tree import CheckpointTree
-from wsdjax.plan import StateRef
+from wsdjax.schedule.plan import StateRef
 
 __all__ = ["BrokenCheckpoint", "CheckpointError", "CheckpointTree", "COMPRESSIONS",
            "SaveError", "StateRef", "UnverifiedCheckpoint", "WorkdirInUse",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from wsdjax.plan import StateRef
+from wsdjax.runtime.errors import BadInput, Fault
+from wsdjax.schedule.plan import StateRef
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BadInput, RuntimeError):
   """A checkpoint is missing, incomplete or unreadable."""
 
 
@@ -30,7 +31,7 @@ class UnverifiedCheckpoint(CheckpointError):
         "for it as it is")
 
 
-class SaveError(CheckpointError):
+class SaveError(Fault, CheckpointError):
   """A save failed (e.g. a full disk); the checkpoints saved before it are intact."""
 
 

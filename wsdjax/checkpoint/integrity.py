@@ -24,8 +24,8 @@ import json
 
 from etils import epath
 
-from wsdjax.files import atomic_write_text
-from wsdjax.plan import StateRef
+from wsdjax.runtime.files import atomic_write_text
+from wsdjax.schedule.plan import StateRef
 
 RECORDS = "integrity"
 RECORDED, MISSING, UNREADABLE = "recorded", "missing", "unreadable"

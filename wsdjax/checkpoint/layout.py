@@ -8,7 +8,7 @@ import os
 from etils import epath
 
 from wsdjax.checkpoint.errors import CheckpointError
-from wsdjax.files import is_local
+from wsdjax.runtime.files import is_local
 
 MANIFEST = "manifest.json"
 COMPRESSIONS = ("zstd", "none")

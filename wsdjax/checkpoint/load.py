@@ -12,10 +12,10 @@ import sys
 import jax
 import numpy as np
 
-from wsdjax import ema as ema_lib
+from wsdjax.training import ema as ema_lib
 from wsdjax.checkpoint.errors import BrokenCheckpoint, CheckpointError
 from wsdjax.checkpoint.tree import CheckpointTree
-from wsdjax.plan import MAIN, StateRef
+from wsdjax.schedule.plan import MAIN, StateRef
 
 
 def nearest_steps(steps: list[int], n: int, k: int = 3) -> list[int]:
@@ -74,7 +74,7 @@ def _restore_warning(tree: CheckpointTree, ref: StateRef, target):
 
 def _target(cfg, mesh):
   """The restore target: the run's abstract state on `mesh`, or host zeros without one."""
-  from wsdjax import train_state  # local: the tree itself does not need it
+  from wsdjax.training import state as train_state  # local: the tree itself does not need it
   if mesh is None:
     return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), train_state.abstract_state(cfg))
   return train_state.abstract_state(cfg, mesh)

@@ -37,8 +37,8 @@ import jax
 from etils import epath
 
 from wsdjax.checkpoint.errors import WorkdirInUse, WorkdirNotWritable
-from wsdjax.errors import ConfigError
-from wsdjax.files import atomic_write_text, is_local, pid_alive
+from wsdjax.runtime.errors import ConfigError
+from wsdjax.runtime.files import atomic_write_text, is_local, pid_alive
 
 LOCK_FILE = "writer.lock"
 HEARTBEAT_S = 30.0
@@ -211,7 +211,7 @@ def acquire(workdir, use_flock: bool | None = None) -> dict | None:
       except OSError as e:  # a read-only file system, no permission
         problem = ("not writable", _unwritable(root / LOCK_FILE, e))
     if jax.process_count() > 1:
-      from wsdjax.process import distributed
+      from wsdjax.runtime import distributed
       problem = distributed.allgather_json(problem)[0]
     if problem:
       kind, message = problem

@@ -37,9 +37,9 @@ from wsdjax.checkpoint import integrity, lock
 from wsdjax.checkpoint.layout import COMPRESSIONS, MANIFEST, check_layout, checkpoint_dir
 from wsdjax.checkpoint.errors import (BrokenCheckpoint, CheckpointError, SaveError,
                                       UnverifiedCheckpoint)
-from wsdjax.files import atomic_write_text, is_local
-from wsdjax.plan import MAIN, StateRef
-from wsdjax.process import faults
+from wsdjax.runtime.files import atomic_write_text, is_local
+from wsdjax.schedule.plan import MAIN, StateRef
+from wsdjax.runtime import faults
 
 CONFIG_CHANGES = "config_changes.json"
 BROKEN = "broken"
@@ -321,7 +321,7 @@ class CheckpointTree:
       return None
     if not collective or jax.process_count() == 1:
       return integrity.damage(record.files, self.path(ref))
-    from wsdjax.process import distributed
+    from wsdjax.runtime import distributed
     mine = integrity.damage(record.files, self.path(ref),
                             (jax.process_index(), jax.process_count()))
     return next((d for d in distributed.allgather_json(mine) if d), None)

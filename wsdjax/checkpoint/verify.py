@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from wsdjax.checkpoint import integrity, lock
 from wsdjax.checkpoint.errors import CheckpointError
 from wsdjax.checkpoint.tree import CheckpointTree
-from wsdjax.plan import StateRef
+from wsdjax.schedule.plan import StateRef
 
 INTACT, DAMAGED, UNVERIFIED, RECORDED = "intact", "damaged", "unverified", "recorded"
 

@@ -1,7 +1,9 @@
 """The data package's configuration error."""
 
+from wsdjax.runtime.errors import BadInput
 
-class DataConfigError(ValueError):
+
+class DataConfigError(BadInput, ValueError):
   """A data setting that cannot work.
 
   The message is one line that names the config field at fault and, where there is one,

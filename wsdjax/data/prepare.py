@@ -34,8 +34,8 @@ from wsdjax.data import parallel_encode
 from wsdjax.data import token_store as store_lib
 from wsdjax.data import tokenizers as tokenizers_lib
 from wsdjax.data.errors import DataConfigError
-from wsdjax import outputs
-from wsdjax.process import faults
+from wsdjax.runtime import outputs
+from wsdjax.runtime import faults
 
 TOKENIZER_KINDS = ("bytes", "sentencepiece", "huggingface")
 JOB = "prepare/job.json"

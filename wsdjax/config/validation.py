@@ -1,0 +1,233 @@
+"""`validate(config, device_count)`: every field and cross-field rule, checked before any
+compilation or write; the first problem raises `ConfigError`, whose text is one line:
+`<field>: <what is wrong>; <how to fix>`."""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+from wsdjax.config.fields import DTYPES, SOURCES, TOKENIZERS, base_config, flatten
+from wsdjax.runtime.errors import ConfigError
+from wsdjax.runtime.errors import require as _require
+
+
+def _positive_int(cfg_flat, field: str, allow_zero: bool = False) -> None:
+  value = cfg_flat[field]
+  ok = isinstance(value, int) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  _require(ok, field, f"must be a {'non-negative' if allow_zero else 'positive'} integer, "
+           f"got {value!r}", f"set --config.{field}=<int>")
+
+
+def _choice(cfg_flat, field: str, choices) -> None:
+  value = cfg_flat[field]
+  _require(value in choices, field, f"unknown value {value!r}",
+           f"use one of {', '.join(map(str, choices))}")
+
+
+def _choices_of(module: str, name: str) -> tuple:
+  """The choices of a field, from the module that owns them (e.g. kernels.attention.IMPLS,
+  schedules.DECAY_SHAPES)."""
+  import importlib  # local: the owners import jax, which this module does not
+  return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
+
+
+def validate(cfg, device_count: int | None = None) -> None:
+  """Check every field and cross-field rule; raise ConfigError on the first problem."""
+  flat = flatten(cfg)
+  _validate_keys(flat)
+  _validate_numbers(flat)
+  _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
+           and 0 <= cfg.seed < 2**31, "seed", f"must be an integer in [0, 2**31), got "
+           f"{cfg.seed!r}", "e.g. --config.seed=0")
+  _validate_model(cfg.model, flat)
+  _validate_data(cfg.data, flat)
+  _validate_train(cfg.train, flat)
+  _validate_optimizer(cfg.optimizer)
+  _validate_decay_overrides(cfg.schedule.decay_overrides, cfg.optimizer)
+  _validate_schedule(cfg.schedule)
+  _choice(flat, "checkpoint.compression", ("auto",) + _choices_of("checkpoint", "COMPRESSIONS"))
+  _positive_int(flat, "checkpoint.every")
+  _positive_int(flat, "checkpoint.keep", allow_zero=True)
+  _validate_mesh(cfg, device_count)
+
+
+def _validate_keys(flat: dict) -> None:
+  """Every key of the config is a known field, and every known field is there."""
+  known = flatten(base_config())
+  for field in flat:
+    if field not in known:
+      close = difflib.get_close_matches(field, list(known), n=1, cutoff=0.8) or [
+          k for k in known if k.rsplit(".", 1)[-1] == field.rsplit(".", 1)[-1]]
+      _require(False, field, "unknown config key",
+               f"remove it{' (did you mean ' + close[0] + '?)' if close else ''}")
+  for field in known:
+    _require(field in flat, field, "missing from the config",
+             "start configs from wsdjax.config.base_config()")
+
+
+def _validate_numbers(flat: dict) -> None:
+  """Every number in the config is finite (inf/nan are never a setting: an infinite weight
+  decay or epsilon trains nothing, or NaNs)."""
+  for field, value in flat.items():
+    if isinstance(value, float):
+      _require(math.isfinite(value), field, f"must be a finite number, got {value!r}",
+               f"set --config.{field}=<number>")
+
+
+def _validate_model(m, flat: dict) -> None:
+  for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"):
+    _positive_int(flat, f"model.{f}")
+  _require(m.d_model % m.n_heads == 0, "model.d_model",
+           f"{m.d_model} is not divisible by model.n_heads={m.n_heads}",
+           "pick d_model a multiple of n_heads")
+  _require(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads",
+           f"{m.n_kv_heads} does not divide model.n_heads={m.n_heads}",
+           "use a divisor of n_heads (equal for plain multi-head attention)")
+  _require((m.d_model // m.n_heads) % 2 == 0, "model.d_model",
+           f"head dim {m.d_model // m.n_heads} is odd; rotary embeddings need an even head dim",
+           "change d_model or n_heads")
+  _choice(flat, "model.dtype", DTYPES)
+  _choice(flat, "model.remat", _choices_of("model.transformer", "REMAT_POLICIES"))
+  _choice(flat, "model.dense_impl", _choices_of("model.kernels.fast_dense", "IMPLS"))
+  _choice(flat, "model.attention_impl", _choices_of("model.kernels.attention", "IMPLS"))
+  _choice(flat, "model.layer_loop", _choices_of("model.transformer", "LAYER_LOOPS"))
+  _choice(flat, "model.loss_impl", _choices_of("model.kernels.fused_loss", "IMPLS"))
+  _choice(flat, "model.swiglu_impl", _choices_of("model.kernels.swiglu", "IMPLS"))
+  from wsdjax.model import transformer as model_lib  # local: the owner of the rest (it imports jax)
+  model_lib.ModelConfig.from_config(m)  # raises ConfigError naming model.<field>
+
+
+def _validate_data(d, flat: dict) -> None:
+  _choice(flat, "data.source", SOURCES)
+  _choice(flat, "data.tokenizer", TOKENIZERS)
+  if d.source == "text":
+    _require(bool(d.path), "data.path", "empty but data.source='text'",
+             "set --config.data.path=/path/to/*.txt")
+  if d.source == "tfds":
+    _require(bool(d.tfds_name), "data.tfds_name", "empty but data.source='tfds'",
+             "set --config.data.tfds_name=<dataset>")
+  if d.source == "tokens":
+    from wsdjax.data import tokens_source  # local: the owner of the rule imports numpy
+    problem = tokens_source.stores_problem(d)
+    if problem:
+      raise ConfigError(*problem)
+  else:
+    _require(not d.mixture, "data.mixture", f"only the 'tokens' source reads a mixture, not "
+             f"{d.source!r}", "set --config.data.source=tokens, or --config.data.mixture='()'")
+  if d.tokenizer == "huggingface":
+    _require(bool(d.tokenizer_path), "data.tokenizer_path", "empty but tokenizer='huggingface'",
+             "set --config.data.tokenizer_path=/path/to/tokenizer.json")
+  _require(0.0 < d.val_fraction < 1.0, "data.val_fraction",
+           f"must be in (0, 1), got {d.val_fraction}", "e.g. 0.02")
+  _require(d.bigram_alpha > 0, "data.bigram_alpha", f"must be > 0, got {d.bigram_alpha}",
+           "e.g. 0.1")
+  _positive_int(flat, "data.prefetch", allow_zero=True)
+
+
+def _validate_train(t, flat: dict) -> None:
+  for f in ("global_batch_size", "micro_batches", "log_every", "eval_batches"):
+    _positive_int(flat, f"train.{f}")
+  _positive_int(flat, "train.eval_every", allow_zero=True)
+  _require(t.global_batch_size % t.micro_batches == 0, "train.micro_batches",
+           f"{t.micro_batches} does not divide train.global_batch_size={t.global_batch_size}",
+           "pick a divisor of the global batch")
+  from wsdjax.training import ema  # local: the owner of the rule imports jax
+  why = ema.problem(t.ema_decays)
+  _require(why is None, "train.ema_decays", why or "",
+           "e.g. --config.train.ema_decays='(0.999,)'")
+
+
+def _validate_decay_overrides(d, o) -> None:
+  """The decays' optimizer fields: each unset (None) or a value its field allows."""
+  field = "schedule.decay_overrides."
+  for name in ("b2", "weight_decay", "grad_clip"):
+    value = d[name]
+    _require(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+             field + name, f"must be a number or None, got {value!r}", "e.g. 0.99")
+  _require(d.b2 is None or 0 <= d.b2 < 1, field + "b2", f"must be in [0, 1), got {d.b2}",
+           "e.g. 0.99")
+  _require(d.weight_decay is None or d.weight_decay >= 0, field + "weight_decay",
+           f"must be >= 0, got {d.weight_decay}", "e.g. 0.0")
+  _require(d.grad_clip is None or (d.grad_clip > 0 and o.grad_clip > 0), field + "grad_clip",
+           f"must be > 0 and optimizer.grad_clip > 0, got {d.grad_clip} and {o.grad_clip}",
+           "an override may change the clip but not switch it on or off")
+
+
+def _validate_optimizer(o) -> None:
+  _require(0 <= o.b1 < 1, "optimizer.b1", f"must be in [0, 1), got {o.b1}", "e.g. 0.9")
+  _require(0 <= o.b2 < 1, "optimizer.b2", f"must be in [0, 1), got {o.b2}", "e.g. 0.95")
+  _require(o.eps > 0, "optimizer.eps", f"must be > 0, got {o.eps}", "e.g. 1e-8")
+  _require(o.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {o.weight_decay}",
+           "e.g. 0.1")
+  _require(o.grad_clip >= 0, "optimizer.grad_clip", f"must be >= 0, got {o.grad_clip}",
+           "0 disables clipping")
+
+
+def _validate_schedule(s) -> None:
+  from wsdjax.schedule import plan  # local: plan imports schedules, which is heavier than this module
+  from wsdjax.schedule.builders import ScheduleError
+  for field, owned in (("name", "NAMES"), ("warmup_shape", "WARMUP_SHAPES"),
+                       ("decay_shape", "DECAY_SHAPES")):
+    _choice(flatten(s, "schedule."), f"schedule.{field}", _choices_of("schedule.builders", owned))
+  budgets = s.budgets
+  _require(isinstance(budgets, (tuple, list)) and len(budgets) > 0
+           and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets),
+           "schedule.budgets",
+           f"must be a non-empty tuple of positive step counts, got {budgets!r}",
+           "e.g. --config.schedule.budgets='(150,300)'")
+  _require(all(a < b for a, b in zip(budgets, budgets[1:])), "schedule.budgets",
+           f"must be strictly increasing, got {tuple(budgets)}", "sort them and drop repeats")
+  _require(s.peak_lr > 0, "schedule.peak_lr", f"must be > 0, got {s.peak_lr}", "e.g. 3e-3")
+  _require(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio",
+           f"must be in [0, 1], got {s.min_lr_ratio}", "e.g. 0.1")
+  _require(0 < s.decay_fraction <= 1, "schedule.decay_fraction",
+           f"must be in (0, 1], got {s.decay_fraction}", "e.g. 0.1")
+  for f in ("warmup_steps", "decay_steps", "rewarmup_steps"):
+    _positive_int(flatten(s, "schedule."), f"schedule.{f}", allow_zero=True)
+  _require(s.init_lr >= 0, "schedule.init_lr", f"must be >= 0, got {s.init_lr}", "e.g. 0")
+  if s.decay_steps and s.name != "wsd":
+    raise ConfigError("schedule.decay_steps", f"only 'wsd' takes a fixed decay length, not "
+                      f"{s.name!r}", "set decay_fraction instead, or decay_steps=0")
+  try:
+    plan.make_plan(s)
+  except ScheduleError as e:  # the planner's and the schedule builders' typed error
+    field = e.arg if e.arg.startswith("schedule.") else f"schedule.{e.arg}"
+    raise ConfigError(field, e.problem, e.fix) from None
+
+
+def _validate_mesh_rules(rules) -> None:
+  """Each rule is (logical axis name, a mesh axis | a tuple of them | None)."""
+  from wsdjax.runtime import sharding  # local: the mesh's owner imports jax, this module does not
+  fix = "e.g. ('act_batch', ('data', 'fsdp')); mesh axes: " + ", ".join(sharding.MESH_AXES)
+  for rule in rules:
+    _require(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str),
+             "mesh.rules", f"{rule!r} is not a (logical name, mesh axes) pair", fix)
+    axes = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    bad = [a for a in axes if a is not None and a not in sharding.MESH_AXES]
+    _require(not bad, "mesh.rules", f"rule {tuple(rule)!r} names no mesh axis {bad[0]!r}"
+             if bad else "", fix)
+
+
+def _validate_mesh(cfg, device_count: int | None) -> None:
+  _validate_mesh_rules(cfg.mesh.rules)
+  if device_count is None:
+    return
+  from wsdjax.runtime import sharding  # local: the mesh's owner imports jax, this module does not
+  data, fsdp, tensor = sharding.mesh_shape(cfg.mesh, device_count)
+  t = cfg.train
+  shards = data * fsdp
+  _require(t.global_batch_size % shards == 0, "train.global_batch_size",
+           f"{t.global_batch_size} is not divisible by data*fsdp = {shards} devices",
+           f"use a multiple of {shards}")
+  micro = t.global_batch_size // t.micro_batches
+  _require(micro % shards == 0, "train.micro_batches",
+           f"micro-batch of {micro} sequences is not divisible by data*fsdp = {shards}",
+           "use fewer micro-batches or a larger global batch")
+  m = cfg.model
+  _require(m.n_heads % tensor == 0, "model.n_heads",
+           f"{m.n_heads} is not divisible by mesh.tensor={tensor}", "change heads or the mesh")
+  _require(m.n_kv_heads % tensor == 0, "model.n_kv_heads",
+           f"{m.n_kv_heads} is not divisible by mesh.tensor={tensor}",
+           "change kv heads or the mesh")
