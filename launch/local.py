@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from wsdjax.runtime import hugepages  # standard library only
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,8 +40,9 @@ def free_port() -> int:
 
 def process_env(base: dict, index: int, count: int, devices: int, port: int,
                 platform: str = "cpu", heartbeat_s: int = 0) -> dict:
-  """The environment of process `index` of `count`: coordinator, id, devices."""
-  env = dict(base)
+  """The environment of process `index` of `count`: coordinator, id, devices, and glibc's
+  huge pages where they help (`hugepages.environment`)."""
+  env = hugepages.environment(base)
   env["PYTHONUNBUFFERED"] = "1"
   if platform == "cpu":
     env["JAX_PLATFORMS"] = "cpu"

@@ -10,7 +10,7 @@ import pytest
 
 import compare_tiny
 from conftest import REPO, one_device_mesh, subprocess_env
-from wsdjax import compare
+from wsdjax.analysis import compare
 from wsdjax import config as config_lib
 
 

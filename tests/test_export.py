@@ -23,7 +23,7 @@ import transformers  # noqa: E402
 from conftest import REPO, subprocess_env  # noqa: E402
 
 from wsdjax import checkpoint as ckpt  # noqa: E402
-from wsdjax import export  # noqa: E402
+from wsdjax.checkpoint import hf_export as export  # noqa: E402
 from wsdjax.runtime import cli
 from wsdjax.model import hf_llama
 from wsdjax.training import state as train_state

@@ -1,8 +1,7 @@
-"""Tests of wsdjax.runtime.hugepages: when the CLIs restart themselves with glibc.malloc.hugetlb=1,
-and that the restart keeps the command and adds the tunable once."""
+"""Tests of wsdjax.runtime.hugepages: where glibc.malloc.hugetlb=1 helps, and that the
+environment the launchers and the Makefile make adds it once."""
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -33,15 +32,30 @@ def test_wanted_only_where_it_changes_something():
       "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
 
 
-@pytest.mark.skipif(not H.wanted({}), reason="this host would not restart (no glibc/madvise THP)")
 @pytest.mark.parametrize("given, expected", [
-    ("", "glibc.malloc.hugetlb=1"),
-    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
-    ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # the user's choice is kept
+    ({}, "glibc.malloc.hugetlb=1"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+     "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "glibc.malloc.hugetlb=0"),  # the user's
 ])
-def test_reexec_adds_the_tunable_once(given, expected):
-  env = dict(os.environ, GLIBC_TUNABLES=given, PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, "-m", "wsdjax.runtime.hugepages"], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=60)
-  assert out.returncode == 0, out.stderr
-  assert out.stdout.strip() == expected
+def test_the_launchers_environment_adds_the_tunable_once(monkeypatch, given, expected):
+  monkeypatch.setattr(H, "thp_mode", lambda path=H.THP_MODE_FILE: "madvise")
+  if not H.wanted({}):
+    pytest.skip("not glibc on Linux: the tunable means nothing here")
+  env = H.environment(dict(given, PATH="/bin"))
+  assert env["GLIBC_TUNABLES"] == expected and env["PATH"] == "/bin"
+  assert H.environment({"WSDJAX_HUGEPAGES": "0"}) == {"WSDJAX_HUGEPAGES": "0"}
+
+
+def test_no_command_restarts_the_interpreter():
+  """The tunable is set where the environment is made (Makefile, launchers), not by a
+  command re-executing itself."""
+  for name in os.listdir(os.path.join(REPO, "wsdjax")):
+    if name.endswith(".py"):
+      with open(os.path.join(REPO, "wsdjax", name)) as f:
+        source = f.read()
+      assert "execv" not in source and "reexec" not in source, name
+  with open(os.path.join(REPO, "Makefile")) as f:
+    makefile = f.read()
+  assert "HUGEPAGES := GLIBC_TUNABLES=" in makefile and "glibc.malloc.hugetlb=1" in makefile
+  assert "$(HUGEPAGES) $(PY) -m wsdjax.train" in makefile.split("\nrun:")[1].split("\n\n")[0]

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
-from wsdjax import branches
+from wsdjax.analysis import tree_listing
 from wsdjax import checkpoint as ckpt
 from wsdjax.checkpoint import integrity, lock
 from wsdjax.checkpoint import verify as verify_lib
@@ -114,7 +114,7 @@ def test_an_unverified_decayed_checkpoint_is_set_aside_and_rebuilt(reference, ru
       "vouches for it)"]
   assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(state),
                                                        jax.tree.leaves(reference[1])))
-  listed = {(e["branch"], e["step"]): e for e in branches.load_entries(run)}
+  listed = {(e["branch"], e["step"]): e for e in tree_listing.load_entries(run)}
   assert (listed[("decay-20", 20)]["verified"], listed[("decay-20", 20)]["integrity"]) == (
       False, "missing" if case == "record deleted" else "unreadable")
   assert all(e["verified"] for key, e in listed.items() if key != ("decay-20", 20))

@@ -149,3 +149,64 @@ def test_functions_stay_small_enough_to_read():
         if length > 50 and (name, node.name) not in LONG_BY_NATURE:
           too_long.append(f"{name}.{node.name}: {length} lines")
   assert not too_long, too_long
+
+
+# ---- the house: commands at the root, the library in rooms ----
+COMMANDS = {"aot", "bench", "branch", "branches", "compare", "eval", "export", "fit", "lr",
+            "merge", "prepare", "river_valley", "sample", "train"}
+ROOMS = {"analysis", "checkpoint", "config", "data", "model", "runtime", "schedule",
+         "training"}
+
+
+def test_the_root_holds_only_commands_and_the_rooms():
+  """wsdjax/ holds `__init__`, one module per command and one folder per concept."""
+  entries = {e for e in os.listdir(PACKAGE) if e != "__pycache__"}
+  assert entries == {"__init__.py"} | {f"{c}.py" for c in COMMANDS} | ROOMS, entries ^ (
+      {"__init__.py"} | {f"{c}.py" for c in COMMANDS} | ROOMS)
+
+
+def test_no_library_module_imports_a_command():
+  graph = import_graph()
+  commands = {f"wsdjax.{c}" for c in COMMANDS}
+  offenders = {m: sorted(graph[m] & commands) for m in graph
+               if m not in commands and graph[m] & commands}
+  assert offenders == {}
+
+
+def test_importing_the_package_changes_nothing():
+  """`import wsdjax` and its rooms leave the environment as it was (no JAX_PLATFORMS)."""
+  import subprocess
+  import sys
+  rooms = ", ".join(f"wsdjax.{r}" for r in sorted(ROOMS))
+  code = ("import os; before = dict(os.environ); import wsdjax, " + rooms
+          + "; import wsdjax.training.trainer; print(before == dict(os.environ))")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env=env, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def _named_paths(text: str) -> set[str]:
+  """Repository paths a text names: wsdjax/..., configs/..., docs/..., tests/..., launch/..."""
+  import re
+  found = re.findall(r"(?<![\w./-])((?:wsdjax|configs|docs|tests|launch|notebooks)/"
+                     r"[\w/.-]*\w\.(?:py|md|ipynb|sh))", text)
+  return {p for p in found if "X." not in p and "_X" not in p}  # configs/X.py: a placeholder
+
+
+def test_no_text_names_a_file_that_does_not_exist():
+  """Docstrings, comments and docs point at files that are there."""
+  sources = [p for p in _modules().values()]
+  sources += [os.path.join(REPO, "README.md"), os.path.join(REPO, "Makefile")]
+  for folder in ("docs", "configs", "launch"):
+    sources += [os.path.join(REPO, folder, f) for f in os.listdir(os.path.join(REPO, folder))
+                if f.endswith((".md", ".py", ".sh"))]
+  missing = []
+  for path in sources:
+    with open(path) as f:
+      text = f.read()
+    missing += [f"{os.path.relpath(path, REPO)}: {p}" for p in sorted(_named_paths(text))
+                if not os.path.exists(os.path.join(REPO, p))]
+  assert missing == []
+  assert _named_paths("see wsdjax/nowhere.py and `configs/tiny.py`.") == {
+      "wsdjax/nowhere.py", "configs/tiny.py"}

@@ -256,10 +256,10 @@ def test_cpu_sizes_are_the_tested_ones():
 
 
 def test_quickstart_trains_wsd_beside_wsd_s_on_accelerators(monkeypatch):
-  """The comparison cell, run with wsdjax.compare.compare stubbed: a valid compare config
+  """The comparison cell, run with wsdjax.analysis.compare.compare stubbed: a valid compare config
   that trains only WSD, beside the WSD-S run."""
   import IPython.display
-  from wsdjax import compare
+  from wsdjax.analysis import compare
   calls = []
 
   def fake_compare(cfg, workdir, only):

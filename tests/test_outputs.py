@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import REPO, subprocess_env
-from wsdjax import sample
+from wsdjax.analysis import sampling as sample
 from wsdjax.runtime import outputs
 from wsdjax.runtime.errors import ConfigError
 

@@ -10,7 +10,8 @@ import pytest
 
 import river_valley as river_valley_config
 from conftest import REPO, subprocess_env
-from wsdjax import compare, config as config_lib, river_valley
+from wsdjax import config as config_lib
+from wsdjax.analysis import compare, river_valley
 
 
 def fake_run(workdir, forks=((20, 2.84, 2.54), (60, 2.51, 2.42), (100, 2.47, 2.41))):

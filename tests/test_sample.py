@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from wsdjax.model import transformer as model_lib
-from wsdjax import sample
+from wsdjax.analysis import sampling as sample
 from wsdjax.runtime.errors import ConfigError
 
 CFG = model_lib.ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,

@@ -60,7 +60,7 @@ def test_fit_cli_on_a_run_with_four_budgets(tmp_path):
 
 
 def test_compare_fit_report_fits_each_strategy_with_enough_budgets(tiny_config):
-  from wsdjax import compare
+  from wsdjax.analysis import compare
   from wsdjax.model import transformer as model
   per_token = model.flops_per_token(tiny_config.model)
   tokens = [1000 * 2 ** i for i in range(4)]

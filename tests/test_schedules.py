@@ -14,7 +14,6 @@ import numpy.testing as npt
 import optax
 import pytest
 
-from wsdjax import lr as lr_cli
 from wsdjax.schedule import builders as sch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -402,18 +401,23 @@ def test_checkpoint_steps_from_config(fields, steps):
 
 
 # ---- command line ----
-# ml_collections loads config files with the deprecated importlib load_module().
-CONFIG_LOAD_WARNING = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 TINY = ["lr", "--config", os.path.join(REPO, "configs", "tiny.py"),
         "--config.schedule.name=wsd_s", "--config.schedule.budgets=(40,80)",
         "--config.schedule.warmup_steps=5", "--config.schedule.decay_fraction=0.1"]
 
 
-@CONFIG_LOAD_WARNING
-def test_cli_prints_table_and_writes_png(tmp_path, capsys):
+def lr_cli(*args) -> subprocess.CompletedProcess:
+  """`python -m wsdjax.lr` on the tiny config with `TINY`'s schedule and `args`."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "wsdjax.lr", *TINY[1:], *args],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+
+
+def test_cli_prints_table_and_writes_png(tmp_path):
   png = tmp_path / "lr.png"
-  assert lr_cli.main(TINY + ["--plot", str(png)]) == 0
-  out = capsys.readouterr().out
+  proc = lr_cli("--plot", str(png))
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   lines = out.splitlines()
   assert lines[0].split() == ["phase", "start", "end", "lr_start", "lr_end", "shape"]
@@ -422,23 +426,20 @@ def test_cli_prints_table_and_writes_png(tmp_path, capsys):
   assert "decayed checkpoints at steps: 40, 84" in out
 
 
-@CONFIG_LOAD_WARNING
 @pytest.mark.parametrize("flag,field", [
     ("--config.schedule.peak_lr=-1", "schedule.peak_lr"),
     ("--config.schedule.decay_shape=step", "schedule.decay_shape"),
-    ("--steps=0", "steps"),
+    ("--steps=0", "--steps"),
 ])
-def test_cli_bad_value_is_one_line_exit_2(flag, field, capsys):
-  assert lr_cli.main(TINY + [flag]) == 2
-  err = capsys.readouterr().err
+def test_cli_bad_value_is_one_line_exit_2(flag, field):
+  proc = lr_cli(flag)
+  assert proc.returncode == 2, proc.stderr
+  err = proc.stderr
   assert err.startswith(f"wsdjax: {field}: ") and err.count("\n") == 1 and "; " in err, err
 
 
 def test_cli_module_exits_2_without_traceback():
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "wsdjax.lr", *TINY[1:],
-                         "--config.schedule.warmup_steps=50"], capture_output=True, text=True,
-                        cwd=REPO, env=env, timeout=60)
+  proc = lr_cli("--config.schedule.warmup_steps=50")
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.startswith("wsdjax: schedule.warmup_steps: ")
   assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

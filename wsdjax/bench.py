@@ -56,7 +56,6 @@ from ml_collections import config_flags
 from wsdjax.runtime import cli
 
 from wsdjax.runtime import outputs
-from wsdjax.runtime import hugepages
 
 _CONFIG = _STEPS = _WARMUP = _SAVES = _JSON = _WORKDIR = _PROFILE = _MODE = _STORE = None
 
@@ -522,6 +521,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/runtime/hugepages.py)
   define_flags()
   cli.run(main)

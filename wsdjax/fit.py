@@ -19,9 +19,8 @@ def main(argv):
   cli.run_workdir(argv, _WORKDIR.value)
   if _PREDICT.value is not None and not _PREDICT.value > 0:
     cli.fail(f"--predict_flops: must be > 0, got {_PREDICT.value}; e.g. --predict_flops 1e18")
-  from wsdjax import branches
-  from wsdjax.analysis import scaling
-  compute, loss = scaling.run_points(branches.load_entries(_WORKDIR.value))
+  from wsdjax.analysis import scaling, tree_listing
+  compute, loss = scaling.run_points(tree_listing.load_entries(_WORKDIR.value))
   print(scaling.report("run", compute, loss, _PREDICT.value))
 
 

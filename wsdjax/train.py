@@ -8,7 +8,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from wsdjax.runtime import cli
-from wsdjax.runtime import hugepages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -33,7 +32,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hugepages.reexec()  # before jax allocates anything (see wsdjax/runtime/hugepages.py)
   from wsdjax.runtime import distributed
   try:
     cli.run(main)

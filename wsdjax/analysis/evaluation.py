@@ -31,7 +31,7 @@ from wsdjax import data as data_lib
 from wsdjax.training import ema
 from wsdjax.training import metrics as metrics_lib
 from wsdjax.model import transformer as model_lib
-from wsdjax import sample
+from wsdjax.analysis import sampling
 from wsdjax.runtime import sharding
 from wsdjax.data import packing, sources
 from wsdjax.runtime.errors import ConfigError
@@ -177,7 +177,7 @@ def evaluate_states(workdir, data_overrides: dict | None = None, branch: str | N
   check_same_tokens(run_cfg, cfg)
   refs = select_states(workdir, branch, step)
   if whole_file(cfg, data_overrides):  # the run's tokenizer only: no split to make
-    tok = sample.load_tokenizer(workdir, cfg)
+    tok = sampling.load_tokenizer(workdir, cfg)
     local, line = whole_file_batches(cfg, tok)
   else:
     pipeline = data_lib.build_pipeline(cfg, workdir=str(workdir))

@@ -17,10 +17,10 @@ COMPRESSIONS = ("zstd", "none")
 def resolve_compression(setting: str, backend: str) -> str:
   """`checkpoint.compression` as written: 'auto' is 'none' on the CPU backend, else 'zstd'.
 
-  On the CPU backend the write shares its cores with the train step, and zstd (level 1)
-  spends ~0.18 CPU-s per 100 MB to shrink a trained float32 state by only ~10%.
-  Accelerator hosts have idle cores for it, and the bytes it saves matter more on network
-  storage (docs/performance.md).
+  On the CPU backend the write shares its cores with the train step, and zstd costs more
+  CPU time there than the few bytes it saves on a trained float32 state are worth;
+  accelerator hosts have idle cores for it, and the bytes matter more on network storage
+  (measured in docs/performance.md).
   """
   if setting == "auto":
     return "none" if backend == "cpu" else "zstd"

@@ -164,7 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.merge_every = 0
   c.schedule.merge_weights = "uniform"
 
-  # ---- checkpoints (wsdjax/checkpoint.py) ----
+  # ---- checkpoints (wsdjax/checkpoint/) ----
   c.checkpoint = ml_collections.ConfigDict()
   # Save the main branch every this many steps (fork points and decayed states always).
   c.checkpoint.every = 100
@@ -173,8 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Write checkpoints in the background while training goes on.
   c.checkpoint.async_save = True
   # How the state's arrays are stored (Orbax's zarr chunks): 'zstd' (level 1), 'none'
-  # (raw), or 'auto': 'none' on the CPU backend (there zstd's ~0.18 CPU-s per 100 MB come
-  # out of the step, for a trained float32 state only ~10% smaller), else 'zstd'.
+  # (raw), or 'auto': 'none' on the CPU backend (there zstd's CPU time comes out of the
+  # step, for a trained float32 state only a little smaller; docs/performance.md), else 'zstd'.
   # Restores read either.
   c.checkpoint.compression = "auto"
   # Record a SHA-256 of every file of a save when it completes and check it before a

@@ -11,7 +11,7 @@ positions 0..index+i (causal); then index += t.
 Context longer than seq_len: the cache slides. When it is full, the context is cut to its
 last seq_len // 2 tokens and prefilled again (one full window per seq_len // 2 new tokens),
 positions restarting at 0 as in training rows. Up to seq_len tokens of prompt plus output,
-the tokens equal those of the window path `wsdjax.sample.generate` (same seed); past it they
+the tokens equal those of the window path `wsdjax.analysis.sampling.generate` (same seed); past it they
 differ, that path sliding by one token each step (a full window per token).
 """
 

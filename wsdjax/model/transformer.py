@@ -139,7 +139,7 @@ class ModelConfig:
     def check(ok: bool, field: str, problem: str):
       if not ok:
         raise ConfigError(f"model.{field}", problem,
-                          "see wsdjax/config.py:base_config for the field's meaning")
+                          "see wsdjax/config/fields.py:base_config for the field's meaning")
 
     for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                  "seq_len"):

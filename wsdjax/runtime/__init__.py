@@ -1,3 +1,5 @@
-"""What concerns the process rather than the model: starting and stopping a multi-process
-job (`distributed`), XLA:CPU's huge pages and the CLIs' restart for them (`hugepages`),
-and the fault injection the resume tests drive (`faults`)."""
+"""What concerns the process and the machine rather than the model: the commands' shared
+plumbing and its one table of errors (`cli`, `errors`), the mesh and its sharding rules
+(`sharding`), starting and stopping a multi-process job (`distributed`, `signals`), the
+fault injection the resume tests drive (`faults`), files and command outputs (`files`,
+`outputs`), glibc's huge pages (`hugepages`) and Cloud TPU slices (`tpu/`)."""

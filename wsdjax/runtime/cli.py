@@ -11,6 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from wsdjax.runtime import errors
+from wsdjax.runtime.tpu import host
 from wsdjax.runtime.errors import EXIT_BAD_INPUT, EXIT_FAULT  # noqa: F401 - the commands' codes
 
 flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
@@ -104,7 +105,7 @@ HELP_FLAGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
 
 def command_help(doc: str | None, own_flags, debug: bool = True) -> str:
   """A command's --help: its docstring, then its own flags (not the config's fields, which
-  are `--config.<section>.<field>=value`, listed in wsdjax/config.py)."""
+  are `--config.<section>.<field>=value`, listed in wsdjax/config/fields.py)."""
   lines = [(doc or "").strip(), "", "flags:"]
   has_config = False
   for flag in sorted(own_flags, key=lambda f: f.name):
@@ -116,7 +117,7 @@ def command_help(doc: str | None, own_flags, debug: bool = True) -> str:
     lines.append(f"  --{flag.name}: {' '.join(str(flag.help).split())}{default}")
   if has_config:
     lines.append("  --config.<section>.<field>=value: set a config field (every field and its "
-                 "meaning: wsdjax/config.py base_config)")
+                 "meaning: wsdjax/config/fields.py base_config)")
   if debug:
     lines.append("  --debug: show full tracebacks instead of one-line errors")
   return "\n".join(lines)
@@ -183,11 +184,34 @@ def _flag_problem(message: str) -> str:
                if name.startswith("--config.") else None)
     example = f", e.g. {name}={default!r}" if default is not None else ""
     return f"{name}: missing its value; pass {name}=VALUE{example}"
-  unknown = re.match(r"Unknown command line flag '([\w-]+)'", message)
+  unknown = re.match(r"Unknown command line flag '([\w.-]+)'", message)
+  if unknown and unknown.group(1).startswith("config."):
+    problem = _unknown_field(unknown.group(1)[len("config."):])
+    if problem:
+      return problem
   if unknown:
     return (f"--{unknown.group(1)}: unknown flag; see --help (config fields are set as "
             "--config.<section>.<field>=value)")
   return message
+
+
+def known_overrides(argv: Sequence[str], base) -> list[str]:
+  """`argv` without its `--config.<field>=...` overrides that name no field of the
+  ConfigDict `base`: the command line a `config_flags.DEFINE_config_dict` flag may read
+  (it raises as it is defined on an unknown field). absl then reports each dropped one as
+  an unknown flag, which `parse_flags` shows as one line naming the known fields."""
+  from ml_collections import ConfigDict
+
+  def known(field: str) -> bool:
+    node = base
+    for part in field.split("."):
+      if not isinstance(node, ConfigDict) or part not in node:
+        return False
+      node = node[part]
+    return True
+
+  return [a for a in argv if not a.startswith("--config.")
+          or known(a[len("--config."):].split("=", 1)[0])]
 
 
 def _default_of(field: str):
@@ -254,6 +278,7 @@ def run(main: Callable[[list[str]], None]) -> None:
   """app.run(main) where the library's errors become one line and an exit code
   (`runtime.errors`: the one table), and `Stop` a line on stdout and exit 0."""
   def guarded(argv):
+    host.cpu_only_without_tpu()  # before jax starts a backend: libtpu quiet on CPU hosts
     if not flags.FLAGS.debug:
       absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
       absl_logging.get_absl_handler().addFilter(_drop_orbax_errors)

@@ -1,18 +1,13 @@
-"""Transparent huge pages for glibc malloc, for the command-line programs.
+"""Transparent huge pages for glibc malloc, where the environment is made.
 
-XLA:CPU allocates a step's temporary buffers with malloc (about 1.2 GB for
-`configs/small.py`); glibc serves such large blocks with fresh mmaps, so every step faults
-them in again 4 KiB at a time: about 300,000 page faults and 1.1 CPU-s of kernel time per
-step on a 2-core Zen 3. With glibc's tunable `glibc.malloc.hugetlb=1`, malloc asks the
-kernel for transparent huge pages (madvise) and the same step takes about 1,000 faults and
-0.2 CPU-s of kernel time: 3.65 s -> 3.03 s a step (docs/performance.md).
-
-glibc reads tunables only when a process starts, so `reexec` restarts the program once
-with the tunable added to GLIBC_TUNABLES (same pid, arguments and environment otherwise).
-It does so only on Linux with glibc when the kernel's THP mode is `madvise` (with `always`
-every large mapping gets huge pages anyway; with `never` nothing would change), and never
-when GLIBC_TUNABLES already sets it or WSDJAX_HUGEPAGES=0. Standard library only: it runs
-before jax is imported.
+XLA:CPU mallocs a step's temporaries afresh every step; with glibc's tunable
+`glibc.malloc.hugetlb=1` malloc asks for transparent huge pages and a CPU step is faster
+(measured in docs/performance.md, item 4). glibc reads tunables only when a process
+starts, so the tunable is set by whoever starts the process: the Makefile (`make run`,
+`make test`), the launchers (`launch/local.py` through `environment`, `launch/tpu_vm.py`),
+or the user (README "Performance"). It helps only on Linux with glibc when the kernel's
+THP mode is `madvise` (`wanted`); WSDJAX_HUGEPAGES=0 or a GLIBC_TUNABLES that already sets
+it leaves the environment as it is. Standard library only.
 """
 
 from __future__ import annotations
@@ -50,20 +45,10 @@ def tunables_with_hugepages(current: str | None) -> str:
   return ":".join(t for t in ((current or ""), f"{TUNABLE}=1") if t)
 
 
-def reexec() -> None:
-  """Restart this program (`python -m wsdjax.<cli> ...`) with huge pages, if `wanted`.
-
-  Call it first thing in a CLI's `__main__` block; it does not return when it restarts.
-  """
-  if not wanted():
-    return
-  env = dict(os.environ, GLIBC_TUNABLES=tunables_with_hugepages(os.environ.get("GLIBC_TUNABLES")))
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, list(sys.orig_argv), env)
-
-
-if __name__ == "__main__":
-  # `python -m wsdjax.runtime.hugepages`: restart as the CLIs do and print the tunables in effect.
-  reexec()
-  print(os.environ.get("GLIBC_TUNABLES", ""))
+def environment(environ=os.environ) -> dict:
+  """`environ` with `glibc.malloc.hugetlb=1` added to GLIBC_TUNABLES where it helps
+  (`wanted`): the environment the launchers give the processes they start."""
+  env = dict(environ)
+  if wanted(env):
+    env["GLIBC_TUNABLES"] = tunables_with_hugepages(env.get("GLIBC_TUNABLES"))
+  return env

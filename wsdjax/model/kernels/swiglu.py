@@ -3,13 +3,13 @@
     silu(a) = a s,  s = sigmoid(a)
     dh/da   = g u s (1 + a (1 - s)),   dh/du = g silu(a)     (g: the gradient of h)
 
-XLA's autodiff computes du and da in two passes over the [B, T, F] arrays: 8 GB a layer,
-forward and backward, at GPT-2 small's batch (docs/performance.md). `model.swiglu_impl`:
+XLA's autodiff computes du and da in two passes over the [B, T, F] arrays (their size and
+the speed-ups below: docs/performance.md). `model.swiglu_impl`:
 - 'xla': autodiff.
 - 'vjp': a custom vjp that computes both gradients from one float32 expression, rounded
   once (XLA still fuses it as it likes: on an H100 as fast as 'xla').
 - 'pallas': that vjp with its backward as one Pallas kernel that reads g, a, u and writes
-  da, du once: 1.6% faster steps for GPT-2 small on an H100. Under a device mesh it runs
+  da, du once: faster steps for GPT-2 small on an H100. Under a device mesh it runs
   per shard (`jax.shard_map` over the hidden activations' logical sharding); where those
   axes don't divide the arrays evenly, or F allows only blocks under 128 columns on a GPU,
   the backward is the 'vjp' expression instead. Off the GPU it runs interpreted (slow:

@@ -2,8 +2,9 @@
 
 With libtpu installed (`pip install -e '.[tpu]'`, which `make test` does to compile TPU
 programs), jax tries the TPU backend first and, on a host without TPU chips, prints
-libtpu's warnings before it falls back to the CPU. `import wsdjax` calls
-`cpu_only_without_tpu()` first, so a run on a laptop or CI machine prints nothing extra.
+libtpu's warnings before it falls back to the CPU. Every command calls
+`cpu_only_without_tpu()` as it starts (`runtime.cli.run`), and so does the test suite
+(tests/conftest.py), so a run on a laptop or CI machine prints nothing extra.
 """
 
 from __future__ import annotations
