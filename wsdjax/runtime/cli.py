@@ -140,6 +140,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     return flags.FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    fail(_unknown_flag_problem(e.flagname))
   except flags.Error as e:
     fail(_flag_problem(str(e) or type(e).__name__))
   except SystemExit as e:  # a config file that calls sys.exit
@@ -184,15 +186,15 @@ def _flag_problem(message: str) -> str:
                if name.startswith("--config.") else None)
     example = f", e.g. {name}={default!r}" if default is not None else ""
     return f"{name}: missing its value; pass {name}=VALUE{example}"
-  unknown = re.match(r"Unknown command line flag '([\w.-]+)'", message)
-  if unknown and unknown.group(1).startswith("config."):
-    problem = _unknown_field(unknown.group(1)[len("config."):])
-    if problem:
-      return problem
-  if unknown:
-    return (f"--{unknown.group(1)}: unknown flag; see --help (config fields are set as "
-            "--config.<section>.<field>=value)")
   return message
+
+
+def _unknown_flag_problem(name: str) -> str:
+  """The line for a flag absl does not know: a config field's did-you-mean, or --help."""
+  if name.startswith("config.") and (problem := _unknown_field(name[len("config."):])):
+    return problem
+  return (f"--{name}: unknown flag; see --help (config fields are set as "
+          "--config.<section>.<field>=value)")
 
 
 def known_overrides(argv: Sequence[str], base) -> list[str]:
