@@ -178,7 +178,8 @@ def _run(trainer, steps, warmup, saves, profile_dir, peak_flops) -> dict:
   res.update(_step_times(loop, steps, peak))
   if saves:
     res.update(_checkpoint_stall(loop, saves, res["step_s_median"]))
-    res.update(_integrity_costs(trainer, loop.seg.branch, loop.step))
+    res.update(_integrity_costs(trainer.tree, trainer.steps.abstract, loop.seg.branch,
+                                loop.step))
   res.update(_fork(loop))
   if profile_dir:
     res.update(_profile(loop, profile_dir))
@@ -319,17 +320,16 @@ def _standard_error(xs: list[float]) -> float | None:
   return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) >= 2 else None
 
 
-def _integrity_costs(trainer, branch: str, step: int) -> dict:
+def _integrity_costs(tree, abstract, branch: str, step: int) -> dict:
   """Seconds to checksum the newest save's files (what the tree does in the background
   when a save completes), to check them (before each restore), and to restore it."""
-  tree = trainer.tree
   ref = StateRef(branch, max(s for s in tree.steps(branch) if s <= step))
   top, t0 = tree.path(ref), time.perf_counter()
   integrity.record(tree.root, ref, top)
   t1 = time.perf_counter()
   assert tree.damage(ref) is None
   t2 = time.perf_counter()
-  jax.block_until_ready(tree.restore(ref, trainer.steps.abstract)[0])
+  jax.block_until_ready(tree.restore(ref, abstract)[0])
   t3 = time.perf_counter()
   return dict(ckpt_bytes=sum((top / rel).stat().length for rel in integrity.files_of(top)),
               ckpt_checksum_s=t1 - t0, ckpt_verify_s=t2 - t1, ckpt_restore_s=t3 - t2)
