@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, one_device_mesh, subprocess_env
 
-from wsdjax import bench
+from wsdjax.training import benchmark as bench
 
 
 def test_bench_runs_tiny_and_reports_everything(tiny_config, tmp_path):

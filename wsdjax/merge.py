@@ -18,26 +18,10 @@ _WEIGHTS = flags.DEFINE_string("weights", "uniform", "uniform | linear | cosine 
                                "exponential (exp).")
 
 
-def merge(workdir: str, at: int, window: int, weights: str = "uniform") -> dict:
-  """Average main's saves in (at - window, at] into branch merge-<at>; its entry."""
-  from wsdjax import config as config_lib
-  from wsdjax.training import merges as merging
-  from wsdjax.schedule import plan as plan_lib
-  from wsdjax.training import trainer as trainer_lib
-  from wsdjax.schedule.plan import MAIN, StateRef
-  cfg = config_lib.load_run_config(workdir)
-  config_lib.validate(cfg, None)
-  with trainer_lib.Trainer(cfg, workdir) as trainer:  # holds the workdir's writer lock
-    sources = merging.sources_of(trainer.tree.steps(MAIN), at, window)
-    ref = StateRef(plan_lib.merge_branch_name(at), at)
-    if trainer.tree.steps(ref.branch):
-      raise config_lib.ConfigError("--at", f"branch {ref.branch} already exists in {workdir}",
-                                   "merge at another step")
-    return merging.average_into_tree(trainer, at, sources, window, weights)
-
-
 def main(argv):
+  """Check the flags, merge (`training.branching.merge`), print the merge's line."""
   from wsdjax.schedule.builders import MERGE_WEIGHTS
+  from wsdjax.training import branching
   cli.run_workdir(argv, _WORKDIR.value)
   if _AT.value is None or _AT.value <= 0:
     cli.fail(f"--at: must be a saved main step, got {_AT.value}; e.g. --at 300")
@@ -48,7 +32,7 @@ def main(argv):
   if weights not in MERGE_WEIGHTS:
     cli.fail(f"--weights: unknown weights {_WEIGHTS.value!r}; use one of "
              f"{', '.join(MERGE_WEIGHTS)} (or exp)")
-  entry = merge(_WORKDIR.value, _AT.value, _WINDOW.value, weights)
+  entry = branching.merge(_WORKDIR.value, _AT.value, _WINDOW.value, weights)
   parts = ", ".join(f"main@{s} x {w:.3f}" for s, w in zip(entry["sources"], entry["weights"]))
   print(f"{entry['branch']}: {weights} average of {parts}; eval loss "
         f"{entry['eval_loss']:.4f} (no training FLOPs)")

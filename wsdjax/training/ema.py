@@ -17,6 +17,8 @@ import re
 import jax
 import jax.numpy as jnp
 
+from wsdjax.training import hooks
+
 PREFIX = "ema-"
 
 
@@ -64,6 +66,16 @@ def problem(decays) -> str | None:
 def entry_losses(decays, shadows, eval_loss) -> dict[str, float]:
   """{`ema-<d>`: eval loss of that shadow} for a state's shadows; `eval_loss(params)`."""
   return {name(d): eval_loss(shadow) for d, shadow in zip(decays, shadows)}
+
+
+def end_hook(decays):
+  """An "end" hook (`hooks`): the eval losses of the end state's shadows, in its metric
+  row as `eval_loss_ema-<d>` and in its manifest entry as `ema_eval_loss`."""
+  def evaluate_shadows(ctx: hooks.Context) -> hooks.Evaluation:
+    shadows = entry_losses(decays, ctx.live.state.ema, ctx.eval_loss)
+    return hooks.Evaluation(metrics={f"eval_loss_{k}": v for k, v in shadows.items()},
+                            entry={"ema_eval_loss": shadows} if shadows else {})
+  return evaluate_shadows
 
 
 def shadow_entries(manifest: list[dict]) -> list[dict]:

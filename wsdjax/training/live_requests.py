@@ -24,6 +24,7 @@ from wsdjax.runtime import files
 
 from wsdjax.schedule import plan as plan_lib
 from wsdjax.runtime import distributed
+from wsdjax.training import hooks
 
 REQUESTS = "requests"
 
@@ -145,28 +146,37 @@ def finish(workdir, request: Request) -> None:
     src.unlink()
 
 
-def serve(trainer, seg, done: int, run_steps: int, current, pending) -> None:
-  """Fork a decay branch now for each new request, from the main state `current` at step
-  `done` of the `trainer` (a `wsdjax.training.trainer.Trainer`, whose main loop calls this)."""
-  new = poll(trainer.workdir, every_step=jax.process_count() == 1, step=done,
-             log_every=trainer.cfg.train.log_every)
+def step_hook(workdir, schedule_cfg, log_every: int):
+  """A "step" hook (`hooks`) serving the requests of `workdir` on the planned main branch
+  (`serve`); `schedule_cfg`: the run's `cfg.schedule`, `log_every`: `cfg.train.log_every`."""
+  def serve_requests(ctx: hooks.Context) -> None:
+    if ctx.branch == plan_lib.MAIN and not ctx.extra:
+      serve(ctx, workdir, schedule_cfg, log_every)
+  return serve_requests
+
+
+def serve(ctx: hooks.Context, workdir, schedule_cfg, log_every: int) -> None:
+  """Fork a decay branch now for each new request of `workdir`, from the main state
+  `ctx.live` at step `ctx.step` (saved there as a fork point first)."""
+  seg, done = ctx.seg, ctx.step
+  new = poll(workdir, every_step=jax.process_count() == 1, step=done, log_every=log_every)
   for request in new:
-    trainer.check_finite(pending)
+    ctx.check_finite()
     request = dataclasses.replace(request, fork_step=done, decay_steps=(
-        request.decay_steps or default_decay_steps(done, trainer.cfg.schedule.decay_fraction)))
+        request.decay_steps or default_decay_steps(done, schedule_cfg.decay_fraction)))
     try:
-      request.segment(trainer.cfg.schedule)
-      if trainer.tree.steps(request.branch):  # e.g. two requests queued for the same fork
+      request.segment(schedule_cfg)
+      if ctx.tree.steps(request.branch):  # e.g. two requests queued for the same fork
         raise ValueError(f"branch {request.branch} already exists (an earlier request "
                          "made it); ask for another --decay-steps")
     except ValueError as e:  # e.g. a fork inside warmup: refuse it, keep training main
-      trainer.writer.print(f"live request {request.id} refused: {e}")
-      refuse(trainer.workdir, request, str(e))
+      ctx.print(f"live request {request.id} refused: {e}")
+      refuse(workdir, request, str(e))
       continue
-    request = accept(trainer.workdir, request, done, trainer.cfg.schedule.decay_fraction)
-    trainer.writer.print(f"live request: forking {request.branch} from main@{done}")
-    trainer.save(seg, done, run_steps, current, float(plan_lib.schedule_of(seg)(done - 1)),
-                 fork_point=True, eval_loss=trainer.eval_loss(current.state.params))
-    trainer.report_saves(wait=True)
-    trainer.run_extra(request.segment(trainer.cfg.schedule), held=current)
-    finish(trainer.workdir, request)
+    request = accept(workdir, request, done, schedule_cfg.decay_fraction)
+    ctx.print(f"live request: forking {request.branch} from main@{done}")
+    ctx.save(float(plan_lib.schedule_of(seg)(done - 1)),
+             fork_point=True, eval_loss=ctx.eval_loss(ctx.live.state.params))
+    ctx.wait_for_saves()
+    ctx.run_branch(request.segment(schedule_cfg))
+    finish(workdir, request)

@@ -1,9 +1,9 @@
 """Merged branches: the weighted average of the main branch's saves in a window, kept in
 the checkpoint tree beside the real decays (a merge costs no training FLOPs).
 
-`average_into_tree(trainer, at, sources, window, weights)` (behind `python -m wsdjax.merge`
-and the plan's merges) averages the main states saved in (at - window, at]
-with `schedules.merge_weights` (uniform = PMA; a decay shape = WSM's weights for that
+`average_into_tree(tree, abstract, eval_loss, at, sources, window, weights)` (behind
+`python -m wsdjax.merge`, and the plan's merges: the "done" hook `planned_hook`) averages
+the main states saved in (at - window, at] with `schedules.merge_weights` (uniform = PMA; a decay shape = WSM's weights for that
 decay), sharded as in training, and saves the result as branch `merge-<at>`: the averaged
 params with main@at's step and optimizer state (so it restores, and resumes, like any
 state), its sources and weights in the manifest entry, and its eval loss on the run's
@@ -19,6 +19,7 @@ from wsdjax import config as config_lib
 from wsdjax.schedule import plan as plan_lib
 from wsdjax.schedule import builders as schedules
 from wsdjax.checkpoint import nearest_steps
+from wsdjax.training import hooks
 from wsdjax.schedule.plan import MAIN, StateRef
 
 
@@ -40,21 +41,22 @@ def sources_of(saved: list[int], at: int, window: int) -> list[int]:
   return sources
 
 
-def average_into_tree(trainer, at: int, sources: list[int], window: int, weights: str) -> dict:
+def average_into_tree(tree, abstract, eval_loss, at: int, sources: list[int], window: int,
+                      weights: str) -> dict:
   """Save the `weights` average of main's saved `sources` (ending at `at`, inside a window
-  of `window` steps) as merge-<at>, with main@at's step and optimizer state; its entry."""
-  tree = trainer.tree
+  of `window` steps) into `tree` as merge-<at>, with main@at's step and optimizer state
+  (restored as `abstract`), evaluated with `eval_loss(params)`; its entry."""
   tree.wait()  # the sources' saves, if still being written
   ref = StateRef(plan_lib.merge_branch_name(at), at)
   coefficients = schedules.merge_weights(weights, [s - (at - window) for s in sources],
                                          window)
   total = last = meta = None
   for step, c in zip(sources, coefficients):  # one source in memory at a time
-    last, meta = tree.restore(StateRef(MAIN, step), trainer.steps.abstract)
+    last, meta = tree.restore(StateRef(MAIN, step), abstract)
     scaled = jax.tree.map(lambda p, c=c: p * jnp.asarray(c, p.dtype), last.params)
     total = scaled if total is None else jax.tree.map(jnp.add, total, scaled)
   merged = last.replace(params=total)
-  loss = trainer.eval_loss(merged.params)
+  loss = eval_loss(merged.params)
   entry = dict(tree.entry(StateRef(MAIN, at)), branch=ref.branch, parent=MAIN,
                fork_step=at, decayed=False, fork_point=False, merged=True,
                sources=sources, weights=coefficients, merge_weights=weights, window=window,
@@ -67,20 +69,30 @@ def average_into_tree(trainer, at: int, sources: list[int], window: int, weights
   return tree.entry(ref)
 
 
-def merge_planned(trainer, at: int) -> dict | None:
-  """The plan's merge at budget `at` (`schedule.merge_window`), once main@at is saved:
-  written if missing, its entry; None when the plan merges nothing at `at`."""
-  sources = trainer.merge_sources.get(at)
+def planned_hook(merge_sources: dict[int, list[int]], window: int, weights: str):
+  """A "done" hook (`hooks`): the plan's merge at the end of a main segment
+  (`merge_planned`); `merge_sources`: `plan.merge_sources(schedule)`."""
+  def merge_at_end(ctx: hooks.Context) -> None:
+    if ctx.branch == MAIN:
+      merge_planned(ctx, merge_sources.get(ctx.step), window, weights)
+  return merge_at_end
+
+
+def merge_planned(ctx: hooks.Context, sources: list[int] | None, window: int,
+                  weights: str) -> dict | None:
+  """The plan's merge at budget `ctx.step` of `sources` (`schedule.merge_window`), once
+  main@at is saved: written if missing, its entry; None when the plan merges nothing."""
+  at = ctx.step
   ref = StateRef(plan_lib.merge_branch_name(at), at)
   if not sources:
     return None
-  if trainer.tree.has(ref):
-    return trainer.tree.entry(ref)
-  trainer.report_saves(wait=True)  # the sources' saves, reported as they complete
-  s = trainer.cfg.schedule
-  entry = average_into_tree(trainer, at, sources, s.merge_window, s.merge_weights)
-  trainer.writer.print(f"merged {ref.branch}: {s.merge_weights} average of main@"
-                       f"{', '.join(map(str, sources))}, eval loss {entry['eval_loss']:.4f}")
+  if ctx.tree.has(ref):
+    return ctx.tree.entry(ref)
+  ctx.wait_for_saves()  # the sources' saves, reported as they complete
+  entry = average_into_tree(ctx.tree, ctx.abstract, ctx.eval_loss, at, sources, window,
+                            weights)
+  ctx.print(f"merged {ref.branch}: {weights} average of main@"
+            f"{', '.join(map(str, sources))}, eval loss {entry['eval_loss']:.4f}")
   return entry
 
 

@@ -1,6 +1,7 @@
 """Where a resumed run stands: `check_run_config` (before a run starts: validate, refuse a
-workdir that holds another run; writes nothing), `resume_ref` (the saved state the plan
-goes on from) and `record_config_changes` (the fields changed on resume, recorded with
+workdir that holds another run; writes nothing), `newest_save_inside` (the one search for
+where a segment resumes), `resume_ref` (the saved state the plan goes on from) and
+`record_config_changes` (the fields changed on resume, recorded with
 that state)."""
 
 from __future__ import annotations
@@ -36,14 +37,21 @@ def check_run_config(cfg, workdir: epath.Path, device_count: int | None = None) 
   return stored.future_changes(old, cfg)
 
 
+def newest_save_inside(tree, seg) -> int | None:
+  """The step a run of segment `seg` resumes at: the newest save of its branch strictly
+  inside it (start < step < end); None when there is none."""
+  inside = [s for s in tree.steps(seg.branch) if seg.start < s < seg.end]
+  return inside[-1] if inside else None
+
+
 def resume_ref(plan, tree) -> ckpt.StateRef | None:
   """The saved state a run of `plan` goes on from: the newest save inside its first
   unfinished segment, else that segment's start state; None for a fresh or finished run."""
   for seg in plan.segments:
     if tree.has(seg.end_ref):
       continue
-    inside = [s for s in tree.steps(seg.branch) if seg.start < s < seg.end]
-    return ckpt.StateRef(seg.branch, inside[-1]) if inside else seg.init_from
+    step = newest_save_inside(tree, seg)
+    return seg.init_from if step is None else ckpt.StateRef(seg.branch, step)
   return None
 
 

@@ -7,6 +7,12 @@ step for the segment's LR schedule ahead of the loop, trains, saves into the che
 tree, evaluates decayed checkpoints and records them in the manifest. A rerun of the same
 command resumes where the plan stopped.
 
+The rest is hooks (`Trainer.add_hook(fn, every=n, when=...)`, `wsdjax.training.hooks`),
+which see a narrow context, never the trainer: after each step's eval and save, the
+report of completed saves and live decay requests (`live_requests.step_hook`); at a
+segment's end state, its EMA shadows' eval losses (`ema.end_hook`); once a main segment's
+end is saved, the plan's merge there (`merges.planned_hook`).
+
 Resume trusts only verified saves (`checkpoint.integrity`). Before the plan runs
 (`check_saves`), every save without a readable integrity record is moved to
 checkpoints/broken/ (kept, never deleted), one line each saying where and what the run
@@ -31,6 +37,7 @@ from wsdjax.checkpoint import lock as ckpt_lock
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
 from wsdjax.training import ema as ema_lib
+from wsdjax.training import hooks as hooks_lib
 from wsdjax.runtime import distributed
 from wsdjax.runtime import faults, signals
 from wsdjax.training import metrics as metrics_lib
@@ -67,6 +74,7 @@ class _SegmentRun:
   run_steps_before: int
   schedule: Any
   tags: dict
+  extra: bool = False  # a decay branch outside the plan
   pending: tuple | None = None
   window: Any = None  # metrics_lib.TrainWindow of the steps since the last log row
   t_window: float = dataclasses.field(default_factory=time.perf_counter)
@@ -118,6 +126,37 @@ class Trainer:
     self._saves_checked = False  # check_saves() has run
     self.started = time.perf_counter()  # for the closing line's wall time
     self.steps_done_here = 0  # steps this process ran (a resumed run: since the resume)
+    self.hooks = hooks_lib.Hooks()
+    # After each step's eval and save: the saves that completed, then live requests.
+    self.add_hook(self._report_completed_saves, every=1)
+    self.add_hook(live_branch.step_hook(self.workdir, cfg.schedule, cfg.train.log_every))
+    self.add_hook(ema_lib.end_hook(cfg.train.ema_decays), when="end")
+    self.add_hook(merging.planned_hook(self.merge_sources, cfg.schedule.merge_window,
+                                       cfg.schedule.merge_weights), when="done")
+
+  def add_hook(self, fn, every: int = 1, when: str = "step") -> None:
+    """Run `fn(context)` in the loop at `when` ("step", "end" or "done") at steps that are
+    multiples of `every` (`wsdjax.training.hooks`); after the hooks added before it."""
+    self.hooks.add(fn, every, when)
+
+  def _context(self, seg: Segment, step: int, run_steps: int | None = None,
+               live: Live | None = None, extra: bool = False,
+               **services) -> hooks_lib.Context:
+    """A hook's view of `seg` at `step`: the services every hook may use, and `services`."""
+    return hooks_lib.Context(
+        step=step, seg=seg, run_steps=run_steps, live=live, extra=extra, tree=self.tree,
+        abstract=self.steps.abstract, eval_loss=self.eval_loss, print=self.writer.print,
+        wait_for_saves=lambda: self.report_saves(wait=True), **services)
+
+  def _step_context(self, run: "_SegmentRun", step: int, live: Live) -> hooks_lib.Context:
+    """A step hook's view of a running segment at `step`: it may save `live` there, and
+    run a decay branch from it."""
+    run_steps = run.run_steps(step)
+    return self._context(
+        run.seg, step, run_steps, live, run.extra,
+        save=lambda lr, **fields: self.save(run.seg, step, run_steps, live, lr, **fields),
+        check_finite=lambda: self.check_finite(run.pending),
+        run_branch=lambda seg: self.run_extra(seg, held=live))
 
   def close(self, failing: bool = False) -> None:
     """Close the checkpoint tree (which waits for pending saves) and the metric writer,
@@ -181,9 +220,9 @@ class Trainer:
   def _start_of(self, index: int, seg: Segment, live: dict[StateRef, Live]) -> tuple[int, Live, bool]:
     """(start step, state, may donate) for segment `index`: a save inside the segment
     (resume), else its start state from memory, from the tree, or a fresh init."""
-    inside = [s for s in self.tree.steps(seg.branch) if seg.start < s < seg.end]
-    if inside:
-      return inside[-1], self._restore(StateRef(seg.branch, inside[-1])), True
+    newest = resume.newest_save_inside(self.tree, seg)
+    if newest is not None:
+      return newest, self._restore(StateRef(seg.branch, newest)), True
     reused = self.plan.input_reused(index)
     if seg.init_from is None:
       return 0, Live(init_state(self.cfg, self.mesh), {"step": 0}), True
@@ -217,6 +256,11 @@ class Trainer:
       self.writer.print(f"saved {what} {entry['branch']}@{entry['step']}{extra}")
     if done and jax.process_count() == 1:
       self.tree.prune(self.cfg.checkpoint.keep, self.protected())
+
+  def _report_completed_saves(self, _ctx: hooks_lib.Context) -> None:
+    """A step hook: a save that completed enters the manifest now (`report_saves`)."""
+    if self.tree.saving:
+      self.report_saves()
 
   def protected(self) -> set[StateRef]:
     """Saves retention keeps besides decayed ones: the plan's start states and the main
@@ -323,14 +367,12 @@ class Trainer:
         self.run_extra(request.segment(self.cfg.schedule))
       live_branch.finish(self.workdir, request)
     for index, seg in enumerate(self.plan.segments):
-      if self.tree.has(seg.end_ref):
-        if seg.branch == MAIN:  # a rerun: a merge the last run did not get to
-          merging.merge_planned(self, seg.end)
+      if self.tree.has(seg.end_ref):  # a rerun: e.g. a merge the last run did not get to
+        self.hooks.run("done", self._context(seg, seg.end))
         continue
       start, held, donate = self._start_of(index, seg, live)
       end_state = self._run_segment(seg, start, held, donate, self.run_steps_before(index))
-      if seg.branch == MAIN:
-        merging.merge_planned(self, seg.end)
+      self.hooks.run("done", self._context(seg, seg.end))
       if any(s.init_from == seg.end_ref for s in self.plan.segments[index + 1:]):
         live[seg.end_ref] = end_state
       for ref in list(live):
@@ -341,9 +383,9 @@ class Trainer:
     """Run a decay branch outside the plan (after the fact, or live) from `seg.init_from`
     (held in memory, or restored); save and evaluate it. Returns its manifest entry."""
     start, donate = seg.start, held is None  # held: main goes on from the same arrays
-    inside = [s for s in self.tree.steps(seg.branch) if seg.start < s < seg.end]
-    if held is None and inside:  # a rerun: go on from the branch's newest save
-      start, held = inside[-1], self._restore(StateRef(seg.branch, inside[-1]))
+    newest = resume.newest_save_inside(self.tree, seg)
+    if held is None and newest is not None:  # a rerun: go on from the branch's newest save
+      start, held = newest, self._restore(StateRef(seg.branch, newest))
     elif held is None:
       held = self._restore(seg.init_from)
     run_steps = self.run_steps_upto(seg.init_from)
@@ -380,7 +422,7 @@ class Trainer:
     overrides = self._overrides(seg)
     run = _SegmentRun(seg, run_steps_before, plan_lib.schedule_of(seg),
                       (tags if extra else {}) | (
-                          {"decay_overrides": dict(overrides)} if overrides else {}))
+                          {"decay_overrides": dict(overrides)} if overrides else {}), extra)
     first = self.steps.train(seg.schedule, donate=donate_first, overrides=overrides)
     rest = first if donate_first else self.steps.train(seg.schedule, donate=True,
                                                        overrides=overrides)
@@ -398,10 +440,7 @@ class Trainer:
         current = Live(state, it.position())
         self._eval_main(seg, done, state)
         self._save_or_stop(run, done, current)
-        if self.tree.saving:  # a save that completed enters the manifest now
-          self.report_saves()
-        if seg.branch == MAIN and not extra:
-          live_branch.serve(self, seg, done, run.run_steps(done), current, run.pending)
+        self.hooks.run("step", self._step_context(run, done, current))
       return self._finish_segment(run, Live(state, it.position()))
     finally:
       it.close()
@@ -463,10 +502,12 @@ class Trainer:
     seg = run.seg
     self.check_finite(run.pending)
     loss = self.eval_loss(end.state.params)
-    shadows = ema_lib.entry_losses(self.cfg.train.ema_decays, end.state.ema, self.eval_loss)
-    self.writer.write(seg.end, {"eval_loss": loss} | {f"eval_loss_{k}": v for k, v in
-                                                      shadows.items()}, branch=seg.branch)
-    tags = run.tags | ({"ema_eval_loss": shadows} if shadows else {})
+    row, tags = {"eval_loss": loss}, dict(run.tags)
+    at_end = self._context(seg, seg.end, run.run_steps(seg.end), end, run.extra,
+                           check_finite=lambda: self.check_finite(run.pending))
+    for found in self.hooks.run("end", at_end):
+      row, tags = row | found.metrics, tags | found.entry
+    self.writer.write(seg.end, row, branch=seg.branch)
     if seg.decayed:
       start_loss = self._start_eval_loss(seg)
       gap = None if start_loss is None else start_loss - loss
