@@ -165,6 +165,43 @@ def test_the_root_holds_only_commands_and_the_rooms():
       {"__init__.py"} | {f"{c}.py" for c in COMMANDS} | ROOMS)
 
 
+def test_every_command_declares_its_flags_one_way_and_runs_through_cli_run():
+  """Flags as module-level `_NAME = flags.DEFINE_...` (or config_flags), `main(argv)`, and
+  `cli.run(main)` under `__main__`: no flag-defining functions, no other entry."""
+  for command in sorted(COMMANDS):
+    path = os.path.join(PACKAGE, f"{command}.py")
+    with open(path) as f:
+      source = f.read()
+    tree = ast.parse(source)
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert "main" in {f.name for f in functions}, command
+    for f in functions:
+      for node in ast.walk(f):
+        assert not (isinstance(node, ast.Attribute) and node.attr.startswith("DEFINE_")), (
+            f"{command}.{f.name} defines a flag")
+    assert "cli.run(main)\n" in source.split('if __name__ == "__main__":')[1], command
+
+
+def test_no_module_outside_training_receives_the_trainer():
+  """Only training/ holds a Trainer: elsewhere no function takes a `trainer` argument and
+  nothing constructs one (commands call one library function)."""
+  found = []
+  for name, path in _modules().items():
+    if name.startswith("wsdjax.training"):
+      continue
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+        if "trainer" in names:
+          found.append(f"{name}: {getattr(node, 'name', 'lambda')}(trainer)")
+      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and node.func.attr == "Trainer"):
+        found.append(f"{name}: constructs a Trainer")
+  assert found == []
+
+
 def test_no_library_module_imports_a_command():
   graph = import_graph()
   commands = {f"wsdjax.{c}" for c in COMMANDS}
