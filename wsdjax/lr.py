@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from wsdjax.runtime.errors import ConfigError
 from wsdjax.schedule import builders as schedules
 
 
@@ -25,14 +26,15 @@ def main(argv: Sequence[str]) -> int:
     return 0
   try:
     cfg, plot_path, steps = _parse(fv, argv)
-    print(schedules.format_phases(schedules.phases_from_config(cfg),
-                                  schedules.checkpoint_steps_from_config(cfg)))
+    from wsdjax.schedule import spec as spec_lib
+    spec = spec_lib.check(cfg)
+    print(schedules.format_phases(spec.build().phases, spec.checkpoint_steps()))
     if plot_path:
       from wsdjax.analysis import plots  # local: matplotlib only for --plot
       with outputs.writing("--plot", plot_path):
         plots.plot_schedule(cfg, plot_path, steps)
       print(f"wrote {plot_path}")
-  except ValueError as e:  # a bad flag, config or schedule field (ScheduleError, ConfigError)
+  except ValueError as e:  # a bad flag, config or schedule field (ConfigError)
     cli.print_error(str(e))
     return cli.EXIT_BAD_INPUT
   except outputs.OutputFault as e:  # the plot's write failed: a full disk
@@ -71,7 +73,7 @@ def _parse(fv, argv: Sequence[str]):
     raise ValueError("config: missing; pass --config configs/<name>.py")
   outputs.check_file("--plot", fv.plot)
   if fv.steps is not None and fv.steps <= 0:
-    raise schedules.ScheduleError("steps", f"must be > 0, got {fv.steps}", "e.g. --steps 1000")
+    raise ConfigError("steps", f"must be > 0, got {fv.steps}", "e.g. --steps 1000")
   return cfg, fv.plot, fv.steps
 
 

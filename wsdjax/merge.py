@@ -37,17 +37,14 @@ def merge(workdir: str, at: int, window: int, weights: str = "uniform") -> dict:
 
 
 def main(argv):
-  from wsdjax.schedule.builders import MERGE_WEIGHTS
+  from wsdjax.schedule import merge_weights
   cli.run_workdir(argv, _WORKDIR.value)
   if _AT.value is None or _AT.value <= 0:
     cli.fail(f"--at: must be a saved main step, got {_AT.value}; e.g. --at 300")
   if _WINDOW.value is None or _WINDOW.value <= 0:
     cli.fail(f"--window: must be a positive number of steps, got {_WINDOW.value}; e.g. "
              "--window 60")
-  weights = "exponential" if _WEIGHTS.value == "exp" else _WEIGHTS.value
-  if weights not in MERGE_WEIGHTS:
-    cli.fail(f"--weights: unknown weights {_WEIGHTS.value!r}; use one of "
-             f"{', '.join(MERGE_WEIGHTS)} (or exp)")
+  weights = merge_weights.resolve(_WEIGHTS.value, "--weights")
   entry = merge(_WORKDIR.value, _AT.value, _WINDOW.value, weights)
   parts = ", ".join(f"main@{s} x {w:.3f}" for s, w in zip(entry["sources"], entry["weights"]))
   print(f"{entry['branch']}: {weights} average of {parts}; eval loss "

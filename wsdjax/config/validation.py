@@ -166,35 +166,10 @@ def _validate_optimizer(o) -> None:
 
 
 def _validate_schedule(s) -> None:
-  from wsdjax.schedule import plan  # local: plan imports schedules, which is heavier than this module
-  from wsdjax.schedule.builders import ScheduleError
-  for field, owned in (("name", "NAMES"), ("warmup_shape", "WARMUP_SHAPES"),
-                       ("decay_shape", "DECAY_SHAPES")):
-    _choice(flatten(s, "schedule."), f"schedule.{field}", _choices_of("schedule.builders", owned))
-  budgets = s.budgets
-  _require(isinstance(budgets, (tuple, list)) and len(budgets) > 0
-           and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets),
-           "schedule.budgets",
-           f"must be a non-empty tuple of positive step counts, got {budgets!r}",
-           "e.g. --config.schedule.budgets='(150,300)'")
-  _require(all(a < b for a, b in zip(budgets, budgets[1:])), "schedule.budgets",
-           f"must be strictly increasing, got {tuple(budgets)}", "sort them and drop repeats")
-  _require(s.peak_lr > 0, "schedule.peak_lr", f"must be > 0, got {s.peak_lr}", "e.g. 3e-3")
-  _require(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio",
-           f"must be in [0, 1], got {s.min_lr_ratio}", "e.g. 0.1")
-  _require(0 < s.decay_fraction <= 1, "schedule.decay_fraction",
-           f"must be in (0, 1], got {s.decay_fraction}", "e.g. 0.1")
-  for f in ("warmup_steps", "decay_steps", "rewarmup_steps"):
-    _positive_int(flatten(s, "schedule."), f"schedule.{f}", allow_zero=True)
-  _require(s.init_lr >= 0, "schedule.init_lr", f"must be >= 0, got {s.init_lr}", "e.g. 0")
-  if s.decay_steps and s.name != "wsd":
-    raise ConfigError("schedule.decay_steps", f"only 'wsd' takes a fixed decay length, not "
-                      f"{s.name!r}", "set decay_fraction instead, or decay_steps=0")
-  try:
-    plan.make_plan(s)
-  except ScheduleError as e:  # the planner's and the schedule builders' typed error
-    field = e.arg if e.arg.startswith("schedule.") else f"schedule.{e.arg}"
-    raise ConfigError(field, e.problem, e.fix) from None
+  """The schedule's rules are the schedule room's (`plan.check`): each field, the LR
+  formulas, the merges and the branch plan."""
+  from wsdjax.schedule import plan  # local: plan imports jax, which this module does not
+  plan.check(s)
 
 
 def _validate_mesh_rules(rules) -> None:

@@ -165,7 +165,7 @@ def serve(trainer, seg, done: int, run_steps: int, current, pending) -> None:
       continue
     request = accept(trainer.workdir, request, done, trainer.cfg.schedule.decay_fraction)
     trainer.writer.print(f"live request: forking {request.branch} from main@{done}")
-    trainer.save(seg, done, run_steps, current, float(plan_lib.schedule_of(seg)(done - 1)),
+    trainer.save(seg, done, run_steps, current, float(seg.schedule.build()(done - 1)),
                  fork_point=True, eval_loss=trainer.eval_loss(current.state.params))
     trainer.report_saves(wait=True)
     trainer.run_extra(request.segment(trainer.cfg.schedule), held=current)
