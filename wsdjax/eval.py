@@ -41,7 +41,7 @@ def define_flags(argv) -> None:
     base = config_lib.load_run_config(workdir) if workdir else config_lib.base_config()
   except ConfigError:  # main reports it, once flags are parsed
     base = config_lib.base_config()
-  check_override_names(argv, base)
+  check_override_names(argv)
   _FLAGS.update(
       workdir=flags.DEFINE_string("workdir", None, "Run directory of python -m wsdjax.train."),
       branch=flags.DEFINE_string("branch", None, "Branch to evaluate (default: every "
@@ -53,19 +53,20 @@ def define_flags(argv) -> None:
           "(and --config.mesh.<field>).", lock_config=True))
 
 
-def check_override_names(argv, base) -> None:
-  """A one-line failure for a `--config.X` that is not a data (or mesh) field of `base`
-  (config_flags would raise while defining the flag)."""
+def check_override_names(argv) -> None:
+  """A one-line failure for a `--config.X` that is not a data (or mesh) config field
+  (`config.fields.unknown_field`; config_flags would raise while defining the flag)."""
+  from wsdjax.config import fields
   for arg in argv:
     if not arg.startswith("--config."):
       continue
     field = arg[len("--config."):].split("=", 1)[0]
-    section, _, key = field.partition(".")
+    section = field.split(".", 1)[0]
     if section not in ("data", "mesh"):
       cli.fail(f"--config.{field}: {_ONLY_DATA}")
-    if key not in base[section]:
-      cli.fail(f"--config.{field}: unknown config key {key!r} of {section}; known keys: "
-               f"{', '.join(sorted(base[section]))}")
+    unknown = fields.unknown_field(field)
+    if unknown is not None:
+      cli.fail(f"--config.{unknown}")
 
 
 def overrides_of(workdir, cfg) -> tuple[dict, bool]:

@@ -1,11 +1,16 @@
 """Every config field, its default and its meaning (`base_config()`, which configs/*.py
-start from), and the dotted view of a config (`flatten`, `set_field`)."""
+start from), the dotted view of a config (`flatten`, `set_field`), and the one owner of
+what a dotted name means: its default (`default_of`), or why it names no field, with the
+closest one (`unknown_field`)."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import ml_collections
+
+from wsdjax.runtime.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -235,3 +240,50 @@ def set_field(cfg, field: str, value) -> None:
     node = node[p]
   with node.ignore_type():
     node[leaf] = value
+
+
+def default_of(field: str):
+  """The default of the dotted config `field` (e.g. 'schedule.decay_shape'); None if it
+  names no field."""
+  node = base_config()
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def unknown_field(field: str) -> ConfigError | None:
+  """Why the dotted `field` names no config field, as a ConfigError naming it: a value used
+  as a section, an unknown section (the known ones listed), or an unknown key of a section
+  (its keys listed, and 'did you mean' the closest: a key of the section whose name is
+  close, else a field of another section with the same name); None if it names one."""
+  node, path = base_config(), []
+  for part in field.split("."):
+    where = ".".join(path)
+    if not isinstance(node, ml_collections.ConfigDict):
+      return ConfigError(field, f"{where} is a value, not a section",
+                         f"set it as --config.{where}=...")
+    if part not in node:
+      sections = sorted(k for k, v in node.items() if isinstance(v, ml_collections.ConfigDict))
+      keys = sorted(k for k in node if k not in sections)
+      if not path and part not in keys:
+        return ConfigError(field, f"unknown config section {part!r}", f"known sections: "
+                           f"{', '.join(sections)} (and top-level keys {', '.join(keys)})")
+      close = _closest(part, where, node)
+      hint = f"did you mean {close}? " if close else ""
+      return ConfigError(field, f"unknown config key {part!r} of {where}",
+                         f"{hint}known keys: {', '.join(sorted(node))}")
+    node = node[part]
+    path.append(part)
+  return None
+
+
+def _closest(key: str, section: str, node) -> str | None:
+  """The dotted field `key` of `section` was likely meant as: a key of the section whose name
+  is close to it, else a field of another section named `key`."""
+  close = difflib.get_close_matches(key, list(node), n=1, cutoff=0.6)
+  if close:
+    return f"{section}.{close[0]}"
+  same = [f for f in flatten(base_config()) if f.rsplit(".", 1)[-1] == key]
+  return same[0] if same else None

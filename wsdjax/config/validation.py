@@ -4,10 +4,10 @@ compilation or write; the first problem raises `ConfigError`, whose text is one 
 
 from __future__ import annotations
 
-import difflib
 import math
 
-from wsdjax.config.fields import DTYPES, SOURCES, TOKENIZERS, base_config, flatten
+from wsdjax.config.fields import (DTYPES, SOURCES, TOKENIZERS, base_config, flatten,
+                                  unknown_field)
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.runtime.errors import require as _require
 
@@ -54,14 +54,14 @@ def validate(cfg, device_count: int | None = None) -> None:
 
 
 def _validate_keys(flat: dict) -> None:
-  """Every key of the config is a known field, and every known field is there."""
+  """Every key of the config is a known field (`fields.unknown_field` says why not), and
+  every known field is there."""
   known = flatten(base_config())
   for field in flat:
     if field not in known:
-      close = difflib.get_close_matches(field, list(known), n=1, cutoff=0.8) or [
-          k for k in known if k.rsplit(".", 1)[-1] == field.rsplit(".", 1)[-1]]
-      _require(False, field, "unknown config key",
-               f"remove it{' (did you mean ' + close[0] + '?)' if close else ''}")
+      raise unknown_field(field) or ConfigError(
+          field, "is a section of the config, not a value",
+          "start configs from wsdjax.config.base_config()")
   for field in known:
     _require(field in flat, field, "missing from the config",
              "start configs from wsdjax.config.base_config()")
