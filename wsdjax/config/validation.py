@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import math
 
-from wsdjax.config.fields import (DTYPES, SOURCES, TOKENIZERS, base_config, flatten,
-                                  unknown_field)
+from wsdjax.config.fields import SOURCES, TOKENIZERS, base_config, flatten, unknown_field
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.runtime.errors import require as _require
 
@@ -27,8 +26,8 @@ def _choice(cfg_flat, field: str, choices) -> None:
 
 
 def _choices_of(module: str, name: str) -> tuple:
-  """The choices of a field, from the module that owns them (e.g. kernels.attention.IMPLS,
-  schedules.DECAY_SHAPES)."""
+  """The choices of a field, from the module that owns them (e.g.
+  checkpoint.COMPRESSIONS)."""
   import importlib  # local: the owners import jax, which this module does not
   return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
 
@@ -41,7 +40,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
            and 0 <= cfg.seed < 2**31, "seed", f"must be an integer in [0, 2**31), got "
            f"{cfg.seed!r}", "e.g. --config.seed=0")
-  _validate_model(cfg.model, flat)
+  _validate_model(cfg.model)
   _validate_data(cfg.data, flat)
   _validate_train(cfg.train, flat)
   _validate_optimizer(cfg.optimizer)
@@ -76,26 +75,9 @@ def _validate_numbers(flat: dict) -> None:
                f"set --config.{field}=<number>")
 
 
-def _validate_model(m, flat: dict) -> None:
-  for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"):
-    _positive_int(flat, f"model.{f}")
-  _require(m.d_model % m.n_heads == 0, "model.d_model",
-           f"{m.d_model} is not divisible by model.n_heads={m.n_heads}",
-           "pick d_model a multiple of n_heads")
-  _require(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads",
-           f"{m.n_kv_heads} does not divide model.n_heads={m.n_heads}",
-           "use a divisor of n_heads (equal for plain multi-head attention)")
-  _require((m.d_model // m.n_heads) % 2 == 0, "model.d_model",
-           f"head dim {m.d_model // m.n_heads} is odd; rotary embeddings need an even head dim",
-           "change d_model or n_heads")
-  _choice(flat, "model.dtype", DTYPES)
-  _choice(flat, "model.remat", _choices_of("model.transformer", "REMAT_POLICIES"))
-  _choice(flat, "model.dense_impl", _choices_of("model.kernels.fast_dense", "IMPLS"))
-  _choice(flat, "model.attention_impl", _choices_of("model.kernels.attention", "IMPLS"))
-  _choice(flat, "model.layer_loop", _choices_of("model.transformer", "LAYER_LOOPS"))
-  _choice(flat, "model.loss_impl", _choices_of("model.kernels.fused_loss", "IMPLS"))
-  _choice(flat, "model.swiglu_impl", _choices_of("model.kernels.swiglu", "IMPLS"))
-  from wsdjax.model import transformer as model_lib  # local: the owner of the rest (it imports jax)
+def _validate_model(m) -> None:
+  """The model's fields are the model's: `ModelConfig` owns their choices and rules."""
+  from wsdjax.model import transformer as model_lib  # local: the owner imports jax
   model_lib.ModelConfig.from_config(m)  # raises ConfigError naming model.<field>
 
 
