@@ -11,6 +11,7 @@ from typing import Sequence
 
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.schedule import builders as schedules
+from wsdjax.schedule import spec as spec_lib
 
 
 def main(argv: Sequence[str]) -> int:
@@ -26,7 +27,6 @@ def main(argv: Sequence[str]) -> int:
     return 0
   try:
     cfg, plot_path, steps = _parse(fv, argv)
-    from wsdjax.schedule import spec as spec_lib
     spec = spec_lib.check(cfg)
     print(schedules.format_phases(spec.build().phases, spec.checkpoint_steps()))
     if plot_path:

@@ -32,7 +32,6 @@ from wsdjax.schedule import spec as spec_lib
 from wsdjax.schedule.spec import ScheduleSpec
 
 MAIN = "main"
-STRATEGIES = schedules.NAMES  # every schedule is a strategy; schedules owns the names
 MERGE_STRATEGIES = ("wsd", "constant")  # those with a constant-LR main branch to merge
 
 
@@ -149,8 +148,8 @@ def make_plan(cfg) -> Plan:
   merge_sources(cfg)  # raises ConfigError naming a bad merge field
   build = {"wsd": _plan_wsd, "wsd_s": _plan_wsd_s, "cyclic_cosine": _plan_cyclic,
            "cosine": _plan_single, "linear": _plan_single, "constant": _plan_constant}
-  return Plan(whole_run.name, tuple(build[whole_run.name](cfg, [int(b) for b in whole_run.budgets],
-                                                          whole_run)))
+  budgets = [int(b) for b in whole_run.budgets]
+  return Plan(whole_run.name, tuple(build[whole_run.name](cfg, budgets, whole_run)))
 
 
 def merge_window(cfg) -> int:
