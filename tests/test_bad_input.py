@@ -389,10 +389,8 @@ def test_one_exit_code_table_for_every_cli():
   traceback)."""
   from wsdjax import checkpoint, config, data
   from wsdjax.runtime import errors as cli
-  from wsdjax.schedule import builders as schedules
   from wsdjax.training import trainer
   assert cli.exit_code(config.ConfigError("f", "p", "x")) == cli.EXIT_BAD_INPUT
-  assert cli.exit_code(schedules.ScheduleError("a", "p", "x")) == cli.EXIT_BAD_INPUT
   assert cli.exit_code(data.DataConfigError("data.source: bad")) == cli.EXIT_BAD_INPUT
   assert cli.exit_code(checkpoint.CheckpointError("no state")) == cli.EXIT_BAD_INPUT
   assert cli.exit_code(checkpoint.SaveError("disk full")) == cli.EXIT_FAULT

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, subprocess_env
 from wsdjax import checkpoint as ckpt
 from wsdjax.training import ema
-from wsdjax.schedule import builders as schedules
+from wsdjax.schedule import merge_weights
 
 
 def cli(*args):
@@ -91,7 +91,7 @@ def test_each_budget_gets_the_weighted_mean_of_mains_window(run):
     sources = [budget - 2, budget]  # (B - 4, B] every 2 steps back from B
     assert entry["sources"] == sources and entry["added_flops"] == 0
     assert entry["merge_weights"] == "linear" and entry["window"] == 4
-    weights = schedules.merge_weights("linear", [s - (budget - 4) for s in sources], 4)
+    weights = merge_weights.weights("linear", [s - (budget - 4) for s in sources], 4)
     np.testing.assert_allclose(entry["weights"], weights)
     assert entry["run_flops"] == listed[("main", budget)]["run_flops"]
     merged = ckpt.restore(str(workdir), branch=f"merge-{budget}")

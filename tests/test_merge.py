@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, subprocess_env
 from wsdjax import checkpoint as ckpt
-from wsdjax.schedule import builders as schedules
+from wsdjax.schedule import merge_weights
 
 
 def cli(*args):
@@ -40,9 +40,9 @@ def run(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("shape", schedules.MERGE_WEIGHTS)
+@pytest.mark.parametrize("shape", merge_weights.NAMES)
 def test_merge_weights_sum_to_one_and_mirror_the_decay(shape):
-  w = schedules.merge_weights(shape, [2, 4, 6, 8], 8)
+  w = merge_weights.weights(shape, [2, 4, 6, 8], 8)
   assert math.isclose(sum(w), 1.0, rel_tol=1e-6) and all(x > 0 for x in w)
   if shape in ("uniform", "linear"):  # equally spaced: a linear decay is the plain mean
     np.testing.assert_allclose(w, [0.25] * 4, rtol=1e-6)
@@ -58,7 +58,7 @@ def test_merge_writes_the_weighted_mean_lists_and_restores_it(run):
   listed = json.loads(cli("wsdjax.branches", "--workdir", str(run), "--json").stdout)
   entry = next(e for e in listed if e["branch"] == "merge-12")
   assert entry["sources"] == [8, 10, 12] and entry["merged"] and entry["added_flops"] == 0
-  weights = schedules.merge_weights("1-sqrt", [2, 4, 6], 6)
+  weights = merge_weights.weights("1-sqrt", [2, 4, 6], 6)
   np.testing.assert_allclose(entry["weights"], weights)
   main12 = next(e for e in listed if (e["branch"], e["step"]) == ("main", 12))
   assert entry["run_flops"] == main12["run_flops"] and math.isfinite(entry["eval_loss"])

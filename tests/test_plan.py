@@ -135,7 +135,7 @@ def test_after_the_fact_branch():
                                                              StateRef(MAIN, 60))
   s = seg.schedule_dict()
   assert s["decay_shape"] == "cosine" and s["min_lr_ratio"] == 0.0 and s["total_steps"] == 75
-  lr = plan_lib.schedule_of(seg)
+  lr = seg.schedule.build()
   assert float(lr(60)) == pytest.approx(cfg.peak_lr)
   assert float(lr(75)) == pytest.approx(0.0, abs=1e-12)
 

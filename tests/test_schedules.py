@@ -14,7 +14,10 @@ import numpy.testing as npt
 import optax
 import pytest
 
+from wsdjax.runtime.errors import ConfigError
 from wsdjax.schedule import builders as sch
+from wsdjax.schedule import spec as spec_lib
+from wsdjax.schedule.spec import ScheduleSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP = 2**31 - 1  # the largest int32 step
@@ -309,7 +312,11 @@ def test_boundary_arguments_are_valid():
   sch.constant(1.0, 0, warmup_shape="exponential")  # no warmup: init_lr = 0 is fine
 
 
-# ---- from_config ----
+# ---- ScheduleSpec: from a config section, built once ----
+def from_config(section_):
+  return ScheduleSpec.from_config(section_).build()
+
+
 BUILT = {
     "wsd": lambda: sch.wsd(3e-3, 600, 30, decay_fraction=0.1, min_lr_ratio=0.1),
     "wsd_s": lambda: sch.wsd_s(3e-3, (150, 300, 600), 30, min_lr_ratio=0.1),
@@ -322,27 +329,27 @@ BUILT = {
 
 @pytest.mark.parametrize("name", sch.NAMES)
 def test_from_config_every_name(name):
-  assert sch.from_config(section(name=name)).phases == BUILT[name]().phases
+  assert from_config(section(name=name)).phases == BUILT[name]().phases
   listed = section(name=name, budgets=[150, 300, 600])  # a list works as well as a tuple
-  assert sch.from_config(listed).phases == BUILT[name]().phases
+  assert from_config(listed).phases == BUILT[name]().phases
 
 
 def test_from_config_base_config_section():
   from wsdjax.config import base_config
   cfg = base_config().schedule
   assert cfg.name == "wsd_s"
-  assert sch.from_config(cfg).phases == sch.wsd_s(
+  assert from_config(cfg).phases == sch.wsd_s(
       cfg.peak_lr, cfg.budgets, cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio).phases
 
 
 def test_from_config_wsd_total_and_decay_steps():
-  fixed = sch.from_config(section(name="wsd", decay_steps=50))
+  fixed = from_config(section(name="wsd", decay_steps=50))
   assert fixed.phases == sch.wsd(3e-3, 600, 30, decay_steps=50, min_lr_ratio=0.1).phases
-  total = sch.from_config(section(name="wsd", total_steps=400, decay_steps=None))
+  total = from_config(section(name="wsd", total_steps=400, decay_steps=None))
   assert total.phases == sch.wsd(3e-3, 400, 30, min_lr_ratio=0.1).phases
   plan_segment = ml_collections.ConfigDict(dict(name="wsd", total_steps=150, decay_steps=15,
                                                 peak_lr=3e-3, warmup_steps=30))
-  assert sch.from_config(plan_segment).phases[-2] == sch.Phase("decay", 135, 150, 3e-3, 0.0)
+  assert from_config(plan_segment).phases[-2] == sch.Phase("decay", 135, 150, 3e-3, 0.0)
 
 
 @pytest.mark.parametrize("fields,field", [
@@ -356,10 +363,25 @@ def test_from_config_wsd_total_and_decay_steps():
     (dict(name="wsd", total_steps=20), "schedule.warmup_steps"),
     (dict(rewarmup_steps=500), "schedule.rewarmup_steps"),
 ])
-def test_from_config_errors_name_the_field(fields, field):
-  with pytest.raises(ValueError) as e:
-    sch.from_config(section(**fields))
+def test_spec_check_errors_name_the_field(fields, field):
+  with pytest.raises(ConfigError) as e:
+    spec_lib.check(section(**fields))
   assert str(e.value).startswith(f"{field}: "), str(e.value)
+
+
+def test_spec_is_built_once_and_keeps_the_manifest_fields():
+  spec = ScheduleSpec.from_config(section(name="wsd", decay_steps=0))
+  assert spec.build() is spec.build() is ScheduleSpec.from_config(section(name="wsd")).build()
+  assert "decay_steps" not in spec.as_dict() and spec.as_dict()["budgets"] == (150, 300, 600)
+  assert list(spec.as_dict()) == sorted(spec.as_dict())
+  assert hash(spec) == hash(spec.replace(budgets=(150, 300, 600)))
+
+
+def test_builders_name_their_argument_and_specs_the_config_field():
+  with pytest.raises(ConfigError, match=r"^peak_lr: "):
+    sch.wsd(peak_lr=-1.0, total_steps=10, warmup_steps=0)
+  with pytest.raises(ConfigError, match=r"^schedule\.peak_lr: "):
+    ScheduleSpec("wsd", peak_lr=-1.0, total_steps=10, warmup_steps=0).build()
 
 
 # ---- phases and checkpoints ----
@@ -378,7 +400,7 @@ def test_phases_tile_the_steps_and_match_the_schedule(name):
 def test_phases_by_name_or_config():
   by_name = sch.phases("wsd_s", peak_lr=3e-3, budgets=(150, 300, 600), warmup_steps=30,
                      min_lr_ratio=0.1)
-  assert by_name == sch.phases(section()) == sch.phases_from_config(section())
+  assert by_name == list(from_config(section()).phases)
   assert [(p.name, p.start, p.end) for p in by_name] == [
       ("warmup", 0, 30), ("stable 1", 30, 135), ("decay 1", 135, 150), ("stable 2", 150, 285),
       ("decay 2", 285, 315), ("stable 3", 315, 585), ("decay 3", 585, 645),
@@ -396,8 +418,8 @@ def test_phases_by_name_or_config():
     (dict(name="linear", budgets=[500]), [500]),
     (dict(name="constant"), []),
 ])
-def test_checkpoint_steps_from_config(fields, steps):
-  assert sch.checkpoint_steps_from_config(section(**fields)) == steps
+def test_checkpoint_steps(fields, steps):
+  assert ScheduleSpec.from_config(section(**fields)).checkpoint_steps() == steps
 
 
 # ---- command line ----

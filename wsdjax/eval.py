@@ -31,7 +31,7 @@ _JSON = flags.DEFINE_string("json", None, "Write the records to this JSON file."
 _CONFIG = config_flags.DEFINE_config_dict(
     "config", config_lib.base_config(), "Overrides of the run's stored config: "
     "--config.data.<field>=value (and --config.mesh.<field>).", lock_config=True,
-    sys_argv=cli.known_overrides(sys.argv, config_lib.base_config()))
+    sys_argv=cli.known_overrides(sys.argv))
 
 
 def overridden_fields(argv) -> list[str]:

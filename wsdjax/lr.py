@@ -25,8 +25,9 @@ def main(argv):
   if _STEPS.value is not None and _STEPS.value <= 0:
     cli.fail(f"--steps: must be > 0, got {_STEPS.value}; e.g. --steps 1000")
   from wsdjax.schedule import builders as schedules
-  print(schedules.format_phases(schedules.phases_from_config(cfg),
-                                schedules.checkpoint_steps_from_config(cfg)))
+  from wsdjax.schedule import spec as spec_lib
+  spec = spec_lib.check(cfg)  # ConfigError naming schedule.<field>: cli.run's one line
+  print(schedules.format_phases(spec.build().phases, spec.checkpoint_steps()))
   if _PLOT.value:
     from wsdjax.analysis import plots  # matplotlib only for --plot
     with outputs.writing("--plot", _PLOT.value):

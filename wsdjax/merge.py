@@ -20,7 +20,7 @@ _WEIGHTS = flags.DEFINE_string("weights", "uniform", "uniform | linear | cosine 
 
 def main(argv):
   """Check the flags, merge (`training.branching.merge`), print the merge's line."""
-  from wsdjax.schedule.builders import MERGE_WEIGHTS
+  from wsdjax.schedule import merge_weights
   from wsdjax.training import branching
   cli.run_workdir(argv, _WORKDIR.value)
   if _AT.value is None or _AT.value <= 0:
@@ -28,10 +28,7 @@ def main(argv):
   if _WINDOW.value is None or _WINDOW.value <= 0:
     cli.fail(f"--window: must be a positive number of steps, got {_WINDOW.value}; e.g. "
              "--window 60")
-  weights = "exponential" if _WEIGHTS.value == "exp" else _WEIGHTS.value
-  if weights not in MERGE_WEIGHTS:
-    cli.fail(f"--weights: unknown weights {_WEIGHTS.value!r}; use one of "
-             f"{', '.join(MERGE_WEIGHTS)} (or exp)")
+  weights = merge_weights.resolve(_WEIGHTS.value, "--weights")
   entry = branching.merge(_WORKDIR.value, _AT.value, _WINDOW.value, weights)
   parts = ", ".join(f"main@{s} x {w:.3f}" for s, w in zip(entry["sources"], entry["weights"]))
   print(f"{entry['branch']}: {weights} average of {parts}; eval loss "

@@ -16,7 +16,7 @@ import numpy as np
 from etils import epath
 
 from wsdjax.schedule import plan as plan_lib
-from wsdjax.schedule import builders as schedules
+from wsdjax.schedule.spec import ScheduleSpec
 
 COLORS = {"wsd": "C0", "wsd_s": "C3", "cyclic_cosine": "C2", "cosine": "C7"}
 
@@ -155,7 +155,7 @@ def draw_plan_lr(ax, plan: plan_lib.Plan, color: str = "C0") -> None:
   branches forked off main dashed (WSD), decayed checkpoints (at their end step) as dots."""
   for seg in plan.segments:
     t = np.arange(seg.start, seg.end)
-    lr = np.asarray(plan_lib.schedule_of(seg)(t.astype(np.int32)))
+    lr = np.asarray(seg.schedule.build()(t.astype(np.int32)))
     forked = seg.decayed and seg.parent == plan_lib.MAIN and plan.strategy == "wsd"
     ax.plot(np.append(t, seg.end), np.append(lr, lr[-1]), drawstyle="steps-post",
             color="C1" if forked else color, ls="--" if forked else "-", lw=1.3)
@@ -230,15 +230,14 @@ def plot_schedule(cfg, path: str, steps: int | None = None) -> None:
   """Draw the LR of `cfg` over [0, steps) to `path`: phases shaded and labelled, decayed
   checkpoints as dotted lines; for 'wsd', earlier budgets' decay branches dashed."""
   plt = _plt()
-  steps = steps or schedules.default_horizon(cfg)
-  schedule = schedules.from_config(cfg)
-  checkpoints = schedules.checkpoint_steps_from_config(cfg)
-  name = schedules.config_kwargs(cfg)[0]
+  spec = ScheduleSpec.from_config(cfg)
+  steps = steps or spec.horizon()
+  schedule, checkpoints, name = spec.build(), spec.checkpoint_steps(), spec.name
   fig, ax = plt.subplots(figsize=(10, 4))
   t, lr = schedule_curve(schedule, 0, steps)
   ax.plot(t, lr, color="C0", lw=1.5)
   if name == "wsd":
-    _draw_wsd_branches(ax, cfg, checkpoints[:-1])
+    _draw_wsd_branches(ax, spec, checkpoints[:-1])
   shade_phases(ax, schedule.phases, steps)
   for c in checkpoints:
     ax.axvline(c, color="k", ls=":", lw=1)
@@ -263,11 +262,10 @@ def shade_phases(ax, phase_list: Sequence, steps: int) -> None:
             ha="center", va="top", fontsize=7, rotation=90 if narrow else 0)
 
 
-def _draw_wsd_branches(ax, cfg, budgets: Sequence[int]) -> None:
+def _draw_wsd_branches(ax, spec: ScheduleSpec, budgets: Sequence[int]) -> None:
   """WSD's decay branch for each of `budgets`, dashed, from its fork to the budget."""
-  _, kwargs = schedules.config_kwargs(cfg)
   for budget in budgets:
-    branch = schedules.wsd(**dict(kwargs, total_steps=budget))
+    branch = spec.replace(total_steps=budget).build()
     fork = branch.phases[-2].start  # phases: ..., decay, floor
     ax.plot(*schedule_curve(branch, fork, budget + 1), color="C1", lw=1.2, ls="--")
 

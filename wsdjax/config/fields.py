@@ -1,11 +1,16 @@
 """Every config field, its default and its meaning (`base_config()`, which configs/*.py
-start from), and the dotted view of a config (`flatten`, `set_field`)."""
+start from), the dotted view of a config (`flatten`, `set_field`), and the one owner of
+what a dotted name means: its default (`default_of`), or why it names no field, with the
+closest one (`unknown_field`)."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import ml_collections
+
+from wsdjax.runtime.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -17,52 +22,54 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "default"
 
   # ---- model: decoder-only transformer (wsdjax/model/transformer.py) ----
+  # The defaults are the model's: `ModelConfig`, which owns the fields and their rules.
+  model = _model_defaults()
   c.model = ml_collections.ConfigDict()
   # Transformer blocks.
-  c.model.n_layers = 2
+  c.model.n_layers = model.n_layers
   # Residual stream width.
-  c.model.d_model = 128
+  c.model.d_model = model.d_model
   # Query heads; head dim = d_model // n_heads.
-  c.model.n_heads = 4
+  c.model.n_heads = model.n_heads
   # Key/value heads (grouped-query attention); must divide n_heads. Equal = plain MHA.
-  c.model.n_kv_heads = 4
+  c.model.n_kv_heads = model.n_kv_heads
   # Hidden width of the SwiGLU MLP.
-  c.model.d_ff = 512
+  c.model.d_ff = model.d_ff
   # Vocabulary size; must equal the tokenizer's (bytes: 256).
-  c.model.vocab_size = 256
+  c.model.vocab_size = model.vocab_size
   # Tokens per training sequence (context length).
-  c.model.seq_len = 128
+  c.model.seq_len = model.seq_len
   # Share the token embedding with the LM head.
-  c.model.tie_embeddings = True
+  c.model.tie_embeddings = model.tie_embeddings
   # Base of the rotary position embedding frequencies.
-  c.model.rope_theta = 10000.0
+  c.model.rope_theta = model.rope_theta
   # Compute dtype for activations: float32 on CPU (bf16 is slower there), bfloat16 on TPU/GPU.
-  c.model.dtype = "float32"
+  c.model.dtype = model.dtype
   # Scan over layers (fast compile, 'layers' axis on params) instead of unrolling them.
-  c.model.scan_layers = True
+  c.model.scan_layers = model.scan_layers
   # With scan_layers, how the stacked blocks run: 'scan' (lax.scan: compile time flat in
   # depth) | 'unrolled' (a loop over the same stacked parameters: no stacked activation
   # buffers, faster CPU steps where huge pages are off; docs/performance.md).
-  c.model.layer_loop = "scan"
+  c.model.layer_loop = model.layer_loop
   # What each block keeps for the backward pass (the rest is recomputed): 'none' (keep
   # all: fastest, most memory) | 'dots' (keep the weight matmuls' outputs) |
   # 'dots_offload' (those, parked in host memory) | 'full' (keep only the block's input:
   # least memory). `python -m wsdjax.aot` shows what each costs on a TPU slice.
-  c.model.remat = "none"
+  c.model.remat = model.remat
   # Std of the normal initialiser of weight matrices.
-  c.model.init_std = 0.02
+  c.model.init_std = model.init_std
   # Dense matmuls: 'auto' (fast weight-gradient path on CPU, plain elsewhere) | 'xla' | 'cpu_dw'.
-  c.model.dense_impl = "auto"
+  c.model.dense_impl = model.dense_impl
   # Causal attention: 'auto' (query-blocked on CPU, cuDNN flash attention on GPU where it
   # applies, XLA's elsewhere) | 'blocked' | 'xla' | 'cudnn' (NVIDIA GPUs, bfloat16).
-  c.model.attention_impl = "auto"
+  c.model.attention_impl = model.attention_impl
   # LM head + loss: 'auto' (chunked on CPU and GPU, plain on TPU) | 'plain' (the [B, T, V]
   # logits, then cross-entropy) | 'chunked' (over sequence chunks, the logits never built).
-  c.model.loss_impl = "auto"
+  c.model.loss_impl = model.loss_impl
   # SwiGLU's backward: 'auto' (the Pallas kernel on GPU, autodiff elsewhere) | 'xla'
   # (autodiff) | 'vjp' (one float32 expression for both gradients) | 'pallas' (that
   # expression as one Pallas kernel: reads its inputs once; interpreted off the GPU).
-  c.model.swiglu_impl = "auto"
+  c.model.swiglu_impl = model.swiglu_impl
 
   # ---- data (wsdjax/data/) ----
   c.data = ml_collections.ConfigDict()
@@ -212,7 +219,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 SOURCES = ("bundled", "text", "tfds", "tokens", "bigram")
 TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
-DTYPES = ("float32", "bfloat16")
+
+
+def _model_defaults():
+  """The model's fields with their defaults: a default `ModelConfig`."""
+  from wsdjax.model.transformer import ModelConfig  # local: the model imports jax
+  return ModelConfig()
 
 
 def flatten(cfg, prefix: str = "") -> dict[str, Any]:
@@ -235,3 +247,50 @@ def set_field(cfg, field: str, value) -> None:
     node = node[p]
   with node.ignore_type():
     node[leaf] = value
+
+
+def default_of(field: str):
+  """The default of the dotted config `field` (e.g. 'schedule.decay_shape'); None if it
+  names no field."""
+  node = base_config()
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def unknown_field(field: str) -> ConfigError | None:
+  """Why the dotted `field` names no config field, as a ConfigError naming it: a value used
+  as a section, an unknown section (the known ones listed), or an unknown key of a section
+  (its keys listed, and 'did you mean' the closest: a key of the section whose name is
+  close, else a field of another section with the same name); None if it names one."""
+  node, path = base_config(), []
+  for part in field.split("."):
+    where = ".".join(path)
+    if not isinstance(node, ml_collections.ConfigDict):
+      return ConfigError(field, f"{where} is a value, not a section",
+                         f"set it as --config.{where}=...")
+    if part not in node:
+      sections = sorted(k for k, v in node.items() if isinstance(v, ml_collections.ConfigDict))
+      keys = sorted(k for k in node if k not in sections)
+      if not path and part not in keys:
+        return ConfigError(field, f"unknown config section {part!r}", f"known sections: "
+                           f"{', '.join(sections)} (and top-level keys {', '.join(keys)})")
+      close = _closest(part, where, node)
+      hint = f"did you mean {close}? " if close else ""
+      return ConfigError(field, f"unknown config key {part!r} of {where}",
+                         f"{hint}known keys: {', '.join(sorted(node))}")
+    node = node[part]
+    path.append(part)
+  return None
+
+
+def _closest(key: str, section: str, node) -> str | None:
+  """The dotted field `key` of `section` was likely meant as: a key of the section whose name
+  is close to it, else a field of another section named `key`."""
+  close = difflib.get_close_matches(key, list(node), n=1, cutoff=0.6)
+  if close:
+    return f"{section}.{close[0]}"
+  same = [f for f in flatten(base_config()) if f.rsplit(".", 1)[-1] == key]
+  return same[0] if same else None

@@ -4,10 +4,9 @@ compilation or write; the first problem raises `ConfigError`, whose text is one 
 
 from __future__ import annotations
 
-import difflib
 import math
 
-from wsdjax.config.fields import DTYPES, SOURCES, TOKENIZERS, base_config, flatten
+from wsdjax.config.fields import SOURCES, TOKENIZERS, base_config, flatten, unknown_field
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.runtime.errors import require as _require
 
@@ -27,8 +26,8 @@ def _choice(cfg_flat, field: str, choices) -> None:
 
 
 def _choices_of(module: str, name: str) -> tuple:
-  """The choices of a field, from the module that owns them (e.g. kernels.attention.IMPLS,
-  schedules.DECAY_SHAPES)."""
+  """The choices of a field, from the module that owns them (e.g.
+  checkpoint.COMPRESSIONS)."""
   import importlib  # local: the owners import jax, which this module does not
   return tuple(getattr(importlib.import_module(f"wsdjax.{module}"), name))
 
@@ -41,7 +40,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
            and 0 <= cfg.seed < 2**31, "seed", f"must be an integer in [0, 2**31), got "
            f"{cfg.seed!r}", "e.g. --config.seed=0")
-  _validate_model(cfg.model, flat)
+  _validate_model(cfg.model)
   _validate_data(cfg.data, flat)
   _validate_train(cfg.train, flat)
   _validate_optimizer(cfg.optimizer)
@@ -54,14 +53,14 @@ def validate(cfg, device_count: int | None = None) -> None:
 
 
 def _validate_keys(flat: dict) -> None:
-  """Every key of the config is a known field, and every known field is there."""
+  """Every key of the config is a known field (`fields.unknown_field` says why not), and
+  every known field is there."""
   known = flatten(base_config())
   for field in flat:
     if field not in known:
-      close = difflib.get_close_matches(field, list(known), n=1, cutoff=0.8) or [
-          k for k in known if k.rsplit(".", 1)[-1] == field.rsplit(".", 1)[-1]]
-      _require(False, field, "unknown config key",
-               f"remove it{' (did you mean ' + close[0] + '?)' if close else ''}")
+      raise unknown_field(field) or ConfigError(
+          field, "is a section of the config, not a value",
+          "start configs from wsdjax.config.base_config()")
   for field in known:
     _require(field in flat, field, "missing from the config",
              "start configs from wsdjax.config.base_config()")
@@ -76,26 +75,9 @@ def _validate_numbers(flat: dict) -> None:
                f"set --config.{field}=<number>")
 
 
-def _validate_model(m, flat: dict) -> None:
-  for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len"):
-    _positive_int(flat, f"model.{f}")
-  _require(m.d_model % m.n_heads == 0, "model.d_model",
-           f"{m.d_model} is not divisible by model.n_heads={m.n_heads}",
-           "pick d_model a multiple of n_heads")
-  _require(m.n_heads % m.n_kv_heads == 0, "model.n_kv_heads",
-           f"{m.n_kv_heads} does not divide model.n_heads={m.n_heads}",
-           "use a divisor of n_heads (equal for plain multi-head attention)")
-  _require((m.d_model // m.n_heads) % 2 == 0, "model.d_model",
-           f"head dim {m.d_model // m.n_heads} is odd; rotary embeddings need an even head dim",
-           "change d_model or n_heads")
-  _choice(flat, "model.dtype", DTYPES)
-  _choice(flat, "model.remat", _choices_of("model.transformer", "REMAT_POLICIES"))
-  _choice(flat, "model.dense_impl", _choices_of("model.kernels.fast_dense", "IMPLS"))
-  _choice(flat, "model.attention_impl", _choices_of("model.kernels.attention", "IMPLS"))
-  _choice(flat, "model.layer_loop", _choices_of("model.transformer", "LAYER_LOOPS"))
-  _choice(flat, "model.loss_impl", _choices_of("model.kernels.fused_loss", "IMPLS"))
-  _choice(flat, "model.swiglu_impl", _choices_of("model.kernels.swiglu", "IMPLS"))
-  from wsdjax.model import transformer as model_lib  # local: the owner of the rest (it imports jax)
+def _validate_model(m) -> None:
+  """The model's fields are the model's: `ModelConfig` owns their choices and rules."""
+  from wsdjax.model import transformer as model_lib  # local: the owner imports jax
   model_lib.ModelConfig.from_config(m)  # raises ConfigError naming model.<field>
 
 
@@ -166,35 +148,10 @@ def _validate_optimizer(o) -> None:
 
 
 def _validate_schedule(s) -> None:
-  from wsdjax.schedule import plan  # local: plan imports schedules, which is heavier than this module
-  from wsdjax.schedule.builders import ScheduleError
-  for field, owned in (("name", "NAMES"), ("warmup_shape", "WARMUP_SHAPES"),
-                       ("decay_shape", "DECAY_SHAPES")):
-    _choice(flatten(s, "schedule."), f"schedule.{field}", _choices_of("schedule.builders", owned))
-  budgets = s.budgets
-  _require(isinstance(budgets, (tuple, list)) and len(budgets) > 0
-           and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets),
-           "schedule.budgets",
-           f"must be a non-empty tuple of positive step counts, got {budgets!r}",
-           "e.g. --config.schedule.budgets='(150,300)'")
-  _require(all(a < b for a, b in zip(budgets, budgets[1:])), "schedule.budgets",
-           f"must be strictly increasing, got {tuple(budgets)}", "sort them and drop repeats")
-  _require(s.peak_lr > 0, "schedule.peak_lr", f"must be > 0, got {s.peak_lr}", "e.g. 3e-3")
-  _require(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio",
-           f"must be in [0, 1], got {s.min_lr_ratio}", "e.g. 0.1")
-  _require(0 < s.decay_fraction <= 1, "schedule.decay_fraction",
-           f"must be in (0, 1], got {s.decay_fraction}", "e.g. 0.1")
-  for f in ("warmup_steps", "decay_steps", "rewarmup_steps"):
-    _positive_int(flatten(s, "schedule."), f"schedule.{f}", allow_zero=True)
-  _require(s.init_lr >= 0, "schedule.init_lr", f"must be >= 0, got {s.init_lr}", "e.g. 0")
-  if s.decay_steps and s.name != "wsd":
-    raise ConfigError("schedule.decay_steps", f"only 'wsd' takes a fixed decay length, not "
-                      f"{s.name!r}", "set decay_fraction instead, or decay_steps=0")
-  try:
-    plan.make_plan(s)
-  except ScheduleError as e:  # the planner's and the schedule builders' typed error
-    field = e.arg if e.arg.startswith("schedule.") else f"schedule.{e.arg}"
-    raise ConfigError(field, e.problem, e.fix) from None
+  """The schedule's rules are the schedule room's (`plan.check`): each field, the LR
+  formulas, the merges and the branch plan."""
+  from wsdjax.schedule import plan  # local: plan imports jax, which this module does not
+  plan.check(s)
 
 
 def _validate_mesh_rules(rules) -> None:

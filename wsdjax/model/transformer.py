@@ -82,9 +82,21 @@ MLP_HIDDEN = ("act_batch", "act_length", "act_mlp")
 LOGITS = ("act_batch", "act_length", "act_vocab")
 
 
+def _check(ok: bool, field: str, problem: str, fix: str) -> None:
+  if not ok:
+    raise ConfigError(f"model.{field}", problem, fix)
+
+
+# The values each choice field of ModelConfig takes (attention_impl None: jax's default).
+CHOICES = {"dtype": tuple(_DTYPES), "remat": _REMAT, "layer_loop": LAYER_LOOPS,
+           "dense_impl": fast_dense.IMPLS, "attention_impl": (*attention.IMPLS, None),
+           "loss_impl": fused_loss.IMPLS, "swiglu_impl": swiglu.IMPLS, "platform": PLATFORMS}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Model sizes and numerics; the fields of `config.model` (configs/default.py).
+  """Model sizes and numerics: the fields of `config.model`, their defaults (which
+  `config.base_config()` lists with their meanings) and their rules (`__post_init__`).
 
   `attention_impl` (`wsdjax.model.kernels.attention`): 'auto' = 'blocked' (query-blocked causal
   attention, faster on XLA:CPU) on CPU, cuDNN flash attention on GPU where it applies, the
@@ -136,41 +148,31 @@ class ModelConfig:
   platform: str | None = None
 
   def __post_init__(self):
-    def check(ok: bool, field: str, problem: str):
-      if not ok:
-        raise ConfigError(f"model.{field}", problem,
-                          "see wsdjax/config/fields.py:base_config for the field's meaning")
-
+    """The model's field rules, the one place they live (config validation asks them):
+    positive sizes, heads that divide d_model and are divided by the kv heads, an even
+    head dim (RoPE), a known dtype, remat policy, layer loop and kernel, positive finite
+    rope_theta and init_std. Raises ConfigError naming `model.<field>`."""
     for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size",
                  "seq_len"):
       value = getattr(self, name)
-      check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
-            f"must be a positive int, got {value!r}")
-    check(self.d_model % self.n_heads == 0, "n_heads",
-          f"{self.n_heads} must divide d_model={self.d_model}")
-    check(self.head_dim % 2 == 0, "d_model",
-          f"head_dim = d_model/n_heads = {self.head_dim} must be even (RoPE)")
-    check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
-          f"{self.n_kv_heads} must divide n_heads={self.n_heads}")
-    check(self.dtype in _DTYPES, "dtype", f"must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-    check(self.remat in _REMAT, "remat", f"must be one of {_REMAT}, got {self.remat!r}")
-    check(self.layer_loop in LAYER_LOOPS, "layer_loop",
-          f"must be one of {LAYER_LOOPS}, got {self.layer_loop!r}")
-    check(self.attention_impl is None or self.attention_impl in attention.IMPLS,
-          "attention_impl", f"must be None or one of {attention.IMPLS}, "
-          f"got {self.attention_impl!r}")
-    check(self.dense_impl in fast_dense.IMPLS, "dense_impl",
-          f"must be one of {fast_dense.IMPLS}, got {self.dense_impl!r}")
-    check(self.loss_impl in fused_loss.IMPLS, "loss_impl",
-          f"must be one of {fused_loss.IMPLS}, got {self.loss_impl!r}")
-    check(self.swiglu_impl in swiglu.IMPLS, "swiglu_impl",
-          f"must be one of {swiglu.IMPLS}, got {self.swiglu_impl!r}")
-    check(self.platform in PLATFORMS, "platform",
-          f"must be one of {PLATFORMS}, got {self.platform!r}")
+      _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
+             f"must be a positive integer, got {value!r}", f"set --config.model.{name}=<int>")
+    _check(self.d_model % self.n_heads == 0, "d_model", f"{self.d_model} is not divisible by "
+           f"model.n_heads={self.n_heads}", "pick d_model a multiple of n_heads")
+    _check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", f"{self.n_kv_heads} does not "
+           f"divide model.n_heads={self.n_heads}",
+           "use a divisor of n_heads (equal for plain multi-head attention)")
+    _check(self.head_dim % 2 == 0, "d_model", f"head dim {self.head_dim} is odd; rotary "
+           "embeddings need an even head dim", "change d_model or n_heads")
+    for name, choices in CHOICES.items():
+      value = getattr(self, name)
+      _check(value in choices, name, f"unknown value {value!r}",
+             f"use one of {', '.join(map(str, choices))}")
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
     for name in ("rope_theta", "init_std"):
       value = getattr(self, name)
-      check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name,
-            f"must be a positive finite number, got {value!r}")
+      _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name,
+             f"must be a positive finite number, got {value!r}", f"e.g. {defaults[name]}")
 
   @classmethod
   def from_config(cls, cfg: Any) -> ModelConfig:
@@ -181,7 +183,8 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-      raise ValueError(f"model: unknown field(s) {unknown}; known: {sorted(known)}")
+      raise ConfigError(f"model.{unknown[0]}", "unknown field of the model",
+                        f"known fields: {', '.join(sorted(known))}")
     return cls(**values)
 
   @property

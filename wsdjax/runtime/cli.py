@@ -197,62 +197,27 @@ def _unknown_flag_problem(name: str) -> str:
           "--config.<section>.<field>=value)")
 
 
-def known_overrides(argv: Sequence[str], base) -> list[str]:
-  """`argv` without its `--config.<field>=...` overrides that name no field of the
-  ConfigDict `base`: the command line a `config_flags.DEFINE_config_dict` flag may read
-  (it raises as it is defined on an unknown field). absl then reports each dropped one as
-  an unknown flag, which `parse_flags` shows as one line naming the known fields."""
-  from ml_collections import ConfigDict
-
-  def known(field: str) -> bool:
-    node = base
-    for part in field.split("."):
-      if not isinstance(node, ConfigDict) or part not in node:
-        return False
-      node = node[part]
-    return True
-
+def known_overrides(argv: Sequence[str]) -> list[str]:
+  """`argv` without its `--config.<field>=...` overrides that name no config field: the
+  command line a `config_flags.DEFINE_config_dict` flag may read (it raises as it is
+  defined on an unknown field). absl then reports each dropped one as an unknown flag,
+  which `parse_flags` shows as the config's one line (`config.fields.unknown_field`)."""
   return [a for a in argv if not a.startswith("--config.")
-          or known(a[len("--config."):].split("=", 1)[0])]
+          or _unknown_field(a[len("--config."):].split("=", 1)[0]) is None]
 
 
 def _default_of(field: str):
-  """The default value of a dotted config field; None if it names none."""
-  from ml_collections import ConfigDict
-  from wsdjax import config as config_lib
-  node = config_lib.base_config()
-  for part in field.split("."):
-    if not isinstance(node, ConfigDict) or part not in node:
-      return None
-    node = node[part]
-  return node
+  """The default value of a dotted config field; None if it names none (`config.fields`)."""
+  from wsdjax.config import fields
+  return fields.default_of(field)
 
 
 def _unknown_field(field: str) -> str | None:
   """Why `field` (dotted, as in --config.<field>=...) names no config field, as one line
-  naming the known ones; None if it names one."""
-  import difflib
-  from ml_collections import ConfigDict
-  from wsdjax import config as config_lib
-  node, path = config_lib.base_config(), []
-  for part in field.split("."):
-    if not isinstance(node, ConfigDict):
-      return (f"--config.{field}: {'.'.join(path)} is a value, not a section; set it as "
-              f"--config.{'.'.join(path)}=...")
-    if part not in node:
-      sections = sorted(k for k, v in node.items() if isinstance(v, ConfigDict))
-      keys = sorted(k for k in node if k not in sections)
-      if not path and part not in keys:
-        return (f"--config.{field}: unknown config section {part!r}; known sections: "
-                f"{', '.join(sections)} (and top-level keys {', '.join(keys)})")
-      where = ".".join(path)
-      close = difflib.get_close_matches(part, list(node), n=1, cutoff=0.6)
-      hint = f"did you mean {where}.{close[0]}? " if close else ""
-      return (f"--config.{field}: unknown config key {part!r} of {where}; {hint}known keys: "
-              f"{', '.join(sorted(node))}")
-    node = node[part]
-    path.append(part)
-  return None
+  (`config.fields.unknown_field`); None if it names one."""
+  from wsdjax.config import fields
+  problem = fields.unknown_field(field)
+  return None if problem is None else f"--config.{problem}"
 
 
 def _drop_orbax_errors(record) -> bool:

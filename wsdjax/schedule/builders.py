@@ -26,28 +26,18 @@ prints the phase table of the config's `schedule` section (and plots it,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 
-from wsdjax.runtime.errors import BadInput
+from wsdjax.runtime.errors import require as _require
 
 MAX_STEP = 2**31 - 1  # the largest int32: steps are int32 inside jit
 WARMUP_SHAPES = ("linear", "constant", "exponential", "cosine")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
-
-
-class ScheduleError(BadInput, ValueError):
-  """A bad schedule argument. str() is `<argument>: <what is wrong>; <how to fix>`."""
-
-  def __init__(self, arg: str, problem: str, fix: str):
-    self.arg, self.problem, self.fix = arg, problem, fix
-    super().__init__(f"{arg}: {problem}; {fix}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -138,20 +128,13 @@ def _hold(name, start, end, lr) -> Phase:
 
 
 # ---------------------------------------------------------------------------------------
-# Argument checks: each raises ScheduleError naming the argument
+# Argument checks: each raises ConfigError naming the argument (runtime.errors.require)
 # ---------------------------------------------------------------------------------------
-def _require(ok: bool, arg: str, problem: str, fix: str) -> None:
-  if not ok:
-    raise ScheduleError(arg, problem, fix)
-
-
 def _steps(value, arg: str, minimum: int = 0) -> int:
   """`value` as an int step count in [minimum, 2**31 - 1]."""
-  ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-  _require(ok, arg, f"must be an integer number of steps, got {value!r}",
-           f"pass a whole number >= {minimum}")
-  _require(value >= minimum, arg, f"must be >= {minimum}, got {value}",
-           f"pass a whole number >= {minimum}")
+  ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+  _require(ok, arg, f"must be a {'non-negative' if minimum == 0 else 'positive'} integer "
+           f"number of steps, got {value!r}", f"pass a whole number >= {minimum}")
   _require(value <= MAX_STEP, arg, f"{value} exceeds the int32 step limit {MAX_STEP}",
            "use fewer steps")
   return int(value)
@@ -160,7 +143,7 @@ def _steps(value, arg: str, minimum: int = 0) -> int:
 def _lrs(peak_lr, init_lr=0.0, min_lr_ratio=0.0) -> tuple[float, float, float]:
   """(peak_lr, init_lr, min_lr) as floats, checked."""
   _require(isinstance(peak_lr, numbers.Real) and math.isfinite(peak_lr) and peak_lr > 0,
-           "peak_lr", f"must be a positive number, got {peak_lr!r}", "e.g. peak_lr=3e-3")
+           "peak_lr", f"must be a number > 0, got {peak_lr!r}", "e.g. peak_lr=3e-3")
   _require(isinstance(init_lr, numbers.Real) and math.isfinite(init_lr) and init_lr >= 0,
            "init_lr", f"must be >= 0, got {init_lr!r}", "e.g. init_lr=0.0")
   _require(isinstance(min_lr_ratio, numbers.Real) and 0 <= min_lr_ratio <= 1, "min_lr_ratio",
@@ -169,7 +152,7 @@ def _lrs(peak_lr, init_lr=0.0, min_lr_ratio=0.0) -> tuple[float, float, float]:
 
 
 def _shape(value, arg: str, valid: Sequence[str]) -> str:
-  _require(value in valid, arg, f"unknown shape {value!r}",
+  _require(value in valid, arg, f"unknown value {value!r}",
            f"use one of {', '.join(repr(v) for v in valid)}")
   return value
 
@@ -198,11 +181,13 @@ def _fraction(decay_fraction) -> float:
   return float(decay_fraction)
 
 
-def _budgets(budgets) -> list[int]:
+def budget_steps(budgets) -> list[int]:
   """Budgets B_1 < ... < B_k as positive ints."""
-  ok = isinstance(budgets, Sequence) and not isinstance(budgets, str) and len(budgets) > 0
-  _require(ok, "budgets", f"must be a non-empty sequence of step counts, got {budgets!r}",
-           "e.g. budgets=(150, 300, 600)")
+  ok = (isinstance(budgets, Sequence) and not isinstance(budgets, str) and len(budgets) > 0
+        and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b > 0
+                for b in budgets))
+  _require(ok, "budgets", f"must be a non-empty sequence of positive step counts, got "
+           f"{budgets!r}", "e.g. budgets=(150, 300, 600)")
   out = [_steps(b, "budgets", minimum=1) for b in budgets]
   _require(all(a < b for a, b in zip(out, out[1:])), "budgets",
            f"must be strictly increasing, got {tuple(out)}", "sort them and drop repeats")
@@ -212,35 +197,10 @@ def _budgets(budgets) -> list[int]:
 # ---------------------------------------------------------------------------------------
 # WSD-S bookkeeping
 # ---------------------------------------------------------------------------------------
-MERGE_WEIGHTS = ("uniform",) + DECAY_SHAPES
-
-
-def merge_weights(shape: str, offsets: Sequence[int], window: int) -> list[float]:
-  """Weights c_j of the checkpoints at `offsets` (steps after the window's start, ascending,
-  the last = `window`) whose average stands in for a decay of `shape` over the window.
-
-  Averaging Σ c_j θ_j after constant-LR updates scales update k by the tail sum
-  Σ_{s_j > k} c_j; matching it to the decay's factor f (1 at the window's start, 0 at its
-  end) gives c_j = f(x_{j-1}) - f(x_j), x_j = offsets[j] / window, x_0 = 0, f(1) := 0
-  (WSM, Tian et al. 2025). 'uniform' is the plain mean (PMA, Li et al. 2025). Sum: 1.
-  """
-  _require(shape in MERGE_WEIGHTS, "--weights", f"unknown weights {shape!r}",
-           f"use one of {', '.join(MERGE_WEIGHTS)}")
-  _require(len(offsets) > 0 and list(offsets) == sorted(set(offsets)) and offsets[0] > 0
-           and offsets[-1] == window, "--window", f"checkpoint offsets {list(offsets)} do not "
-           f"end the window of {window} steps", "merge checkpoints inside the window")
-  if shape == "uniform":
-    return [1.0 / len(offsets)] * len(offsets)
-  end = 0.01 if shape == "exponential" else 0.0  # exponential cannot reach 0
-  factor = Phase("merge", 0, window, 1.0, end, shape)
-  f = [float(x) for x in phase_lr(factor, jnp.asarray([0, *offsets[:-1]], jnp.int32))]
-  return [a - b for a, b in zip(f, f[1:])] + [f[-1]]
-
-
 def decay_lengths(budgets: Sequence[int], decay_fraction: float) -> list[int]:
   """d_i = round(decay_fraction * B_i), with Python's round() (halves go to even)."""
   fraction = _fraction(decay_fraction)
-  return [round(fraction * b) for b in _budgets(budgets)]
+  return [round(fraction * b) for b in budget_steps(budgets)]
 
 
 def wsd_s_checkpoints(budgets: Sequence[int], decay_fraction: float) -> list[int]:
@@ -336,7 +296,7 @@ def cyclic_cosine(peak_lr: float, budgets: Sequence[int], warmup_steps: int,
   peak, init, min_lr = _lrs(peak_lr, init_lr, min_lr_ratio)
   w, w_shape = _warmup_args(warmup_steps, warmup_shape, init)
   r = _steps(rewarmup_steps, "rewarmup_steps")
-  ends = _budgets(budgets)
+  ends = budget_steps(budgets)
   _require(w < ends[0], "warmup_steps", f"warmup ({w} steps) must end before the first "
            f"budget ({ends[0]})", "shorten the warmup or raise budgets[0]")
   phases = [_warmup(init, peak, w, w_shape), Phase("cosine 1", w, ends[0], peak, min_lr,
@@ -398,85 +358,27 @@ BUILDERS: dict[str, Callable[..., PhasedSchedule]] = {
 NAMES = tuple(BUILDERS)
 
 
-# ---------------------------------------------------------------------------------------
-# From a config section (ml_collections.ConfigDict or a plain mapping)
-# ---------------------------------------------------------------------------------------
-def _get(cfg, key: str, default=None):
-  return cfg[key] if key in cfg else default
+def phases(name: str, **kwargs) -> list[Phase]:
+  """The phases of the schedule `name` with the builder's arguments, e.g.
+  phases('wsd', peak_lr=3e-3, total_steps=600, warmup_steps=30)."""
+  _require(name in BUILDERS, "name", f"unknown value {name!r}", f"use one of {', '.join(NAMES)}")
+  return list(BUILDERS[name](**kwargs).phases)
 
 
-def config_kwargs(cfg) -> tuple[str, dict[str, Any]]:
-  """(name, keyword arguments of its builder) from a `schedule` config section.
-
-  Only the fields the builder accepts are passed. For wsd/cosine/linear, total_steps is
-  the config's `total_steps` when > 0, else budgets[-1]; for wsd, decay_steps 0 = unset.
-  """
-  name = _get(cfg, "name")
-  _require(name in BUILDERS, "name", f"unknown schedule {name!r}",
-           f"use one of {', '.join(NAMES)}")
-  params = inspect.signature(BUILDERS[name]).parameters
-  kwargs = {k: cfg[k] for k in params if k in cfg}
-  if "total_steps" in params and not _get(cfg, "total_steps"):
-    kwargs["total_steps"] = _budgets(_get(cfg, "budgets"))[-1]
-  if name == "wsd" and not _get(cfg, "decay_steps"):
-    kwargs.pop("decay_steps", None)
-  return name, kwargs
-
-
-def from_config(cfg) -> PhasedSchedule:
-  """The schedule of a config `schedule` section; errors name `schedule.<field>`."""
-  with _config_errors(cfg):
-    name, kwargs = config_kwargs(cfg)
-    if name == "wsd" and not _get(cfg, "total_steps"):
-      for budget in _budgets(cfg["budgets"])[:-1]:  # each budget's decay branch must fit
-        wsd(**dict(kwargs, total_steps=budget))
-    return BUILDERS[name](**kwargs)
-
-
-@contextlib.contextmanager
-def _config_errors(cfg):
-  """Re-raise a builder's ScheduleError as `schedule.<field>: ...`.
-
-  total_steps derived from budgets is reported as schedule.budgets.
-  """
-  try:
-    yield
-  except ScheduleError as e:
-    if e.arg.startswith("schedule."):
-      raise
-    field = "budgets" if e.arg == "total_steps" and not _get(cfg, "total_steps") else e.arg
-    raise ScheduleError(f"schedule.{field}", e.problem, e.fix) from None
-
-
-def phases(cfg_or_name, **kwargs) -> list[Phase]:
-  """Phases of a schedule: phases('wsd', peak_lr=..., ...) or phases(config_section)."""
-  if isinstance(cfg_or_name, str):
-    _require(cfg_or_name in BUILDERS, "name", f"unknown schedule {cfg_or_name!r}",
-             f"use one of {', '.join(NAMES)}")
-    return list(BUILDERS[cfg_or_name](**kwargs).phases)
-  return phases_from_config(cfg_or_name)
-
-
-def phases_from_config(cfg) -> list[Phase]:
-  """The phases of `from_config(cfg)`, in order (e.g. warmup, stable 1, decay 1, ...)."""
-  return list(from_config(cfg).phases)
-
-
-def checkpoint_steps_from_config(cfg) -> list[int]:
-  """Steps at which decayed checkpoints are ready.
-
-  wsd: budgets (or [total_steps] when set); wsd_s: the C_i; cyclic_cosine: budgets;
-  cosine/linear: [total_steps]; constant: [].
-  """
-  from_config(cfg)  # raises on a bad section
-  name, kwargs = config_kwargs(cfg)
-  if name == "wsd_s":
-    return wsd_s_checkpoints(kwargs["budgets"], kwargs.get("decay_fraction", 0.1))
-  if name == "cyclic_cosine" or (name == "wsd" and not _get(cfg, "total_steps")):
-    return _budgets(cfg["budgets"])
-  if name in ("wsd", "cosine", "linear"):
-    return [kwargs["total_steps"]]
-  return []
+def check_arguments(peak_lr=1.0, warmup_steps=0, budgets=(1,), total_steps=None,
+                    decay_fraction=0.1, decay_steps=None, init_lr=0.0, min_lr_ratio=0.0,
+                    warmup_shape="linear", decay_shape="linear", rewarmup_steps=0) -> None:
+  """Each argument of the schedules on its own, whichever builder takes it (a config
+  section holds them all, whatever its name): the checks the builders make, which also
+  check how the arguments fit together. Raises ConfigError naming the argument."""
+  _lrs(peak_lr, init_lr, min_lr_ratio)
+  budget_steps(budgets)
+  for arg, value in (("warmup_steps", warmup_steps), ("rewarmup_steps", rewarmup_steps),
+                     ("decay_steps", decay_steps or 0), ("total_steps", total_steps or 0)):
+    _steps(value, arg)
+  _fraction(decay_fraction)
+  _shape(warmup_shape, "warmup_shape", WARMUP_SHAPES)
+  _shape(decay_shape, "decay_shape", DECAY_SHAPES)
 
 
 # ---------------------------------------------------------------------------------------
@@ -492,10 +394,3 @@ def format_phases(phase_list: Sequence[Phase], checkpoints: Sequence[int] = ()) 
   if checkpoints:
     lines.append("decayed checkpoints at steps: " + ", ".join(map(str, checkpoints)))
   return "\n".join(lines)
-
-
-def default_horizon(cfg) -> int:
-  """Steps to plot: the last checkpoint (else the last budget or phase end) + 10%."""
-  ends = (checkpoint_steps_from_config(cfg) or list(_get(cfg, "budgets") or ())
-          or [p.end or p.start for p in phases_from_config(cfg)])
-  return max(1, math.ceil(1.1 * max(ends)))

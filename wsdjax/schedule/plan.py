@@ -23,18 +23,16 @@ Execution order is the list order; every state a later segment starts from is sa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
+from wsdjax.runtime.errors import require
 from wsdjax.schedule import builders as schedules
+from wsdjax.schedule import merge_weights
+from wsdjax.schedule import spec as spec_lib
+from wsdjax.schedule.spec import ScheduleSpec
 
 MAIN = "main"
-STRATEGIES = schedules.NAMES  # every schedule is a strategy; schedules owns the names
 MERGE_STRATEGIES = ("wsd", "constant")  # those with a constant-LR main branch to merge
-
-# Fields of the schedule section that shape the LR curve (everything but `budgets`, which
-# the planner turns into segments).
-_SHAPE_FIELDS = ("peak_lr", "warmup_steps", "init_lr", "min_lr_ratio", "warmup_shape",
-                 "decay_shape", "rewarmup_steps", "decay_fraction")
 
 
 def decay_branch_name(end_step: int) -> str:
@@ -58,8 +56,8 @@ class StateRef:
 class Segment:
   """Train `branch` over steps [start, end) starting from `init_from` (None: fresh init).
 
-  `schedule` is a flat mapping accepted by `schedules.from_config` (with `name`), evaluated
-  at the absolute step. `decayed`: the end state is a decayed checkpoint (saved, evaluated,
+  `schedule` is the LR schedule the segment trains under (`schedule.build()`, evaluated at
+  the absolute step). `decayed`: the end state is a decayed checkpoint (saved, evaluated,
   kept forever). `parent`/`fork_step`: lineage of the branch for the manifest. `budget`:
   the budget a decayed checkpoint serves when it is not its end step (WSD-S's decay for
   budget B_i ends at C_i = B_i + earlier decays); see `budget_served`.
@@ -68,7 +66,7 @@ class Segment:
   start: int
   end: int
   init_from: StateRef | None
-  schedule: tuple[tuple[str, Any], ...]
+  schedule: ScheduleSpec
   decayed: bool
   parent: str | None
   fork_step: int | None
@@ -88,7 +86,8 @@ class Segment:
     return StateRef(self.branch, self.end)
 
   def schedule_dict(self) -> dict[str, Any]:
-    return dict(self.schedule)
+    """The schedule's given fields, sorted by name (what a manifest records)."""
+    return self.schedule.as_dict()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,14 +121,6 @@ class Plan:
     return ref is not None and any(s.init_from == ref for s in self.segments[index + 1:])
 
 
-def _frozen(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in mapping.items()))
-
-
-def _shape_kwargs(cfg) -> dict[str, Any]:
-  return {k: cfg[k] for k in _SHAPE_FIELDS if k in cfg}
-
-
 def decay_lengths(cfg) -> list[int]:
   """d_i for each budget: `decay_steps` when set (> 0), else round(decay_fraction * B_i)."""
   budgets = list(cfg.budgets)
@@ -138,48 +129,39 @@ def decay_lengths(cfg) -> list[int]:
   return schedules.decay_lengths(budgets, cfg.decay_fraction)
 
 
-def wsd_decay_schedule(cfg, budget: int, decay_steps: int, **overrides) -> dict[str, Any]:
+def wsd_decay_schedule(whole_run: ScheduleSpec, budget: int, decay_steps: int,
+                       **overrides) -> ScheduleSpec:
   """The LR of a WSD decay branch ending at `budget`: warmup, peak, decay over the last d."""
-  sched = dict(_shape_kwargs(cfg), name="wsd", total_steps=int(budget),
-               decay_steps=int(decay_steps))
-  sched.pop("rewarmup_steps", None)
-  sched.update(overrides)
-  return sched
+  return whole_run.replace(name="wsd", budgets=None, rewarmup_steps=None,
+                           total_steps=int(budget), decay_steps=int(decay_steps), **overrides)
+
+
+def check(cfg) -> None:
+  """Every rule of a `schedule` section: its fields and schedule (`spec.check`), the merge
+  fields and the plan. Raises ConfigError naming `schedule.<field>`."""
+  make_plan(cfg)
 
 
 def make_plan(cfg) -> Plan:
   """Turn a `config.schedule` section into the ordered segments of the run."""
-  name = cfg.name
-  budgets = [int(b) for b in cfg.budgets]
-  if name not in STRATEGIES:
-    raise schedules.ScheduleError("schedule.name", f"unknown strategy {name!r}",
-                                  f"use one of {', '.join(STRATEGIES)}")
-  if not budgets:
-    raise schedules.ScheduleError("schedule.budgets", "empty",
-                                  "give at least one budget in steps")
-  whole_run = dict(_shape_kwargs(cfg), name=name, budgets=tuple(budgets))
-  if cfg.get("decay_steps", 0):
-    whole_run["decay_steps"] = int(cfg.decay_steps)
-  # Validate the whole-run schedule once: it raises ScheduleError naming the bad argument.
-  schedules.from_config(as_config(whole_run))
-  merge_sources(cfg)  # raises ScheduleError naming a bad merge field
+  whole_run = spec_lib.check(cfg)
+  merge_sources(cfg)  # raises ConfigError naming a bad merge field
   build = {"wsd": _plan_wsd, "wsd_s": _plan_wsd_s, "cyclic_cosine": _plan_cyclic,
-           "cosine": _plan_single, "linear": _plan_single, "constant": _plan_constant}[name]
-  return Plan(name, tuple(build(cfg, budgets, whole_run)))
+           "cosine": _plan_single, "linear": _plan_single, "constant": _plan_constant}
+  budgets = [int(b) for b in whole_run.budgets]
+  return Plan(whole_run.name, tuple(build[whole_run.name](cfg, budgets, whole_run)))
 
 
 def merge_window(cfg) -> int:
   """`schedule.merge_window` (0: no merges in the plan), checked against the strategy."""
   window = int(cfg.get("merge_window", 0) or 0)
-  if window and cfg.name not in MERGE_STRATEGIES:
-    raise schedules.ScheduleError(
-        "schedule.merge_window", f"merges average a constant-LR main branch, which "
-        f"{cfg.name!r} does not have", f"use schedule.name={' or '.join(MERGE_STRATEGIES)}, "
-        "or merge_window=0 (python -m wsdjax.merge still merges any saved main states)")
-  if window and not 0 < window <= min(cfg.budgets):
-    raise schedules.ScheduleError("schedule.merge_window", f"{window} does not fit in the "
-                                  f"first budget {min(cfg.budgets)}",
-                                  "use a window of at most the smallest budget")
+  require(not window or cfg.name in MERGE_STRATEGIES, "schedule.merge_window",
+          f"merges average a constant-LR main branch, which {cfg.name!r} does not have",
+          f"use schedule.name={' or '.join(MERGE_STRATEGIES)}, or merge_window=0 "
+          "(python -m wsdjax.merge still merges any saved main states)")
+  require(not window or 0 < window <= min(cfg.budgets), "schedule.merge_window",
+          f"{window} does not fit in the first budget {min(cfg.budgets)}",
+          "use a window of at most the smallest budget")
   return window
 
 
@@ -190,14 +172,10 @@ def merge_sources(cfg) -> dict[int, list[int]]:
   if not window:
     return {}
   every = int(cfg.get("merge_every", 0) or 0) or max(1, window // 4)
-  if not 0 < every < window:
-    raise schedules.ScheduleError("schedule.merge_every", f"{every} leaves fewer than two "
-                                  f"saves in a merge window of {window} steps",
-                                  f"use 0 < merge_every < {window}, or 0 for {window} // 4")
-  weights = cfg.get("merge_weights", "uniform")
-  if weights not in schedules.MERGE_WEIGHTS:
-    raise schedules.ScheduleError("schedule.merge_weights", f"unknown weights {weights!r}",
-                                  f"use one of {', '.join(schedules.MERGE_WEIGHTS)}")
+  require(0 < every < window, "schedule.merge_every", f"{every} leaves fewer than two saves "
+          f"in a merge window of {window} steps",
+          f"use 0 < merge_every < {window}, or 0 for {window} // 4")
+  merge_weights.resolve(cfg.get("merge_weights", "uniform"), "schedule.merge_weights")
   return {int(b): sorted(int(b) - j * every for j in range(window) if j * every < window)
           for b in cfg.budgets}
 
@@ -209,7 +187,7 @@ def _main_points(forks, budgets, with_budgets: bool) -> list[int]:
 
 
 def _plan_wsd(cfg, budgets, whole_run):
-  main_sched = _frozen(dict(_shape_kwargs(cfg), name="constant"))
+  main_sched = whole_run.replace(name="constant", budgets=None, decay_steps=None)
   forks = {b: b - d for b, d in zip(budgets, decay_lengths(cfg))}
   segments, main_at = [], None
   for point in _main_points(forks.values(), budgets, bool(merge_window(cfg))):
@@ -219,13 +197,13 @@ def _plan_wsd(cfg, budgets, whole_run):
       main_at = StateRef(MAIN, point)
     for budget in (b for b in budgets if forks[b] == point):
       segments.append(Segment(decay_branch_name(budget), point, budget, main_at,
-                              _frozen(wsd_decay_schedule(cfg, budget, budget - point)), True,
+                              wsd_decay_schedule(whole_run, budget, budget - point), True,
                               MAIN, point))
   return segments
 
 
 def _plan_wsd_s(cfg, budgets, whole_run):
-  sched = _frozen(whole_run)
+  sched = whole_run
   ends = schedules.wsd_s_checkpoints(budgets, cfg.decay_fraction)
   lengths = schedules.decay_lengths(budgets, cfg.decay_fraction)
   segments, at = [], None
@@ -244,7 +222,7 @@ def _plan_wsd_s(cfg, budgets, whole_run):
 
 
 def _plan_cyclic(cfg, budgets, whole_run):
-  sched = _frozen(whole_run)
+  sched = whole_run
   segments, at = [], None
   for budget in budgets:
     start = 0 if at is None else at.step
@@ -255,17 +233,16 @@ def _plan_cyclic(cfg, budgets, whole_run):
 
 
 def _plan_single(cfg, budgets, whole_run):
-  if len(budgets) != 1:
-    raise schedules.ScheduleError(
-        "schedule.budgets", f"{cfg.name} runs one budget but got {len(budgets)}",
-        f"give one value (e.g. --config.schedule.budgets='({budgets[-1]},)') or use wsd/wsd_s")
-  return [Segment(decay_branch_name(budgets[0]), 0, budgets[0], None, _frozen(whole_run),
+  require(len(budgets) == 1, "schedule.budgets", f"{cfg.name} runs one budget but got "
+          f"{len(budgets)}", f"give one value (e.g. --config.schedule.budgets='({budgets[-1]},)')"
+          " or use wsd/wsd_s")
+  return [Segment(decay_branch_name(budgets[0]), 0, budgets[0], None, whole_run,
                   True, None, None)]
 
 
 def _plan_constant(cfg, budgets, whole_run):
   ends = [0] + budgets  # main is saved and evaluated at every budget
-  return [Segment(MAIN, a, b, None if a == 0 else StateRef(MAIN, a), _frozen(whole_run),
+  return [Segment(MAIN, a, b, None if a == 0 else StateRef(MAIN, a), whole_run,
                   False, None, None) for a, b in zip(ends, ends[1:])]
 
 
@@ -278,20 +255,10 @@ def after_the_fact(cfg, from_step: int, decay_steps: int, decay_shape: str | Non
   if min_lr_ratio is not None:
     overrides["min_lr_ratio"] = float(min_lr_ratio)
   end = int(from_step) + int(decay_steps)
-  sched = wsd_decay_schedule(cfg, end, decay_steps, **overrides)
-  schedules.from_config(as_config(sched))  # raises ValueError naming a bad argument
+  sched = wsd_decay_schedule(ScheduleSpec.from_config(cfg), end, decay_steps, **overrides)
+  sched.build()  # raises ConfigError naming a bad field
   return Segment(decay_branch_name(end), int(from_step), end, StateRef(MAIN, int(from_step)),
-                 _frozen(sched), True, MAIN, int(from_step))
-
-
-def as_config(mapping: Mapping[str, Any]):
-  import ml_collections  # local: keeps this module importable without it in pure tools
-  return ml_collections.ConfigDict(dict(mapping))
-
-
-def schedule_of(segment: Segment):
-  """The Optax schedule (step -> lr) a segment trains under."""
-  return schedules.from_config(as_config(segment.schedule_dict()))
+                 sched, True, MAIN, int(from_step))
 
 
 def describe(plan: Plan) -> str:

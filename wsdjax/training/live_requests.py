@@ -175,7 +175,7 @@ def serve(ctx: hooks.Context, workdir, schedule_cfg, log_every: int) -> None:
       continue
     request = accept(workdir, request, done, schedule_cfg.decay_fraction)
     ctx.print(f"live request: forking {request.branch} from main@{done}")
-    ctx.save(float(plan_lib.schedule_of(seg)(done - 1)),
+    ctx.save(float(seg.schedule.build()(done - 1)),
              fork_point=True, eval_loss=ctx.eval_loss(ctx.live.state.params))
     ctx.wait_for_saves()
     ctx.run_branch(request.segment(schedule_cfg))

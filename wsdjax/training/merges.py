@@ -3,7 +3,7 @@ the checkpoint tree beside the real decays (a merge costs no training FLOPs).
 
 `average_into_tree(tree, abstract, eval_loss, at, sources, window, weights)` (behind
 `python -m wsdjax.merge`, and the plan's merges: the "done" hook `planned_hook`) averages
-the main states saved in (at - window, at] with `schedules.merge_weights` (uniform = PMA; a decay shape = WSM's weights for that
+the main states saved in (at - window, at] with `merge_weights.weights` (uniform = PMA; a decay shape = WSM's weights for that
 decay), sharded as in training, and saves the result as branch `merge-<at>`: the averaged
 params with main@at's step and optimizer state (so it restores, and resumes, like any
 state), its sources and weights in the manifest entry, and its eval loss on the run's
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from wsdjax import config as config_lib
 from wsdjax.schedule import plan as plan_lib
-from wsdjax.schedule import builders as schedules
+from wsdjax.schedule import merge_weights
 from wsdjax.checkpoint import nearest_steps
 from wsdjax.training import hooks
 from wsdjax.schedule.plan import MAIN, StateRef
@@ -48,8 +48,8 @@ def average_into_tree(tree, abstract, eval_loss, at: int, sources: list[int], wi
   (restored as `abstract`), evaluated with `eval_loss(params)`; its entry."""
   tree.wait()  # the sources' saves, if still being written
   ref = StateRef(plan_lib.merge_branch_name(at), at)
-  coefficients = schedules.merge_weights(weights, [s - (at - window) for s in sources],
-                                         window)
+  coefficients = merge_weights.weights(weights, [s - (at - window) for s in sources],
+                                       window)
   total = last = meta = None
   for step, c in zip(sources, coefficients):  # one source in memory at a time
     last, meta = tree.restore(StateRef(MAIN, step), abstract)

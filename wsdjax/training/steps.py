@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from wsdjax.training import ema as ema_lib
-from wsdjax.schedule import plan as plan_lib
-from wsdjax.schedule import builders as schedules
+from wsdjax.schedule.spec import ScheduleSpec
 from wsdjax.runtime import sharding
 from wsdjax.training.state import (TrainState, abstract_state, make_optimizer, optimizer_fields,
                                 state_shardings)
@@ -97,7 +96,7 @@ def nonfinite_problem(branch: str, step: int, metrics: dict, peak_lr: float) -> 
 
 
 class StepCache:
-  """Train steps compiled ahead of time, one per (LR schedule, donate) pair.
+  """Train steps compiled ahead of time, one per (ScheduleSpec, donate, overrides).
 
   Compiling before the loop means a step never recompiles inside it; `compiles` counts
   how many were built (the tests assert it).
@@ -117,12 +116,12 @@ class StepCache:
     self.compiles = 0
     self.compile_seconds = 0.0
 
-  def train(self, schedule_key: tuple, donate: bool, overrides: tuple = ()) -> Callable:
-    """The compiled step of a segment's schedule; `overrides`: optimizer (field, value)
-    pairs of the decays (`train_state.decay_overrides`)."""
-    key = (schedule_key, donate, overrides)
+  def train(self, spec: ScheduleSpec, donate: bool, overrides: tuple = ()) -> Callable:
+    """The compiled step of a segment's schedule `spec` (its `spec.build()`); `overrides`:
+    optimizer (field, value) pairs of the decays (`train_state.decay_overrides`)."""
+    key = (spec, donate, overrides)
     if key not in self._train:
-      schedule = schedules.from_config(plan_lib.as_config(dict(schedule_key)))
+      schedule = spec.build()
       tx = make_optimizer(optimizer_fields(self.cfg.optimizer, overrides), schedule)
       k = self.cfg.train.micro_batches
       micro_sh = jax.sharding.NamedSharding(

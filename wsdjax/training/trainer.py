@@ -420,7 +420,7 @@ class Trainer:
     """
     tags = {"extra": True, "schedule": json.loads(json.dumps(seg.schedule_dict()))}
     overrides = self._overrides(seg)
-    run = _SegmentRun(seg, run_steps_before, plan_lib.schedule_of(seg),
+    run = _SegmentRun(seg, run_steps_before, seg.schedule.build(),
                       (tags if extra else {}) | (
                           {"decay_overrides": dict(overrides)} if overrides else {}), extra)
     first = self.steps.train(seg.schedule, donate=donate_first, overrides=overrides)
