@@ -3,6 +3,7 @@
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -80,6 +81,20 @@ def subprocess_env(devices: int = 1) -> dict:
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONUNBUFFERED"] = "1"
   return env
+
+
+def run_cli(module: str, *args, devices: int = 1, env: dict | None = None, timeout: float = 300,
+            input: str | bytes | None = None, cwd=REPO, text: bool = True,
+            **popen_kwargs) -> subprocess.CompletedProcess:
+  """`python -m <module> <args>` in a subprocess, from the repository, its output captured.
+
+  env: the whole environment (default: subprocess_env(devices)); text=False for bytes
+  output; popen_kwargs go to subprocess.run (e.g. preexec_fn). Never raises on a non-zero
+  exit: the tests read returncode, stdout and stderr."""
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
+                        env=subprocess_env(devices) if env is None else env,
+                        capture_output=True, text=text, timeout=timeout, input=input,
+                        **popen_kwargs)
 
 
 def write_jsonl_corpus(folder, files: int = 3, docs_per_file: int = 120, start: int = 0) -> str:

@@ -4,23 +4,16 @@ bad input is one line, exit 2, nothing written."""
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax.analysis import evaluation
 from wsdjax.data import DataConfigError
 from wsdjax.runtime.errors import ConfigError
 
 VERSE = "In the beginning God created the heaven and the earth. And the earth was void."
 TOKENS = 2 * 8 * 32  # train.eval_batches x global_batch_size x seq_len
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

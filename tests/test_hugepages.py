@@ -2,12 +2,11 @@
 and that the restart keeps the command and adds the tunable once."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from wsdjax.runtime import hugepages as H
 
 
@@ -41,7 +40,6 @@ def test_wanted_only_where_it_changes_something():
 ])
 def test_reexec_adds_the_tunable_once(given, expected):
   env = dict(os.environ, GLIBC_TUNABLES=given, PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, "-m", "wsdjax.runtime.hugepages"], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=60)
+  out = run_cli("wsdjax.runtime.hugepages", env=env, timeout=60)
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == expected

@@ -10,20 +10,13 @@ config file says why; prompts that are not UTF-8 are a documented choice."""
 import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax import sample
 from wsdjax.runtime import outputs
 from wsdjax.runtime.errors import ConfigError
-
-
-def cli(module, *args, env=None):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                        env=env or subprocess_env(1), capture_output=True, text=True,
-                        timeout=300)
 
 
 def snapshot(folder) -> dict:
@@ -171,10 +164,8 @@ def test_config_files_that_do_not_load_say_why(tmp_path):
 
 def test_a_prompt_that_is_not_utf8(run):
   """A bytes run takes the prompt's raw bytes; a run whose tokenizer reads text refuses it."""
-  env = subprocess_env(1)
-  raw = subprocess.run([os.fsencode(sys.executable), b"-m", b"wsdjax.sample", b"--workdir",
-                        os.fsencode(run), b"--prompt", b"ab\xff\xfe", b"--tokens", b"4"],
-                       cwd=REPO, env=env, capture_output=True, timeout=300)
+  raw = cli("wsdjax.sample", "--workdir", run, "--prompt", b"ab\xff\xfe", "--tokens", "4",
+            text=False)
   assert raw.returncode == 0, raw.stderr[-2000:]
   from wsdjax.data import tokenizers
   prompt = b"ab\xff\xfe".decode("utf-8", "surrogateescape")  # as Python hands argv over

@@ -4,8 +4,6 @@ top-k draws) up to seq_len tokens and slides past it; the CLI prints text from a
 bad input is one line, exit 2."""
 
 import dataclasses
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -13,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax.model import transformer as model_lib
 from wsdjax import sample
 from wsdjax.runtime.errors import ConfigError
@@ -21,11 +19,6 @@ from wsdjax.runtime.errors import ConfigError
 CFG = model_lib.ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
                             vocab_size=64, seq_len=24, init_std=0.3)
 PROMPT = [3, 17, 5, 9, 60]
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=300)
 
 
 def init_params(cfg):

@@ -3,8 +3,6 @@
 
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +12,10 @@ import numpy.testing as npt
 import optax
 import pytest
 
+from conftest import REPO, run_cli
 from wsdjax import lr as lr_cli
 from wsdjax.schedule import builders as sch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP = 2**31 - 1  # the largest int32 step
 RTOL = 1e-6
 
@@ -436,9 +434,8 @@ def test_cli_bad_value_is_one_line_exit_2(flag, field, capsys):
 
 def test_cli_module_exits_2_without_traceback():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "wsdjax.lr", *TINY[1:],
-                         "--config.schedule.warmup_steps=50"], capture_output=True, text=True,
-                        cwd=REPO, env=env, timeout=60)
+  proc = run_cli("wsdjax.lr", *TINY[1:], "--config.schedule.warmup_steps=50", env=env,
+                 timeout=60)
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.startswith("wsdjax: schedule.warmup_steps: ")
   assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
