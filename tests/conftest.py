@@ -1,6 +1,7 @@
 """Test-wide setup: 8 fake CPU devices (set before jax is imported anywhere) and helpers."""
 
 import atexit
+import hashlib
 import os
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
+import filelock  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -117,3 +119,55 @@ def prepare_store(input_glob: str, output, **kwargs) -> dict:
   args = prepare.PrepareArgs(input=input_glob, output=str(output),
                              **({"workers": 1, "progress": False, "val_fraction": 0.1} | kwargs))
   return prepare.prepare(args, log=lambda *a: None)["joined"]
+
+
+# ---- finished runs shared by the files that only read them ----
+VERSE = "In the beginning God created the heaven and the earth. And the earth was void."
+
+
+def shared_folder(tmp_path_factory, name: str, build) -> "os.PathLike":
+  """A folder that `build(folder)` fills once per test session, for every xdist worker: the
+  first worker to ask builds it under a file lock, the other waits and reuses it. It lives
+  in the session's temporary folder (pytest removes old ones), so no session sees another's."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the session's folder, above each worker's own
+  (base / "shared").mkdir(exist_ok=True)
+  folder, done = base / "shared" / name, base / "shared" / f"{name}.done"
+  with filelock.FileLock(str(base / "shared" / f"{name}.lock")):
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      build(folder)
+      done.touch()
+  return folder
+
+
+def tree_digest(folder) -> dict:
+  """{relative path: sha1} of every file under `folder`."""
+  return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _train_byte_run(root):
+  (root / "corpus.txt").write_text("\n\n".join(f"{i}: {VERSE}" for i in range(80)))
+  out = run_cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(root / "run"),
+                "--config.model.seq_len=32", "--config.train.global_batch_size=8",
+                "--config.data.source=text", f"--config.data.path={root / 'corpus.txt'}",
+                "--config.model.vocab_size=256", "--config.schedule.budgets=(6,12)",
+                "--config.schedule.warmup_steps=2", "--config.checkpoint.every=6",
+                "--config.train.ema_decays=(0.9,)")
+  assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def byte_run(tmp_path_factory):
+  """A finished tiny WSD-S run, byte-level on a small text file (corpus.txt, beside it):
+  budgets 6 and 12 (decay-6, decay-13), main saved at steps 5 and 12, an EMA shadow (0.9).
+  Trained once per session and shared by the files that read it (test_eval, test_sample,
+  test_outputs): a test must not write into it (copy it first, shutil.copytree); the end of
+  the session checks that nothing did."""
+  run = shared_folder(tmp_path_factory, "byte_run", _train_byte_run) / "run"
+  before = tree_digest(run)
+  yield run
+  assert tree_digest(run) == before, f"a test wrote into the shared run {run}"

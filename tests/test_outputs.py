@@ -30,16 +30,10 @@ def snapshot(folder) -> dict:
   return out
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A finished tiny run on the bundled text with the bytes tokenizer."""
-  workdir = tmp_path_factory.mktemp("run") / "w"
-  out = cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(workdir),
-            "--config.data.source=bundled", "--config.model.vocab_size=256",
-            "--config.model.seq_len=32", "--config.train.global_batch_size=8",
-            "--config.schedule.budgets=(8,)", "--config.schedule.warmup_steps=2")
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir
+@pytest.fixture
+def run(byte_run):
+  """A finished tiny run on a text file with the bytes tokenizer (shared: read only)."""
+  return byte_run
 
 
 def refused(out, code=2):
@@ -52,13 +46,13 @@ def refused(out, code=2):
 
 def test_outputs_never_go_into_a_run(run, tmp_path):
   before = snapshot(run)
-  export = ["--workdir", str(run), "--branch", "decay-8"]
+  export = ["--workdir", str(run), "--branch", "decay-6"]
   for out, where in ((run, run), (run / "checkpoints", run), (run / "x" / "y", run)):
     message = refused(cli("wsdjax.export", *export, "--out", str(out), "--overwrite"))
     assert message == (f"--out: {out} is inside the run {where}, whose files only the "
                        "commands that train it write; write it outside the run's folder")
   manifest = run / "checkpoints" / "manifest.json"
-  message = refused(cli("wsdjax.eval", "--workdir", str(run), "--branch", "decay-8", "--json",
+  message = refused(cli("wsdjax.eval", "--workdir", str(run), "--branch", "decay-6", "--json",
                         str(manifest)))
   assert message.startswith(f"--json: {manifest} is inside the run {run}")
   message = refused(cli("wsdjax.lr", "--config", "configs/tiny.py", "--plot",
@@ -80,10 +74,10 @@ def test_overwrite_replaces_only_an_earlier_export(run, tmp_path):
   first = cli("wsdjax.export", "--workdir", str(run), "--out", str(out))
   assert first.returncode == 0, first.stderr
   assert (out / "wsdjax_export.json").is_file()
-  again = cli("wsdjax.export", "--workdir", str(run), "--branch", "decay-8", "--out", str(out),
+  again = cli("wsdjax.export", "--workdir", str(run), "--branch", "decay-6", "--out", str(out),
               "--overwrite")
   assert again.returncode == 0, again.stderr
-  assert '"branch": "decay-8"' in (out / "wsdjax_export.json").read_text()
+  assert '"branch": "decay-6"' in (out / "wsdjax_export.json").read_text()
 
 
 def test_every_output_path_is_checked_before_the_work(run, tmp_path):
