@@ -53,9 +53,18 @@ LONGEST_FIRST = ("test_branches.py", "test_trainer.py", "test_multiprocess.py",
                  "test_fused_loss.py", "test_bad_input.py", "test_model.py")
 
 
+# Integration tests run commands in subprocesses, train runs, start processes or notebooks:
+# every test under tests/integration/, and the few marked @pytest.mark.integration in
+# tests/unit/. `make test-fast` runs the rest, the unit tests.
+INTEGRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration")
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
+  for item in items:
+    if str(item.fspath).startswith(INTEGRATION + os.sep):
+      item.add_marker(pytest.mark.integration)
 
 
 def one_device_mesh():

@@ -231,6 +231,7 @@ def _cli(*args):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_decay_after_the_fact_equals_the_planned_one_and_weights_change_on_resume(
     stores, tmp_path):
   """On a mixture of stores: a WSD decay planned at B=16 (fork 13) and one made later from

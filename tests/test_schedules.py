@@ -432,6 +432,7 @@ def test_cli_bad_value_is_one_line_exit_2(flag, field, capsys):
   assert err.startswith(f"wsdjax: {field}: ") and err.count("\n") == 1 and "; " in err, err
 
 
+@pytest.mark.integration
 def test_cli_module_exits_2_without_traceback():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = run_cli("wsdjax.lr", *TINY[1:], "--config.schedule.warmup_steps=50", env=env,
