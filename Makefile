@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# The tests also compile TPU programs ahead of time (tests/test_aot.py): libtpu, pinned to
-# the installed jax by jax's own [tpu] extra. `make run` does not need it.
+# The tests also compile TPU programs ahead of time (tests/integration/test_aot.py): libtpu,
+# pinned to the installed jax by jax's own [tpu] extra. `make run` does not need it.
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test,tpu]'
 	touch $@
@@ -35,9 +35,10 @@ TEST_ENV := GLIBC_TUNABLES=$(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.mallo
 test: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=12
 
-# Everything but the tests marked slow.
+# The unit tests: tests/unit/ less the few marked integration (no command in a subprocess,
+# no training run, no notebook). tests/integration/ is the rest of `make test`.
 test-fast: $(TEST_STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not integration" tests/unit
 
 clean:
 	rm -rf $(VENV) runs

@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 # XLA:CPU's LLVM code generation at -O0 in the tests: their programs are small, so compiling
-# is most of their time, and -O0 compiles about twice as fast (tests/test_fused_loss.py:
+# is most of their time, and -O0 compiles about twice as fast (tests/unit/test_fused_loss.py:
 # 62 -> 35 s). XLA's HLO passes (fusion, layout, sharding) are the same at every level;
 # only the machine code of the fused loops is unoptimised. Users' runs keep XLA's default.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
