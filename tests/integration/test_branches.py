@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import one_device_mesh, run_cli as cli, subprocess_env
+from conftest import REPO, one_device_mesh, run_cli as cli, subprocess_env
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
 from wsdjax.runtime import sharding
