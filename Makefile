@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The tests add the [test] extra (pytest, notebooks, torch + transformers to load exports)
-# and compile TPU programs ahead of time (tests/test_aot.py): libtpu, pinned to the
+# and compile TPU programs ahead of time (tests/integration/test_aot.py): libtpu, pinned to the
 # installed jax by jax's own [tpu] extra.
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test,tpu]'
@@ -40,9 +40,10 @@ TEST_ENV := $(HUGEPAGES)
 test: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=12
 
-# Everything but the tests marked slow.
+# The unit tests: tests/unit/ less the few marked integration (no command in a subprocess,
+# no training run, no notebook). tests/integration/ is the rest of `make test`.
 test-fast: $(TEST_STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not integration" tests/unit
 
 clean:
 	rm -rf $(VENV) runs

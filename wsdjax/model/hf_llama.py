@@ -1,7 +1,7 @@
 """wsdjax's transformer as Hugging Face's `LlamaForCausalLM`: config.json, the tensors of
 model.safetensors, and a tokenizer.json for a SentencePiece model (used by wsdjax.export).
 
-The two compute the same function (tests/test_export.py: logits to 1e-4 in float32):
+The two compute the same function (tests/integration/test_export.py: logits to 1e-4 in float32):
 pre-norm blocks, RMSNorm y = x / sqrt(mean(x^2) + eps) * weight (the weight itself, not
 1 + weight; eps `RMS_NORM_EPS`), "rotate half" RoPE with inv_freq theta^(-2i/Dh) (Llama's
 layout: no q/k permutation), softmax(q k^T / sqrt(Dh)), query head h reading kv head
@@ -25,7 +25,7 @@ import numpy as np
 
 from wsdjax.runtime.errors import ConfigError
 
-# wsdjax.model.transformer.RMSNorm's epsilon (tests/test_export.py checks that they agree).
+# wsdjax.model.transformer.RMSNorm's epsilon (tests/integration/test_export.py checks that they agree).
 RMS_NORM_EPS = 1e-6
 # ModelConfig fields with a place in Llama's config.json.
 MAPPED_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size",

@@ -11,7 +11,7 @@ masked upper triangle is mostly skipped (about (1 + 1/n)/2 of the full score mat
 computed, n = T / c), and it works head-major ([B, K, G, T, Dh], G = H / K query heads per
 kv head), the layout in which XLA:CPU's batched matmuls run fastest; on CPU it is faster
 than `jax.nn.dot_product_attention` (measured in docs/performance.md). Values and
-gradients agree with it to float32 rounding (tests/test_attention.py).
+gradients agree with it to float32 rounding (tests/unit/test_attention.py).
 
 `splash_attention` runs jax's Pallas TPU splash-attention kernel
 (jax.experimental.pallas.ops.tpu.splash_attention): flash attention with a causal block
@@ -23,7 +23,7 @@ per device: under a mesh (`jax.set_mesh`, e.g. `wsdjax.runtime.sharding.with_rul
 Off TPU it runs in Pallas interpret mode (slow; for tests). What the kernel takes
 (`splash_fits`): T a multiple of 128 (its blocks, min(512, T) or the largest multiple of
 128 that divides T, must be multiples of 128 lanes), q, k, v of one dtype, H a multiple of
-K. Head dims 64 and 128 compile for TPU (tests/test_tpu_attention.py: ahead of time for a
+K. Head dims 64 and 128 compile for TPU (tests/unit/test_tpu_attention.py: ahead of time for a
 v5e topology; not yet run on a TPU); values and gradients are checked in interpret mode.
 
 `model.attention_impl` ('auto' per platform of the devices the step is compiled for: the

@@ -14,7 +14,7 @@ Chunking the sequence axis, not the batch, keeps each chunk spread over the data
 
 Used with `model.loss_impl='chunked'`, which 'auto' picks on GPU, TPU and the CPU fast path
 (`model.dense_impl` resolving to 'cpu_dw'); values and
-gradients agree with `cross_entropy(x @ W, y)` to float32 rounding (tests/test_fused_loss.py).
+gradients agree with `cross_entropy(x @ W, y)` to float32 rounding (tests/unit/test_fused_loss.py).
 """
 
 from __future__ import annotations

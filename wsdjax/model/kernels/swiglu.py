@@ -16,7 +16,7 @@ the speed-ups below: docs/performance.md). `model.swiglu_impl`:
   for tests).
 - 'auto': 'pallas' on GPU while jax ships Pallas' Triton backend (deprecated in jax 0.11),
   else 'vjp' on GPU; 'xla' elsewhere.
-Values are the same in every impl; gradients agree to float32 rounding (tests/test_swiglu.py).
+Values are the same in every impl; gradients agree to float32 rounding (tests/unit/test_swiglu.py).
 """
 
 from __future__ import annotations

@@ -8,12 +8,10 @@ stderr line `wsdjax: ...` and that `--debug` shows the traceback instead.
 
 import hashlib
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, one_device_mesh, subprocess_env
+from conftest import REPO, one_device_mesh, run_cli, subprocess_env
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
 from wsdjax.training import trainer
@@ -203,11 +201,6 @@ def test_bad_data_settings_leave_no_workdir(existing_run, tmp_path, fields, name
 
 
 # ---- the CLI: exit 2, one line on stderr, no traceback unless --debug ----
-def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("args,field", [
     (["--config.model.n_layers=0"], "model.n_layers"),
     (["--config.model.n_layerz=3"], "--config.model.n_layerz"),  # names the known keys
@@ -359,9 +352,8 @@ def test_every_family_of_bad_input_is_one_line_exit_2_and_touches_nothing(existi
 
 def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_workdir(tmp_path):
   env = subprocess_env(1) | {"WSDJAX_FAULTS": "int_at_startup@main:0"}
-  out = subprocess.run([sys.executable, "-m", "wsdjax.train", "--config", "configs/tiny.py",
-                        "--workdir", str(tmp_path / "w")], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+  out = run_cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                env=env)
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines() == [
       "wsdjax: interrupted: Ctrl-C outside the training loop (a run stopped before its first "

@@ -1,6 +1,6 @@
 """Checks that need an NVIDIA GPU; skipped elsewhere (CI has none). On a GPU host:
 
-  JAX_PLATFORMS=cuda python -m pytest tests/test_gpu.py
+  JAX_PLATFORMS=cuda python -m pytest tests/unit/test_gpu.py
 
 They compare what 'auto' picks on GPU (cuDNN flash attention, the chunked LM-head loss) with
 the plain paths in bfloat16, by relative error ||got - want|| / ||want|| (bf16 operands land

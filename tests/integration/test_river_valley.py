@@ -3,13 +3,11 @@ and the CLI's one-line errors. (The notebook test trains the experiment end to e
 
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 
 import river_valley as river_valley_config
-from conftest import REPO, subprocess_env
+from conftest import run_cli
 from wsdjax import config as config_lib
 from wsdjax.analysis import compare, river_valley
 
@@ -62,7 +60,6 @@ def test_cli_bad_arguments_are_one_line_errors(tmp_path):
       (["--config", cfg, "--workdir", str(tmp_path), "--config.data.source=bundled"],
        "wsdjax: data.source: is 'bundled'"),
   ]:
-    out = subprocess.run([sys.executable, "-m", "wsdjax.river_valley", *args], cwd=REPO,
-                         env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+    out = run_cli("wsdjax.river_valley", *args)
     assert out.returncode == 2, (args, out.stderr[-2000:])
     assert out.stderr.startswith(start) and len(out.stderr.strip().splitlines()) == 1

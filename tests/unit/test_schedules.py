@@ -3,8 +3,6 @@
 
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +12,12 @@ import numpy.testing as npt
 import optax
 import pytest
 
+from conftest import REPO, run_cli
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.schedule import builders as sch
 from wsdjax.schedule import spec as spec_lib
 from wsdjax.schedule.spec import ScheduleSpec
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP = 2**31 - 1  # the largest int32 step
 RTOL = 1e-6
 
@@ -428,13 +426,12 @@ TINY = ["lr", "--config", os.path.join(REPO, "configs", "tiny.py"),
         "--config.schedule.warmup_steps=5", "--config.schedule.decay_fraction=0.1"]
 
 
-def lr_cli(*args) -> subprocess.CompletedProcess:
+def lr_cli(*args):
   """`python -m wsdjax.lr` on the tiny config with `TINY`'s schedule and `args`."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "wsdjax.lr", *TINY[1:], *args],
-                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+  return run_cli("wsdjax.lr", *TINY[1:], *args, timeout=120)
 
 
+@pytest.mark.integration
 def test_cli_prints_table_and_writes_png(tmp_path):
   png = tmp_path / "lr.png"
   proc = lr_cli("--plot", str(png))
@@ -448,6 +445,7 @@ def test_cli_prints_table_and_writes_png(tmp_path):
   assert "decayed checkpoints at steps: 40, 84" in out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flag,field", [
     ("--config.schedule.peak_lr=-1", "schedule.peak_lr"),
     ("--config.schedule.decay_shape=step", "schedule.decay_shape"),
@@ -460,6 +458,7 @@ def test_cli_bad_value_is_one_line_exit_2(flag, field):
   assert err.startswith(f"wsdjax: {field}: ") and err.count("\n") == 1 and "; " in err, err
 
 
+@pytest.mark.integration
 def test_cli_module_exits_2_without_traceback():
   proc = lr_cli("--config.schedule.warmup_steps=50")
   assert proc.returncode == 2, proc.stderr

@@ -4,8 +4,6 @@ top-k draws) up to seq_len tokens and slides past it; the CLI prints text from a
 bad input is one line, exit 2."""
 
 import dataclasses
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -13,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax.model import transformer as model_lib
 from wsdjax.analysis import sampling as sample
 from wsdjax.runtime.errors import ConfigError
@@ -21,11 +19,6 @@ from wsdjax.runtime.errors import ConfigError
 CFG = model_lib.ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
                             vocab_size=64, seq_len=24, init_std=0.3)
 PROMPT = [3, 17, 5, 9, 60]
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=300)
 
 
 def init_params(cfg):
@@ -86,26 +79,14 @@ def test_a_bigram_prompt_is_token_ids():
       sample.prompt_ids(None, bad, 64)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A byte-level tiny run on a small text corpus: main saved at step 2."""
-  import tiny
-  from conftest import one_device_mesh
-  from wsdjax.training import trainer
-  root = tmp_path_factory.mktemp("sample")
-  verse = "In the beginning God created the heaven and the earth. And the earth was void."
-  (root / "corpus.txt").write_text("\n\n".join(f"{i}: {verse}" for i in range(60)))
-  cfg = tiny.get_config()
-  cfg.model.seq_len, cfg.model.vocab_size, cfg.train.global_batch_size = 32, 256, 8
-  cfg.data.source, cfg.data.path = "text", str(root / "corpus.txt")
-  cfg.schedule.name, cfg.schedule.budgets, cfg.schedule.warmup_steps = "constant", (2,), 1
-  cfg.checkpoint.every = 2
-  trainer.train_and_evaluate(cfg, str(root / "run"), mesh=one_device_mesh())
-  return root / "run"
+@pytest.fixture
+def run(byte_run):
+  """A byte-level tiny run on a small text corpus: main saved at step 5 (shared)."""
+  return byte_run
 
 
 def test_the_cli_prints_text_from_a_saved_state(run):
-  out = cli("wsdjax.sample", "--workdir", str(run), "--branch", "main", "--step", "2",
+  out = cli("wsdjax.sample", "--workdir", str(run), "--branch", "main", "--step", "5",
             "--prompt", "In the", "--tokens", "20", "--temperature", "0")
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.startswith("In the") and len(out.stdout) > len("In the\n")

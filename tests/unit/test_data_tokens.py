@@ -8,15 +8,13 @@ line."""
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import jax
 
 import numpy as np
 import pytest
 
-from conftest import REPO, prepare_store, subprocess_env, write_jsonl_corpus
+from conftest import prepare_store, run_cli, write_jsonl_corpus
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
 from wsdjax.config import stored as run_config
@@ -227,13 +225,13 @@ def test_bad_stores_and_settings_are_one_line(tiny_config, stores, tmp_path):
 
 
 def _cli(*args):
-  out = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(),
-                       capture_output=True, text=True, timeout=300)
+  out = run_cli(*args)
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_decay_after_the_fact_equals_the_planned_one_and_weights_change_on_resume(
     stores, tmp_path):
   """On a mixture of stores: a WSD decay planned at B=16 (fork 13) and one made later from

@@ -1,7 +1,7 @@
 """The splash attention kernel compiled for TPU ahead of time, on this CPU host: libtpu
 compiles for a v5e 2x2 topology (4 chips, abstract devices) while everything that runs
 stays on CPU (JAX_PLATFORMS=cpu; ../shared/FACTS.md, "Compiling for TPU without a TPU").
-Its values and gradients: tests/test_attention.py (Pallas interpret mode)."""
+Its values and gradients: tests/unit/test_attention.py (Pallas interpret mode)."""
 
 import os
 

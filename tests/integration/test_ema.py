@@ -2,26 +2,23 @@
 shadow is the bias-corrected EMA of the lineage's params, kept in the train state,
 evaluated at every fork point and decayed checkpoint, listed as ema-<d>@<step> and restored
 like any state; each budget gets merge-<B>, the weighted mean of main's saves in its
-window. (Bitwise resume of the shadows: tests/test_resume.py runs with one.)"""
+window. (Bitwise resume of the shadows: tests/integration/test_resume.py runs with one.)"""
 
+import functools
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli
 from wsdjax import checkpoint as ckpt
 from wsdjax.training import ema
 from wsdjax.schedule import merge_weights
 
 
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=600)
+cli = functools.partial(run_cli, timeout=600)
 
 
 def test_shadow_is_the_normalised_exponential_average_of_the_params():

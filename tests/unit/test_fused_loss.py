@@ -59,7 +59,7 @@ def test_head_loss_large_logits_stay_finite():
 def test_model_loss_fast_path_equals_plain_path():
   """The CPU fast path (fused head, blocked attention, unrolled loop over stacked blocks)
   against the plain one (logits + cross_entropy, jax attention, scan): same parameter tree,
-  loss and gradients; tied head here, an untied one sharded in tests/test_sharding.py."""
+  loss and gradients; tied head here, an untied one sharded in tests/unit/test_sharding.py."""
   with pytest.raises(ValueError, match="layer_loop: unknown value"):
     M.ModelConfig(layer_loop="vmap")
   base = M.ModelConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,

@@ -4,6 +4,7 @@ tied and untied heads, stacked and per-block params; the run's SentencePiece (BP
 unigram) or HF tokenizer encodes as wsdjax's; bad input is one line, exit 2, nothing
 written; a model field Llama cannot express is refused by name."""
 
+import functools
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the hub
@@ -12,15 +13,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import dataclasses  # noqa: E402
 import importlib.resources  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from conftest import REPO, subprocess_env  # noqa: E402
+from conftest import run_cli
 
 from wsdjax import checkpoint as ckpt  # noqa: E402
 from wsdjax.checkpoint import hf_export as export  # noqa: E402
@@ -177,9 +176,7 @@ def bigram_run(tmp_path_factory):
   return make_run(tmp_path_factory.mktemp("bigram"))
 
 
-def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "wsdjax.export", *args], cwd=REPO,
-                        env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+export_cli = functools.partial(run_cli, "wsdjax.export")
 
 
 def test_the_cli_exports_and_overwrites_a_bigram_run(bigram_run, tmp_path):
@@ -187,7 +184,7 @@ def test_the_cli_exports_and_overwrites_a_bigram_run(bigram_run, tmp_path):
   first = export.export_llama(str(bigram_run), str(out), dtype="bfloat16")
   assert (first["branch"], first["step"]) == ("main", 4)
   assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
-  r = run_cli("--workdir", str(bigram_run), "--branch", "decay-8", "--out", str(out),
+  r = export_cli("--workdir", str(bigram_run), "--branch", "decay-8", "--out", str(out),
               "--overwrite")
   assert r.returncode == 0, r.stderr[-2000:]
   params = model_lib.param_count(_model(bigram_run))
@@ -223,7 +220,7 @@ def test_bad_cli_input_is_one_line_exit_2_nothing_written(bigram_run, tmp_path, 
   (paths["full"] / "keep.txt").write_text("mine")
   paths["file"].write_text("mine")
   args = [a.format(**paths) for a in args]
-  r = run_cli("--workdir", str(bigram_run), *args)
+  r = export_cli("--workdir", str(bigram_run), *args)
   assert r.returncode == 2 and r.stderr.startswith(message.format(**paths)), r.stderr
   assert r.stderr.count("\n") == 1 and r.stdout == ""
   assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, one_device_mesh, subprocess_env
+from conftest import REPO, one_device_mesh, run_cli as cli, subprocess_env
 from wsdjax import checkpoint as ckpt
 from wsdjax import config as config_lib
 from wsdjax.runtime import sharding
@@ -29,11 +29,6 @@ def train(cfg, workdir):
 def manifest(workdir):
   return {(e["branch"], e["step"]): e for e in
           json.loads((workdir / "checkpoints" / "manifest.json").read_text())}
-
-
-def cli(*args, devices=1, timeout=300):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(devices),
-                        capture_output=True, text=True, timeout=timeout)
 
 
 def leaves(state):
@@ -200,10 +195,8 @@ def test_a_branch_stopped_by_sigterm_resumes_to_the_same_bits(tmp_path):
   twin = tmp_path / "twin"
   shutil.copytree(later, twin)
   args = ["--from-step", "21", "--decay-steps", "6"]
-  out = subprocess.run([sys.executable, "-m", "wsdjax.branch", "--workdir", str(later), *args],
-                       cwd=REPO, env=subprocess_env(1) | {"WSDJAX_FAULTS":
-                                                          "term_after_step@decay-27:23"},
-                       capture_output=True, text=True, timeout=300)
+  out = cli("wsdjax.branch", "--workdir", str(later), *args,
+            env=subprocess_env(1) | {"WSDJAX_FAULTS": "term_after_step@decay-27:23"})
   assert out.returncode == 0, out.stderr[-2000:]
   assert "stopped at decay-27@23; the same command resumes" in out.stdout + out.stderr
   again = cli("wsdjax.branch", "--workdir", str(later), *args)

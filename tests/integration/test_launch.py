@@ -1,7 +1,7 @@
 """launch/tpu_vm.py against a fake `gcloud` on PATH that records its arguments (nothing
 reaches the network), launch/local.py's plumbing, and wsdjax.runtime.distributed's explicit
 coordinator settings (without starting the runtime). Detection of TPU slices, GKE and
-Cloud TPU VMs: tests/test_distributed_env.py."""
+Cloud TPU VMs: tests/unit/test_distributed_env.py."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_cli, subprocess_env
 from wsdjax.runtime import distributed
 
 TPU_VM = os.path.join(REPO, "launch", "tpu_vm.py")
@@ -247,10 +247,8 @@ def test_explicit_coordinator_settings():
 
 
 def test_train_cli_refuses_incomplete_distributed_flags(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "wsdjax.train", "--config=configs/tiny.py",
-                        f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:1"],
-                       cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                       timeout=120)
+  out = run_cli("wsdjax.train", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+                "--coordinator_address=127.0.0.1:1", timeout=120)
   assert out.returncode == 2, out.stderr
   assert out.stderr.strip().startswith("wsdjax: distributed: a coordinator address needs")
 

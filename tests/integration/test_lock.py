@@ -10,7 +10,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_cli, subprocess_env
 
 from wsdjax import checkpoint as ckpt
 from wsdjax.checkpoint import lock
@@ -94,23 +94,19 @@ def test_writing_trees_take_the_lock_and_readers_do_not(tmp_path):
 def test_a_second_train_and_branch_on_a_workdir_in_use_exit_2_in_one_line(tmp_path):
   args = ["--config", "configs/tiny.py", "--config.schedule.budgets=(8,)",
           "--config.checkpoint.every=4", "--workdir", str(tmp_path)]
-  first = subprocess.run([sys.executable, "-m", "wsdjax.train", *args], cwd=REPO,
-                         env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+  first = run_cli("wsdjax.train", *args, timeout=600)
   assert first.returncode == 0, first.stderr[-2000:]
   proc = _holder_process(tmp_path)  # a run still writing the tree
   try:
     for cmd in (["wsdjax.train", *args],
                 ["wsdjax.branch", "--workdir", str(tmp_path), "--from-step", "4"],
                 ["wsdjax.merge", "--workdir", str(tmp_path), "--at", "8", "--window", "8"]):
-      out = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO, env=subprocess_env(1),
-                           capture_output=True, text=True, timeout=600)
+      out = run_cli(*cmd, timeout=600)
       assert out.returncode == 2, (cmd, out.stderr[-2000:])
       assert out.stderr.strip().splitlines() == [
           f"wsdjax: workdir: {tmp_path} is in use by pid {proc.pid} on "
           f"{os.uname().nodename} since " + out.stderr.split(" since ", 1)[1].strip()]
-    listed = subprocess.run([sys.executable, "-m", "wsdjax.branches", "--workdir",
-                             str(tmp_path), "--json"], cwd=REPO, env=subprocess_env(1),
-                            capture_output=True, text=True, timeout=600)
+    listed = run_cli("wsdjax.branches", "--workdir", str(tmp_path), "--json", timeout=600)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert ckpt.restore(str(tmp_path), "decay-8") is not None
   finally:

@@ -4,8 +4,6 @@ accumulation, one compile per schedule, learning the bigram task, the CLI's arti
 import json
 import logging
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import REPO, one_device_mesh, subprocess_env
+from conftest import one_device_mesh, run_cli
 from wsdjax import data as data_lib
 from wsdjax.model import transformer as model_lib
 from wsdjax.schedule import plan as plan_lib
@@ -55,7 +53,7 @@ _ONE_DEVICE_LOSSES: list[float] = []  # the 1x1x1 reference run, shared by the l
 
 
 @needs_8
-# (2, 4, 1) is covered at the model level in tests/test_sharding.py.
+# (2, 4, 1) is covered at the model level in tests/unit/test_sharding.py.
 @pytest.mark.parametrize("layout", [(8, 1, 1), (2, 2, 2), (1, 1, 8)])
 def test_sharded_state_and_loss_match_one_device(tiny_config, layout):
   cfg = sharded_config(tiny_config, layout)
@@ -153,10 +151,7 @@ def test_loss_falls_toward_the_bigram_optimum(tiny_config, tmp_path):
 
 def test_cli_tiny_runs_as_written_and_leaves_logs(tmp_path):
   workdir = tmp_path / "run"
-  proc = subprocess.run(
-      [sys.executable, "-m", "wsdjax.train", "--config", "configs/tiny.py",
-       "--workdir", str(workdir)], cwd=REPO, env=subprocess_env(1), capture_output=True,
-      text=True, timeout=300)
+  proc = run_cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert "decayed checkpoints" in out and "decay-40" in out and "decay-84" in out

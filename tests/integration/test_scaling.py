@@ -1,14 +1,13 @@
 """The scaling fit (wsdjax.analysis.scaling, python -m wsdjax.fit, compare --fit): it recovers a
 known power law, predicts a held-out budget, and says when there are too few budgets."""
 
+import functools
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli
 from wsdjax.analysis import scaling
 from wsdjax.runtime.errors import ConfigError
 
@@ -42,9 +41,7 @@ def test_too_few_budgets_are_named():
 
 
 def test_fit_cli_on_a_run_with_four_budgets(tmp_path):
-  def cli(*args):
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                          capture_output=True, text=True, timeout=600)
+  cli = functools.partial(run_cli, timeout=600)
   out = cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
             "--config.model.seq_len=32", "--config.train.global_batch_size=8",
             "--config.schedule.name=wsd", "--config.schedule.budgets=(10,20,30,40)",

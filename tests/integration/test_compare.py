@@ -2,14 +2,13 @@
 the CLI's one-line errors, and (slow) a whole comparison with its rerun."""
 
 import csv
+import functools
 import io
-import subprocess
-import sys
 
 import pytest
 
 import compare_tiny
-from conftest import REPO, one_device_mesh, subprocess_env
+from conftest import one_device_mesh, run_cli
 from wsdjax.analysis import compare
 from wsdjax import config as config_lib
 
@@ -94,10 +93,7 @@ def test_ordering_verdict_table_and_csv():
   assert compare.ordering([r for r in rows if r["strategy"] != "wsd"]) == []
 
 
-def cli(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "wsdjax.compare", *args], cwd=REPO,
-                        env=subprocess_env(1), capture_output=True, text=True,
-                        timeout=timeout)
+cli = functools.partial(run_cli, "wsdjax.compare")
 
 
 def test_cli_bad_arguments_are_one_line_errors(tmp_path):

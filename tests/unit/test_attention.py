@@ -2,8 +2,8 @@
 (in interpret mode on CPU, unsharded and per device under an 8-device mesh) equal
 jax.nn.dot_product_attention (values and gradients, grouped-query heads included); which
 implementation 'auto' picks per platform. The whole model with blocked attention:
-tests/test_fused_loss.py::test_model_loss_fast_path_equals_plain_path; the splash kernel
-compiled for TPU ahead of time: tests/test_tpu_attention.py."""
+tests/unit/test_fused_loss.py::test_model_loss_fast_path_equals_plain_path; the splash kernel
+compiled for TPU ahead of time: tests/unit/test_tpu_attention.py."""
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,7 @@ def test_blocks_and_errors():
   with pytest.raises(ValueError, match="attention_impl must be one of"):
     A.resolve("flash")
   with pytest.raises(ValueError, match="attention_impl"):
-    M.ModelConfig(attention_impl="flash")  # the config file's check: tests/test_bad_input.py
+    M.ModelConfig(attention_impl="flash")  # the config file's check: tests/integration/test_bad_input.py
 
 
 def test_auto_picks_cudnn_on_gpu_for_half_precision(monkeypatch):

@@ -6,26 +6,22 @@ killed and rerun; it is complete only once store.json is written; bad input is o
 exit 2, and leaves no store that reads as complete."""
 
 import filecmp
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, prepare_store, subprocess_env, write_jsonl_corpus
+from conftest import prepare_store, run_cli, subprocess_env, write_jsonl_corpus
 from wsdjax.data import DataConfigError, build_pipeline
 from wsdjax.data import prepare as prepare_lib
 from wsdjax.data import token_store
 
 
-def cli(*args, env=None):
-  return subprocess.run([sys.executable, "-m", "wsdjax.prepare", *args], cwd=REPO,
-                        env=env or subprocess_env(), capture_output=True, text=True,
-                        timeout=300)
+cli = functools.partial(run_cli, "wsdjax.prepare")
 
 
 def tree(path):
@@ -210,13 +206,12 @@ def test_sentencepiece_and_huggingface_stores_train_with_their_tokenizer(corpus,
 def test_train_from_a_parquet_store(corpus, tmp_path):
   store = tmp_path / "store"
   prepare_store(corpus[2], store, text_field="body")
-  out = subprocess.run(
-      [sys.executable, "-m", "wsdjax.train", "--config", "configs/tiny.py", "--workdir",
-       str(tmp_path / "run"), "--config.data.source=tokens", f"--config.data.path={store}",
-       "--config.model.vocab_size=256", "--config.model.seq_len=32",
-       "--config.train.global_batch_size=8", "--config.schedule.budgets=(12,)",
-       "--config.schedule.warmup_steps=2"], cwd=REPO, env=subprocess_env(),
-      capture_output=True, text=True, timeout=300)
+  out = run_cli(
+      "wsdjax.train", "--config", "configs/tiny.py", "--workdir",
+      str(tmp_path / "run"), "--config.data.source=tokens", f"--config.data.path={store}",
+      "--config.model.vocab_size=256", "--config.model.seq_len=32",
+      "--config.train.global_batch_size=8", "--config.schedule.budgets=(12,)",
+      "--config.schedule.warmup_steps=2")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "decayed checkpoints:" in out.stdout and "decay-12" in out.stdout
 

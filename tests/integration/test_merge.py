@@ -5,21 +5,14 @@ weights of each shape; bad input as one line, exit 2, nothing written."""
 import hashlib
 import json
 import math
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax import checkpoint as ckpt
 from wsdjax.schedule import merge_weights
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=300)
 
 
 def snapshot(workdir) -> dict:

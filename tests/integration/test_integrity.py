@@ -19,13 +19,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax.analysis import tree_listing
 from wsdjax import checkpoint as ckpt
 from wsdjax.checkpoint import integrity, lock
@@ -37,11 +36,6 @@ ARGS = ["--config", "configs/tiny.py", "--config.model.seq_len=32",
         "--config.schedule.name=wsd", "--config.schedule.budgets=(20,)",
         "--config.schedule.decay_fraction=0.25", "--config.checkpoint.every=5"]
 DECAYED = StateRef("decay-20", 20)
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO,
-                        env=subprocess_env(1), capture_output=True, text=True, timeout=300)
 
 
 def train(workdir):

@@ -8,14 +8,12 @@ saved."""
 import json
 import resource
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli, subprocess_env
 from wsdjax import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -37,9 +35,8 @@ def train(workdir, faults="", file_size_limit=None, extra=()):
       signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
       resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-  return subprocess.run([sys.executable, "-m", "wsdjax.train", *ARGS, *extra, "--workdir", str(workdir)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-                        preexec_fn=limit_file_size)
+  return run_cli("wsdjax.train", *ARGS, *extra, "--workdir", str(workdir), env=env, timeout=900,
+                 preexec_fn=limit_file_size)
 
 
 def manifest(workdir) -> list[dict]:
@@ -210,6 +207,5 @@ def test_nan_stops_the_run_naming_step_and_metric_and_saves_nothing_non_finite(t
   entries = {(e["branch"], e["step"]): e for e in manifest(tmp_path)}
   assert entries[("decay-40", 40)]["decayed"]
   assert entries[("main", 30)]["lr"] == pytest.approx(peak / 2)
-  listed = subprocess.run([sys.executable, "-m", "wsdjax.branches", "--workdir", str(tmp_path)],
-                          cwd=REPO, env=subprocess_env(1), capture_output=True, text=True)
+  listed = run_cli("wsdjax.branches", "--workdir", str(tmp_path))
   assert "config change from main@5: schedule.peak_lr" in listed.stdout, listed.stdout

@@ -2,7 +2,7 @@
 
 import os
 
-# Must precede the first jax import of the test session (see tests/test_sharding.py).
+# Must precede the first jax import of the test session (see tests/unit/test_sharding.py).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import dataclasses  # noqa: E402

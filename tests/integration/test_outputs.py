@@ -10,20 +10,13 @@ config file says why; prompts that are not UTF-8 are a documented choice."""
 import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax.analysis import sampling as sample
 from wsdjax.runtime import outputs
 from wsdjax.runtime.errors import ConfigError
-
-
-def cli(module, *args, env=None):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                        env=env or subprocess_env(1), capture_output=True, text=True,
-                        timeout=300)
 
 
 def snapshot(folder) -> dict:
@@ -37,16 +30,10 @@ def snapshot(folder) -> dict:
   return out
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A finished tiny run on the bundled text with the bytes tokenizer."""
-  workdir = tmp_path_factory.mktemp("run") / "w"
-  out = cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(workdir),
-            "--config.data.source=bundled", "--config.model.vocab_size=256",
-            "--config.model.seq_len=32", "--config.train.global_batch_size=8",
-            "--config.schedule.budgets=(8,)", "--config.schedule.warmup_steps=2")
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir
+@pytest.fixture
+def run(byte_run):
+  """A finished tiny run on a text file with the bytes tokenizer (shared: read only)."""
+  return byte_run
 
 
 def refused(out, code=2):
@@ -59,13 +46,13 @@ def refused(out, code=2):
 
 def test_outputs_never_go_into_a_run(run, tmp_path):
   before = snapshot(run)
-  export = ["--workdir", str(run), "--branch", "decay-8"]
+  export = ["--workdir", str(run), "--branch", "decay-6"]
   for out, where in ((run, run), (run / "checkpoints", run), (run / "x" / "y", run)):
     message = refused(cli("wsdjax.export", *export, "--out", str(out), "--overwrite"))
     assert message == (f"--out: {out} is inside the run {where}, whose files only the "
                        "commands that train it write; write it outside the run's folder")
   manifest = run / "checkpoints" / "manifest.json"
-  message = refused(cli("wsdjax.eval", "--workdir", str(run), "--branch", "decay-8", "--json",
+  message = refused(cli("wsdjax.eval", "--workdir", str(run), "--branch", "decay-6", "--json",
                         str(manifest)))
   assert message.startswith(f"--json: {manifest} is inside the run {run}")
   message = refused(cli("wsdjax.lr", "--config", "configs/tiny.py", "--plot",
@@ -87,10 +74,10 @@ def test_overwrite_replaces_only_an_earlier_export(run, tmp_path):
   first = cli("wsdjax.export", "--workdir", str(run), "--out", str(out))
   assert first.returncode == 0, first.stderr
   assert (out / "wsdjax_export.json").is_file()
-  again = cli("wsdjax.export", "--workdir", str(run), "--branch", "decay-8", "--out", str(out),
+  again = cli("wsdjax.export", "--workdir", str(run), "--branch", "decay-6", "--out", str(out),
               "--overwrite")
   assert again.returncode == 0, again.stderr
-  assert '"branch": "decay-8"' in (out / "wsdjax_export.json").read_text()
+  assert '"branch": "decay-6"' in (out / "wsdjax_export.json").read_text()
 
 
 def test_every_output_path_is_checked_before_the_work(run, tmp_path):
@@ -171,10 +158,8 @@ def test_config_files_that_do_not_load_say_why(tmp_path):
 
 def test_a_prompt_that_is_not_utf8(run):
   """A bytes run takes the prompt's raw bytes; a run whose tokenizer reads text refuses it."""
-  env = subprocess_env(1)
-  raw = subprocess.run([os.fsencode(sys.executable), b"-m", b"wsdjax.sample", b"--workdir",
-                        os.fsencode(run), b"--prompt", b"ab\xff\xfe", b"--tokens", b"4"],
-                       cwd=REPO, env=env, capture_output=True, timeout=300)
+  raw = cli("wsdjax.sample", "--workdir", run, "--prompt", b"ab\xff\xfe", "--tokens", "4",
+            text=False)
   assert raw.returncode == 0, raw.stderr[-2000:]
   from wsdjax.data import tokenizers
   prompt = b"ab\xff\xfe".decode("utf-8", "surrogateescape")  # as Python hands argv over

@@ -4,38 +4,21 @@ bad input is one line, exit 2, nothing written."""
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_cli as cli
 from wsdjax.analysis import evaluation
 from wsdjax.data import DataConfigError
 from wsdjax.runtime.errors import ConfigError
 
-VERSE = "In the beginning God created the heaven and the earth. And the earth was void."
 TOKENS = 2 * 8 * 32  # train.eval_batches x global_batch_size x seq_len
 
 
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(1),
-                        capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A byte-level tiny WSD-S run on a small text corpus: decay-6 and decay-13."""
-  root = tmp_path_factory.mktemp("eval")
-  (root / "corpus.txt").write_text("\n\n".join(f"{i}: {VERSE}" for i in range(80)))
-  out = cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(root / "run"),
-            "--config.model.seq_len=32", "--config.train.global_batch_size=8",
-            "--config.data.source=text", f"--config.data.path={root / 'corpus.txt'}",
-            "--config.model.vocab_size=256", "--config.schedule.budgets=(6,12)",
-            "--config.schedule.warmup_steps=2", "--config.checkpoint.every=6",
-            "--config.train.ema_decays=(0.9,)")
-  assert out.returncode == 0, out.stderr[-2000:]
-  return root / "run"
+@pytest.fixture
+def run(byte_run):
+  """A byte-level tiny WSD-S run on a small text corpus: decay-6 and decay-13 (shared)."""
+  return byte_run
 
 
 def manifest(run) -> list[dict]:

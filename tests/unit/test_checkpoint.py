@@ -113,6 +113,7 @@ def test_saves_written_with_orbaxs_standard_handler_restore(tmp_path):
     assert got == meta
 
 
+@pytest.mark.integration
 def test_the_trainer_saves_uncompressed_on_the_cpu_backend_unless_asked(tiny_config, tmp_path):
   config_lib.validate(tiny_config, 1)
   for compression, expected in (("auto", "none"), ("zstd", "zstd")):
@@ -168,6 +169,7 @@ def test_a_truncated_or_deleted_file_is_reported(tmp_path):
     tree.restore(StateRef("main", 2), _state())
 
 
+@pytest.mark.integration
 def test_restore_falls_back_to_the_previous_save_or_names_the_broken_one(tiny_config, tmp_path):
   tiny_config.schedule.budgets = (8,)
   tiny_config.checkpoint.every = 4
