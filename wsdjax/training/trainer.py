@@ -1,7 +1,7 @@
-"""The jitted train/eval steps and the loop that runs a plan (the train state and the
-optimizer: `wsdjax.training.state`).
+"""The loop that runs a plan (the jitted steps: `wsdjax.training.steps`; the train state
+and the optimizer: `wsdjax.training.state`).
 
-`train_step(state, batch) -> (state, metrics)` is a pure function; `Trainer.run()` executes
+`Trainer.run()` executes
 the branch plan segment by segment: it restores or forks the start state, compiles the
 step for the segment's LR schedule ahead of the loop, trains, saves into the checkpoint
 tree, evaluates decayed checkpoints and records them in the manifest. A rerun of the same
@@ -33,25 +33,21 @@ import jax
 from etils import epath
 
 from wsdjax import checkpoint as ckpt
-from wsdjax.checkpoint import lock as ckpt_lock
 from wsdjax import config as config_lib
 from wsdjax import data as data_lib
+from wsdjax.checkpoint import lock as ckpt_lock
+from wsdjax.config import stored as stored_config
+from wsdjax.model import transformer as model_lib
+from wsdjax.runtime import distributed, faults, sharding, signals
+from wsdjax.runtime.errors import Fault, Stop
+from wsdjax.schedule import plan as plan_lib
+from wsdjax.schedule.plan import MAIN, Segment, StateRef
 from wsdjax.training import ema as ema_lib
 from wsdjax.training import hooks as hooks_lib
-from wsdjax.runtime import distributed
-from wsdjax.runtime import faults, signals
+from wsdjax.training import live_requests, merges, resume
 from wsdjax.training import metrics as metrics_lib
-from wsdjax.model import transformer as model_lib
-from wsdjax.schedule import plan as plan_lib
-from wsdjax.config import stored as stored_config
-from wsdjax.training import resume
-from wsdjax.training import live_requests as live_branch
-from wsdjax.runtime import sharding
-from wsdjax.schedule.plan import MAIN, Segment, StateRef
-from wsdjax.training import merges as merging
-from wsdjax.runtime.errors import Fault, Stop
-from wsdjax.training.steps import StepCache, nonfinite_problem
 from wsdjax.training.state import TrainState, decay_overrides, init_state
+from wsdjax.training.steps import StepCache, nonfinite_problem
 
 
 # ---- the loop ----
@@ -129,9 +125,9 @@ class Trainer:
     self.hooks = hooks_lib.Hooks()
     # After each step's eval and save: the saves that completed, then live requests.
     self.add_hook(self._report_completed_saves, every=1)
-    self.add_hook(live_branch.step_hook(self.workdir, cfg.schedule, cfg.train.log_every))
+    self.add_hook(live_requests.step_hook(self.workdir, cfg.schedule, cfg.train.log_every))
     self.add_hook(ema_lib.end_hook(cfg.train.ema_decays), when="end")
-    self.add_hook(merging.planned_hook(self.merge_sources, cfg.schedule.merge_window,
+    self.add_hook(merges.planned_hook(self.merge_sources, cfg.schedule.merge_window,
                                        cfg.schedule.merge_weights), when="done")
 
   def add_hook(self, fn, every: int = 1, when: str = "step") -> None:
@@ -362,10 +358,10 @@ class Trainer:
   def _run_plan(self) -> None:
     """Run every segment of the plan not yet on disk, and live branches cut short."""
     live: dict[StateRef, Live] = {}
-    for request in live_branch.accepted(self.workdir):  # live branches cut short
+    for request in live_requests.accepted(self.workdir):  # live branches cut short
       if not self.tree.has(StateRef(request.branch, request.end)):
         self.run_extra(request.segment(self.cfg.schedule))
-      live_branch.finish(self.workdir, request)
+      live_requests.finish(self.workdir, request)
     for index, seg in enumerate(self.plan.segments):
       if self.tree.has(seg.end_ref):  # a rerun: e.g. a merge the last run did not get to
         self.hooks.run("done", self._context(seg, seg.end))
@@ -583,7 +579,7 @@ def train_and_evaluate(cfg, workdir: str, mesh=None, stream=None) -> list[dict]:
     trainer.writer.print("decayed checkpoints:\n" + metrics_lib.results_table(
         rows, trainer.data.entropy_rate))
     steps = [r["step"] for r in rows] + list(cfg.schedule.budgets)
-    if others := merging.average_rows(trainer.tree.manifest(), steps):
+    if others := merges.average_rows(trainer.tree.manifest(), steps):
       trainer.writer.print("merges and EMA shadows at the budgets:\n"
                            + metrics_lib.results_table(others, trainer.data.entropy_rate))
     total = time.perf_counter() - trainer.started
