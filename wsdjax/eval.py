@@ -51,8 +51,9 @@ def main(argv):
   fields = overridden_fields(sys.argv)
   run_cfg = config_lib.load_run_config(workdir)  # a one-line error if W holds no run
   given = config_lib.flatten(_CONFIG.value)
+  stored = config_lib.flatten(run_cfg)
   data = {f[len("data."):]: given[f] for f in fields
-          if f.startswith("data.") and given[f] != config_lib.flatten(run_cfg)[f]}
+          if f.startswith("data.") and given[f] != stored[f]}
   mesh = None
   if any(f.startswith("mesh.") for f in fields):
     from wsdjax.runtime import sharding

@@ -12,7 +12,7 @@ from absl import logging as absl_logging
 
 from wsdjax.runtime import errors
 from wsdjax.runtime.tpu import host
-from wsdjax.runtime.errors import EXIT_BAD_INPUT, EXIT_FAULT  # noqa: F401 - the commands' codes
+from wsdjax.runtime.errors import EXIT_BAD_INPUT
 
 flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 
