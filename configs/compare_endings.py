@@ -45,6 +45,7 @@ def get_config(data: str = "bundled"):
   # Two EMA shadows: horizons of ~10 and ~50 steps.
   c.train.ema_decays = (0.9, 0.98)
   c.train.eval_every = 0  # evaluations at forks, budgets and merges only
+  c.train.log_every = 2  # train-loss windows short enough for an 8-step decay's curve
   c.checkpoint.every = 1000
   c.checkpoint.keep = 1
 
