@@ -1,5 +1,5 @@
 """`python -m wsdjax.compare --config configs/compare_small.py --workdir W [--only wsd_s,...]
-[--fit]`: several strategies on the same model, data, seed and validation set, one run each
+[--fit [--law multi_power|annealing]]`: several strategies on the same model, data, seed and validation set, one run each
 in W/<strategy>, compared at equal compute: W/results.csv, W/results.md and plots. A rerun
 resumes unfinished runs and reuses finished ones. The library and the accounting:
 wsdjax/analysis/compare.py.
@@ -18,8 +18,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the comparison: on
                                "directory per strategy, results and plots.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these strategies (comma-separated), e.g. "
                           "wsd_s or wsd,cyclic_cosine; results cover every finished run.")
-_FIT = flags.DEFINE_bool("fit", False, "Also fit L(C) = E + A C^-alpha per strategy (3+ "
-                         "budgets), predict a larger budget, check on the largest held out.")
+_FIT = flags.DEFINE_bool("fit", False, "Also fit the loss law (--law) to each run with decay "
+                         "branches and check it by leaving each decay out (beside the power "
+                         "law L(C) = E + A C^-alpha per series): W/loss_law-<run>.png.")
+_LAW = flags.DEFINE_enum("law", "multi_power", ["multi_power", "annealing"],
+                         "The schedule-aware loss law of --fit (see python -m wsdjax.fit).")
 
 
 def main(argv):
@@ -37,7 +40,7 @@ def main(argv):
   distributed.initialize()
   rows = compare.compare(cfg, _WORKDIR.value, names or None)  # a Stop: cli.run reports it
   if _FIT.value:
-    print(compare.fit_report(cfg, rows), flush=True)
+    print(compare.fit_report(cfg, rows, _WORKDIR.value, _LAW.value), flush=True)
 
 
 if __name__ == "__main__":

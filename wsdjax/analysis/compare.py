@@ -396,10 +396,35 @@ def compare(cfg, workdir, only: Sequence[str] | None = None, mesh=None,
   return report(cfg, workdir, stream)
 
 
-def fit_report(cfg, rows: list[dict], predict_at: float | None = None) -> str:
-  """A scaling fit (wsdjax.analysis.scaling) per series (strategy, variant, merge, EMA) with 3 or
-  more budgets: the loss of its checkpoints against their lineage's FLOPs (tokens x model
-  FLOPs per token)."""
+def fit_report(cfg, rows: list[dict], workdir=None, law: str = "multi_power") -> str:
+  """The loss law (`law`, wsdjax.analysis.law_fit) of each run in `workdir` with decay
+  branches: its parameters and leave-one-decay-out check beside the power law's, and its
+  figure W/loss_law-<run>.png; then the power law L(C) = E + A C^-alpha per series with 3
+  or more budgets (merges and EMA shadows, which have no LR schedule of their own, too):
+  the loss of its checkpoints against their lineage's FLOPs."""
+  lines = [] if workdir is None else _law_sections(cfg, epath.Path(workdir), law)
+  return "\n".join(lines + _power_lines(cfg, rows))
+
+
+def _law_sections(cfg, workdir: epath.Path, law: str) -> list[str]:
+  from wsdjax.analysis import law_report
+  lines = []
+  for run in runs(cfg):
+    folder = workdir / run.dirname
+    if not (folder / "checkpoints").exists():
+      continue
+    try:
+      result = law_report.analyse(folder, law)
+    except config_lib.ConfigError as e:
+      lines += [f"{run.label}: no {law} fit ({e.problem})", ""]
+      continue
+    plots.plot_law(result, workdir / f"loss_law-{run.dirname}.png")
+    lines += [f"== {run.label}", law_report.format_report(
+        {k: v for k, v in result.items() if k != "recommendation"}), ""]
+  return lines
+
+
+def _power_lines(cfg, rows: list[dict]) -> list[str]:
   from wsdjax.model import transformer as model_lib
   from wsdjax.analysis import scaling
   per_token = model_lib.flops_per_token(cfg.model)
@@ -412,5 +437,5 @@ def fit_report(cfg, rows: list[dict], predict_at: float | None = None) -> str:
       lines.append(f"{series}: the fit needs 3 or more budgets, has {len(mine)}")
       continue
     lines.append(scaling.report(series, [r["tokens"] * per_token for r in mine],
-                                [r["eval_loss"] for r in mine], predict_at))
-  return "\n".join(lines)
+                                [r["eval_loss"] for r in mine]))
+  return lines

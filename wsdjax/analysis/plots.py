@@ -279,3 +279,73 @@ def schedule_curve(schedule, start: int, stop: int, points: int = 20_000):
     t = np.unique(np.concatenate([np.linspace(start, stop - 1, points).astype(np.int64),
                                   [e for e in edges if start <= e < stop]]))
   return t, np.asarray(schedule(t.astype(np.int32)))
+
+
+def plot_law(result: dict, path) -> None:
+  """A loss law's figure (`law_report.analyse`): left, the logged train-loss windows of
+  every branch (dots) and the fitted law (lines); right, eval losses: main's (circles)
+  and the law on their scale, each decayed checkpoint measured (star) and predicted with
+  it left out (cross), and the curves of the predicted schedules (dashed). One colour per
+  branch, legends beside the panels."""
+  plt = _plt()
+  curves, fit = result["_curves"]["run"], result["_curves"]["fit"]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8), constrained_layout=True)
+  colors = _branch_colors(curves.lineages)
+  drawn = []
+  for branch, line in curves.lineages.items():
+    rows = [(a, b, v) for name, a, b, v in curves.train if name == branch]
+    if rows:
+      left.plot([(a + b) / 2 for a, b, _ in rows], [v for *_, v in rows], ".",
+                color=colors[branch], ms=3, alpha=0.5)
+      drawn += [v for *_, v in rows]
+    states = np.arange(max(1, line.start), line.end + 1)
+    left.plot(states, fit.loss(line.lr, states, eval_scale=False), "-", color=colors[branch],
+              lw=1.2, label=branch)
+  _draw_law_evals(right, result, curves, fit, colors)
+  lim = loss_ylim(drawn)
+  if lim:
+    left.set_ylim(*lim)
+  left.set(xlabel="step", ylabel="train loss", title=f"{result['law']} law: fit to the "
+           "train-loss windows")
+  right.set(xlabel="step", ylabel="eval loss", title="eval losses: measured, fitted, "
+            "predicted (decay left out)")
+  for ax in (left, right):
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+  fig.savefig(str(path), dpi=110)
+  plt.close(fig)
+
+
+def _branch_colors(lineages) -> dict[str, str]:
+  decays = [b for b in lineages if b != plan_lib.MAIN]
+  return {plan_lib.MAIN: "0.35"} | {b: f"C{i % 10}" for i, b in enumerate(decays)}
+
+
+def _draw_law_evals(ax, result: dict, curves, fit, colors) -> None:
+  """The right panel of `plot_law`."""
+  main = curves.lineages.get(plan_lib.MAIN)
+  values = []
+  if main is not None:
+    states = np.arange(1, main.end + 1)
+    ax.plot(states, fit.loss(main.lr, states), "-", color=colors[plan_lib.MAIN], lw=1,
+            label="law (main)")
+    evals = [(s, v) for b, s, v in curves.evals if b == plan_lib.MAIN]
+    if evals:
+      ax.plot(*zip(*evals), "o", color=colors[plan_lib.MAIN], mfc="none", ms=5,
+              label="main, measured")
+      values += [v for _, v in evals]
+  for r in result["leave_one_out"]:
+    c = colors.get(r["branch"], "k")
+    ax.plot(r["step"], r["measured"], "*", color=c, ms=11, label=f"{r['branch']} measured")
+    if r["predicted"] is not None:
+      ax.plot(r["step"], r["predicted"], "x", color=c, ms=9, mew=2,
+              label=f"  predicted ({100 * r['relative']:+.1f}%)")
+    values += [r["measured"]]
+  for i, p in enumerate(result["_curves"]["predictions"]):
+    steps, loss = p["curve"]
+    ax.plot(steps, loss, "--", color=f"C{(i + 5) % 10}", lw=1.2,
+            label=f"{p['scenario'][:28]}: {p['branch']}")
+    values += [loss[-1]]
+  lim = loss_ylim(values)
+  if lim:
+    ax.set_ylim(*lim)
