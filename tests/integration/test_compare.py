@@ -181,6 +181,16 @@ def test_merge_ema_constant_and_recipe_rows_at_equal_compute(tmp_path):
           (("WSD EMA 0.9", 16), ("ema-0.9", 16, 18)),
           (("WSD merge (uniform, 4 steps)", 8), ("merge-8", 8, 10)),
           (("WSD merge (uniform, 4 steps)", 16), ("merge-16", 16, 21))]}}
+  # Each row's family (its run's label) and kind, which compute.png groups by.
+  assert {(r["series"], r["family"], r["kind"]) for r in rows if r["budget"] == 8} == {
+      ("WSD", "WSD", "checkpoint"), ("WSD EMA 0.9", "WSD", "EMA 0.9"),
+      ("WSD merge (uniform, 4 steps)", "WSD", "merge (uniform, 4 steps)"),
+      ("constant LR", "constant LR", "checkpoint"),
+      ("constant LR EMA 0.9", "constant LR", "EMA 0.9"),
+      ("constant LR merge (uniform, 4 steps)", "constant LR", "merge (uniform, 4 steps)"),
+      ("WSD b2=0.99", "WSD b2=0.99", "checkpoint"),
+      ("WSD b2=0.99 EMA 0.9", "WSD b2=0.99", "EMA 0.9"),
+      ("WSD b2=0.99 merge (uniform, 4 steps)", "WSD b2=0.99", "merge (uniform, 4 steps)")}
   by = {(r["series"], r["budget"]): r["eval_loss"] for r in rows}
   # The recipe changes the decays only: its merges (of main) equal WSD's, its decays differ.
   assert by[("WSD b2=0.99 merge (uniform, 4 steps)", 16)] == pytest.approx(

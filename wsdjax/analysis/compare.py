@@ -182,7 +182,8 @@ def entropy_rate(cfg) -> float | None:
 
 def collect(cfg, workdir) -> list[dict]:
   """One row per (run, budget) for each decayed checkpoint in `workdir`'s runs, and for
-  the merges, the EMA shadows and (constant LR) the main states at the budgets."""
+  the merges, the EMA shadows and (constant LR) the main states at the budgets. A row's
+  `series` is its `family` (the run's label) and `kind` (_kind) in one name."""
   from wsdjax import checkpoint as ckpt
   from wsdjax.training import ema
   from wsdjax.model import transformer as model_lib
@@ -201,38 +202,50 @@ def collect(cfg, workdir) -> list[dict]:
     with ckpt.CheckpointTree(workdir / run.dirname, read_only=True) as tree:
       manifest = tree.manifest()
     for entry in manifest + ema.shadow_entries(manifest):
-      series = _series(run, entry, own)
-      if series is None:
+      kind = _kind(run, entry, own)
+      if kind is None:
         continue
       served = entry.get("budget") or entry["step"]  # as recorded (a shadow: its source's)
-      rows.append(_row(run, series, run.budget or labels.get(served, served), entry,
+      rows.append(_row(run, kind, run.budget or labels.get(served, served), entry,
                        flops_per_step, h))
   order = {s: i for i, s in enumerate(STRATEGIES)}
   return sorted(rows, key=lambda r: (r["budget"], order[r["strategy"]], r["series"]))
 
 
-def _series(run: Run, entry: dict, budgets_of_run: list[int]) -> str | None:
-  """The table series of a manifest entry of `run`, or None when it is not a row: decayed
-  checkpoints; merges; EMA shadows of decayed checkpoints and of main at a budget; main at
-  a budget of a constant-LR run."""
+# The kind of a row that is the checkpoint of its budget: decayed, or (constant LR) main.
+CHECKPOINT = "checkpoint"
+
+
+def _kind(run: Run, entry: dict, budgets_of_run: list[int]) -> str | None:
+  """The kind of row a manifest entry of `run` makes, or None when it is not a row:
+  CHECKPOINT (a decayed checkpoint; main at a budget of a constant-LR run), "merge (...)",
+  or "EMA <decay>" (shadows of decayed checkpoints and of main at a budget)."""
   at_budget = entry["step"] in budgets_of_run
   if entry.get("source"):  # an EMA shadow
     source_at_budget = entry["source"]["branch"] != plan_lib.MAIN or at_budget
-    return f"{run.label} EMA {entry['ema_decay']:g}" if source_at_budget else None
+    return f"EMA {entry['ema_decay']:g}" if source_at_budget else None
   if entry.get("decayed"):
-    return run.label
+    return CHECKPOINT
   if entry.get("merged"):
-    return f"{run.label} merge ({entry['merge_weights']}, {entry['window']} steps)"
+    return f"merge ({entry['merge_weights']}, {entry['window']} steps)"
   if entry["branch"] == plan_lib.MAIN and at_budget and run.strategy == "constant":
-    return run.label
+    return CHECKPOINT
   return None
 
 
-def _row(run: Run, series: str, budget: int, entry: dict, flops_per_step: float,
+def _series(family: str, kind: str) -> str:
+  """The table series of a row: its family (the run's label), then its kind unless it is
+  the checkpoint itself ("WSD", "WSD EMA 0.9", "constant LR merge (uniform, 16 steps)")."""
+  return family if kind == CHECKPOINT else f"{family} {kind}"
+
+
+def _row(run: Run, kind: str, budget: int, entry: dict, flops_per_step: float,
          h: float | None) -> dict:
-  """A result row of `entry`; `h`: the data's entropy rate (None: unknown)."""
+  """A result row of `entry`, a `kind` of row (_kind) of `run`'s family (its label);
+  `h`: the data's entropy rate (None: unknown)."""
   loss = entry.get("eval_loss")
-  return dict(strategy=run.strategy, series=series, budget=budget, run=run.dirname,
+  return dict(strategy=run.strategy, series=_series(run.label, kind), family=run.label,
+              kind=kind, budget=budget, run=run.dirname,
               checkpoint=entry["branch"], step=entry["step"], tokens=entry["tokens"],
               run_flops=entry["run_flops"],
               run_steps=int(round(entry["run_flops"] / flops_per_step)), eval_loss=loss,
@@ -340,24 +353,44 @@ def format_table(cfg, rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _kind_titles(rows: Sequence[dict]) -> dict[str, str]:
+  """compute.png's panel title of each kind of row, in panel order: checkpoints, merges,
+  EMA shadows by decay."""
+  constant = any(r["strategy"] == "constant" for r in rows)
+  out = {}
+  for kind in sorted({r.get("kind", CHECKPOINT) for r in rows},
+                     key=lambda k: (k != CHECKPOINT, not k.startswith("merge"), k)):
+    if kind == CHECKPOINT:
+      out[kind] = "Decayed checkpoints" + ("; constant LR: its main state at B (no decay)"
+                                           if constant else "")
+    elif kind.startswith("merge"):
+      out[kind] = f"Merges of the main branch's saves before B {kind[len('merge '):]}"
+    else:
+      out[kind] = f"{kind} shadows of the checkpoints above"
+  return out
+
+
 def _plots(cfg, workdir, done: Sequence, rows: Sequence[dict]) -> list[str]:
-  """losses.png, compute.png, schedules.png of a comparison in `workdir`; their names."""
+  """losses.png, compute.png, schedules.png of a comparison in `workdir`; their names.
+  A run's family (its label) has one colour in all three."""
   workdir = epath.Path(workdir)
+  every = runs(cfg)
+  colors = plots.family_colors(list(dict.fromkeys(r.label for r in every)),
+                               {LABELS[s]: c for s, c in plots.COLORS.items()})
   groups: dict[str, list] = {}
   for run in done:
     groups.setdefault(run.label, []).append(run)
 
   def title(label):
     return label + (" (one run per budget)" if label == LABELS["cosine"] else "")
-  plots.plot_losses([(title(label), rs[0].strategy, [workdir / r.dirname for r in rs])
+  plots.plot_losses([(title(label), colors[label], [workdir / r.dirname for r in rs])
                      for label, rs in groups.items()], workdir / "losses.png")
-  series = list(dict.fromkeys(r["series"] for r in rows))
-  plots.plot_compute(rows, workdir / "compute.png", {s: s for s in series},
-                     entropy_rate(cfg))
+  plots.plot_compute(rows, workdir / "compute.png", colors, entropy_rate(cfg),
+                     _kind_titles(rows))
   by: dict[str, list] = {}
-  for r in runs(cfg):
-    by.setdefault((r.label, r.strategy), []).append(plan_lib.make_plan(r.config.schedule))
-  plots.plot_schedules([(title(label), s, plans) for (label, s), plans in by.items()],
+  for r in every:
+    by.setdefault(r.label, []).append(plan_lib.make_plan(r.config.schedule))
+  plots.plot_schedules([(title(label), colors[label], plans) for label, plans in by.items()],
                        workdir / "schedules.png")
   return ["losses.png", "compute.png", "schedules.png"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +19,15 @@ from etils import epath
 from wsdjax.schedule import plan as plan_lib
 from wsdjax.schedule.spec import ScheduleSpec
 
-COLORS = {"wsd": "C0", "wsd_s": "C3", "cyclic_cosine": "C2", "cosine": "C7"}
+# One colour per strategy, the same in every figure; other families (variants of a
+# strategy) take PALETTE's colours not yet taken, the strategies' own last. Orange (C1)
+# is kept for decay branches.
+COLORS = {"wsd": "C0", "wsd_s": "C3", "cyclic_cosine": "C2", "cosine": "C7", "constant": "C9"}
+PALETTE = ("C4", "C5", "C6", "C8", "C0", "C3", "C2", "C9", "C7")
+DECAY_COLOR = "C1"
+# Marker and line style of compute.png's panels, in panel order (panel i: style i).
+PANEL_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("v", "-."), ("D", ":"))
+DPI = 110
 
 
 def _plt():
@@ -29,6 +38,77 @@ def _plt():
     matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   return plt
+
+
+def _save(fig, path) -> None:
+  """Write `fig` to `path` as a PNG trimmed to what is drawn, and close it."""
+  fig.savefig(str(path), dpi=DPI, bbox_inches="tight")
+  _plt().close(fig)
+
+
+def family_colors(families: Sequence[str],
+                  preset: dict[str, str] | None = None) -> dict[str, str]:
+  """A colour per family (a run's label: a strategy, a variant, constant LR), for every
+  figure of a comparison: a family in `preset` keeps its colour, the others take PALETTE's
+  colours in order, skipping those taken (cycling when there are more families)."""
+  preset = preset or {}
+  out = {f: preset[f] for f in families if f in preset}
+  free = [c for c in PALETTE if c not in out.values()] or list(PALETTE)
+  for i, f in enumerate(f for f in dict.fromkeys(families) if f not in preset):
+    out[f] = free[i % len(free)]
+  return {f: out[f] for f in families}
+
+
+_OUTSIDE = {"right": "outside right upper", "left": "outside left upper",
+            "top": "outside upper center", "bottom": "outside lower center"}
+
+
+def legend_outside(target, handles=None, labels=None, where: str = "right", **kwargs):
+  """A legend beside the data, never over it; returns the Legend.
+
+  target: an Axes: the legend hangs to the right of its axes box, top-aligned (`where`
+  must be "right"; for a legend on another side of one Axes pass its Figure). A Figure:
+  the legend sits outside all its axes on the `where` side (right, left, top, bottom); top
+  and bottom legends lay their entries out in rows of up to 5. Either way the figure needs
+  constrained layout, which makes the room (turned on when it has no layout engine;
+  ValueError under another engine). handles/labels: as for `legend`; by default the
+  labelled artists of the axes (of every axes of a Figure), one per label. kwargs go to
+  `legend` (title, fontsize, ncols, ...).
+  """
+  from matplotlib.figure import FigureBase
+  from matplotlib.layout_engine import ConstrainedLayoutEngine
+  is_fig = isinstance(target, FigureBase)
+  fig = target if is_fig else target.get_figure()
+  if fig.get_layout_engine() is None:
+    fig.set_layout_engine("constrained")
+  if not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):
+    raise ValueError("legend_outside: the figure needs constrained layout (or none), not "
+                     f"{type(fig.get_layout_engine()).__name__}")
+  if handles is None:
+    pairs = {}
+    for ax in (target.axes if is_fig else [target]):
+      for h, l in zip(*ax.get_legend_handles_labels()):
+        pairs.setdefault(l, h)
+    handles, labels = list(pairs.values()), list(pairs)
+  labels = [h.get_label() for h in handles] if labels is None else labels
+  if not is_fig and where == "right":
+    return target.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                         borderaxespad=0, **kwargs)
+  if not is_fig or where not in _OUTSIDE:
+    raise ValueError(f"legend_outside: where must be one of {', '.join(_OUTSIDE)} for a "
+                     f"Figure, right for an Axes; got {where!r}")
+  if where in ("top", "bottom"):
+    kwargs.setdefault("ncols", max(1, min(5, len(handles))))
+  return target.legend(handles, labels, loc=_OUTSIDE[where], **kwargs)
+
+
+def fit_title(ax, text: str, color="k", fontsize: float = 10) -> None:
+  """`text` as the left-aligned title of `ax`, wrapped to the axes' width (estimated from
+  the figure size at ~0.6 em a character, with a margin), so a long name never runs off
+  the figure."""
+  width_in = ax.get_figure().get_figwidth() * ax.get_position().width
+  chars = max(12, int(0.85 * width_in * 72 / (0.6 * fontsize)))
+  ax.set_title(textwrap.fill(text, chars), loc="left", color=color, fontsize=fontsize)
 
 
 def read_metrics(workdir) -> dict[str, dict[str, list]]:
@@ -79,12 +159,12 @@ def draw_run_losses(ax, workdir, color: str = "C0", label: str | None = None) ->
     if series["train"]:
       s, l = zip(*series["train"])
       name = f"{label} train" if label else "train"
-      ax.plot(s, l, ".-", color=color if main else "C1", lw=0.9 if main else 1.2,
+      ax.plot(s, l, ".-", color=color if main else DECAY_COLOR, lw=0.9 if main else 1.2,
               ms=2 if main else 3, alpha=0.6 if main else 0.9, label=name if main else None)
       drawn += l
     if series["eval"]:
       s, l = zip(*series["eval"])
-      ax.plot(s, l, "o", color=color if main else "C1", ms=3,
+      ax.plot(s, l, "o", color=color if main else DECAY_COLOR, ms=3,
               label=(f"{label} eval" if label else "eval") if main else None)
       drawn += l
   for e in read_manifest(workdir):
@@ -96,58 +176,150 @@ def draw_run_losses(ax, workdir, color: str = "C0", label: str | None = None) ->
   return drawn
 
 
-def plot_losses(groups: Sequence[tuple[str, str, Sequence]], path) -> None:
-  """One panel per (title, color key, workdirs): train/eval loss against step."""
+def _handle(label: str, color="0.4", **style):
+  """A legend entry: a line/marker that stands for what the figure draws."""
+  from matplotlib.lines import Line2D
+  return Line2D([], [], color=color, label=label, **style)
+
+
+def losses_figure(groups: Sequence[tuple[str, str, Sequence]]):
+  """One panel per (title, colour, workdirs), stacked on a shared step axis: every run's
+  train and eval loss (draw_run_losses), the main branch in the panel's colour; each panel
+  titled with its name only (wrapped to fit), what the marks mean said once, in a legend
+  above the panels. Returns the Figure."""
   plt = _plt()
-  fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.8 * len(groups)), sharex=True,
-                           squeeze=False)
-  for ax, (title, key, workdirs) in zip(axes[:, 0], groups):
+  fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.2 * len(groups) + 1.0),
+                           sharex=True, squeeze=False, layout="constrained")
+  for ax, (title, color, workdirs) in zip(axes[:, 0], groups):
     values = []
     for w in workdirs:
-      values += draw_run_losses(ax, w, COLORS.get(key, "C0"))
+      values += draw_run_losses(ax, w, color)
     lim = loss_ylim(values)
     if lim:
       ax.set_ylim(*lim)
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"{title}: train loss (line) and eval loss (dots) of the main branch, decay "
-                 f"branches in orange; fork points dotted, decayed checkpoints starred",
-                 fontsize=9, loc="left")
+    fit_title(ax, title, color)
     ax.grid(alpha=0.3)
   axes[-1, 0].set_xlabel("step")
-  fig.tight_layout()
-  fig.savefig(str(path), dpi=110)
-  plt.close(fig)
+  fig.supylabel("loss (nats/token)")
+  handles = [
+      _handle("main branch: train loss (in the run's colour)", marker=".", ms=4, lw=0.9),
+      _handle("main branch: eval loss", marker="o", ms=3, ls="none"),
+      _handle("decay branches: train (line), eval (dots)", DECAY_COLOR, marker=".", lw=1.2),
+      _handle("fork point", "k", ls=":", lw=0.8),
+      _handle("decayed checkpoint: eval loss", "k", marker="*", ms=10, ls="none")]
+  legend_outside(fig, handles, where="top", fontsize=8, ncols=3)
+  return fig
 
 
-def plot_compute(rows: Sequence[dict], path, labels: dict[str, str],
-                 entropy_rate: float | None = None) -> None:
-  """Eval loss of each decayed checkpoint (and merge, EMA shadow) against the FLOPs the
-  whole run had spent for it, one line per series (`labels`: row series -> legend; rows
-  without a series by strategy); each point labelled with its budget."""
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(8, 4.5))
-  for i, key in enumerate(labels):
-    pts = sorted((r["run_flops"], r["eval_loss"], r["budget"]) for r in rows
-                 if r.get("series", r["strategy"]) == key and r["eval_loss"] is not None)
-    if not pts:
+def plot_losses(groups: Sequence[tuple[str, str, Sequence]], path) -> None:
+  """losses_figure(groups) written to `path`."""
+  _save(losses_figure(groups), path)
+
+
+def _compute_series(rows: Sequence[dict]) -> dict[tuple, list[tuple[float, float]]]:
+  """{(kind, family): [(run FLOPs, eval loss)], by FLOPs} of the rows with an eval loss; a
+  row's family defaults to its series, then its strategy; its kind to None."""
+  out: dict[tuple, list] = {}
+  for r in rows:
+    if r.get("eval_loss") is None:
       continue
-    x, y, b = zip(*pts)
-    color = COLORS.get(key, f"C{i % 10}")
-    style = "o-" if " merge " not in key and " EMA " not in key else "s:"
-    ax.plot(x, y, style, color=color, label=labels[key])
-    for xi, yi, bi in pts:
-      ax.annotate(f"B={bi}", (xi, yi), textcoords="offset points", xytext=(4, 4),
-                  fontsize=7, color=color)
+    family = r.get("family") or r.get("series") or r["strategy"]
+    out.setdefault((r.get("kind"), family), []).append((r["run_flops"], r["eval_loss"]))
+  return {k: sorted(v) for k, v in out.items()}
+
+
+def _budget_spans(rows: Sequence[dict]) -> dict[int, tuple[float, float]]:
+  """Budget -> (least, most) run FLOPs of its rows with an eval loss."""
+  out: dict[int, list] = {}
+  for r in rows:
+    if r.get("eval_loss") is not None:
+      out.setdefault(r["budget"], []).append(r["run_flops"])
+  return {b: (min(v), max(v)) for b, v in sorted(out.items())}
+
+
+def _label_budgets(ax, spans: dict[int, tuple[float, float]]) -> None:
+  """Each budget named once, as a tick on top of `ax` at the middle of the FLOPs its rows
+  span (rows of one budget cost the same under equal compute; merges cost more, a
+  constant-LR run less)."""
+  top = ax.secondary_xaxis("top")
+  top.set_xticks([(lo + hi) / 2 for lo, hi in spans.values()],
+                 labels=[f"B={b}" for b in spans])
+  top.tick_params(labelsize=8, length=3)
+
+
+def _compute_handles(colors: dict, entropy_rate, reference: str | None) -> list:
+  """compute.png's legend: a colour per family, then the faint reference, the optimum."""
+  out = [_handle(f, color, marker="o", ms=5) for f, color in colors.items()]
+  if reference:
+    out.append(_handle(f"faint: {reference}", lw=2.5, alpha=0.3))
   if entropy_rate is not None:
-    ax.axhline(entropy_rate, color="k", ls="--", lw=1, label="entropy rate (optimum)")
-  ax.set(xlabel="FLOPs spent by the whole run up to the checkpoint",
-         ylabel="eval loss of the decayed checkpoint",
-         title="Eval loss against total compute, per budget")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(str(path), dpi=110)
-  plt.close(fig)
+    out.append(_handle(f"entropy rate {entropy_rate:.3f} (optimum)", "k", ls="--", lw=1))
+  return out
+
+
+def _draw_compute_panel(ax, series: dict, kind, reference, colors: dict, style) -> None:
+  """The lines of `kind` (series: {(kind, family): points}), one per family of `colors`
+  in its colour with `style` (marker, line); faintly beneath, those of `reference`."""
+  marker, ls = style
+  for f, color in colors.items():
+    if reference not in (None, kind) and (reference, f) in series:
+      ax.plot(*zip(*series[(reference, f)]), "-", color=color, lw=2.5, alpha=0.2)
+    if (kind, f) in series:
+      ax.plot(*zip(*series[(kind, f)]), marker=marker, ls=ls, color=color, ms=5)
+
+
+def compute_figure(rows: Sequence[dict], colors: dict[str, str] | None = None,
+                   entropy_rate: float | None = None, kinds: dict | None = None):
+  """Eval loss of each checkpoint against the FLOPs its whole run had spent for it: one
+  panel per kind of checkpoint (decayed, merge, each EMA shadow), one line per family in
+  its colour, sharing both axes. Returns the Figure.
+
+  Why a panel per kind rather than one panel with a marker per kind: a comparison of
+  endings has ~20 series (5 runs x decay, merge, 2 EMA shadows) that differ by hundredths
+  of a nat over a whole-nat range, so in one panel they pile up whatever their styles. A
+  panel per kind holds one line per family (a handful); colours are per family (the same
+  as losses.png's and schedules.png's, from `colors`); and the first panel's lines repeat
+  faintly in the others, so a merge or shadow reads against the decay it stands in for.
+
+  rows: dicts with run_flops, eval_loss (None: left out), budget, and optionally family
+  (default: series, then strategy) and kind (default None). colors: family -> colour,
+  also the legend's order. kinds: kind -> panel title, in panel order (default: order of
+  appearance, titled by the kind); kinds without a row with a loss get no panel. Each
+  budget is named once, on top (_label_budgets); `entropy_rate`: a dashed line.
+  """
+  plt = _plt()
+  series = _compute_series(rows)
+  present = dict.fromkeys(k for k, _ in series)
+  kinds = {k: t for k, t in (kinds or {}).items() if k in present}
+  kinds.update({k: k or "" for k in present if k not in kinds})
+  named = dict.fromkeys(f for _, f in series)  # the families, `colors`' first
+  colors = family_colors([f for f in colors or {} if f in named]
+                         + [f for f in named if f not in (colors or {})], colors)
+  panels = max(1, len(kinds))
+  fig, axes = plt.subplots(panels, 1, figsize=(9, 2.5 * panels + 1.4), sharex=True,
+                           sharey=True, squeeze=False, layout="constrained")
+  first = next(iter(kinds), None)
+  for i, (ax, (kind, title)) in enumerate(zip(axes[:, 0], kinds.items())):
+    _draw_compute_panel(ax, series, kind, first, colors, PANEL_STYLES[i % len(PANEL_STYLES)])
+    if entropy_rate is not None:
+      ax.axhline(entropy_rate, color="k", ls="--", lw=1)
+    fit_title(ax, title)
+  for ax in axes[:, 0]:
+    ax.grid(alpha=0.3)
+  _label_budgets(axes[0, 0], _budget_spans(rows))
+  axes[-1, 0].set_xlabel("FLOPs the whole run had spent for the checkpoint")
+  fig.supylabel("eval loss")
+  fig.suptitle("Eval loss against the compute spent, per budget B", fontsize=11)
+  legend_outside(fig, _compute_handles(colors, entropy_rate,
+                                       "the top panel's lines" if len(kinds) > 1 else None),
+                 where="right", fontsize=8, title="colour: run")
+  return fig
+
+
+def plot_compute(rows: Sequence[dict], path, colors: dict[str, str] | None = None,
+                 entropy_rate: float | None = None, kinds: dict | None = None) -> None:
+  """compute_figure(rows, colors, entropy_rate, kinds) written to `path`."""
+  _save(compute_figure(rows, colors, entropy_rate, kinds), path)
 
 
 def draw_plan_lr(ax, plan: plan_lib.Plan, color: str = "C0") -> None:
@@ -158,26 +330,35 @@ def draw_plan_lr(ax, plan: plan_lib.Plan, color: str = "C0") -> None:
     lr = np.asarray(seg.schedule.build()(t.astype(np.int32)))
     forked = seg.decayed and seg.parent == plan_lib.MAIN and plan.strategy == "wsd"
     ax.plot(np.append(t, seg.end), np.append(lr, lr[-1]), drawstyle="steps-post",
-            color="C1" if forked else color, ls="--" if forked else "-", lw=1.3)
+            color=DECAY_COLOR if forked else color, ls="--" if forked else "-", lw=1.3)
     if seg.decayed:
       ax.plot(seg.end, lr[-1], "o", color="k", ms=4, zorder=5)
 
 
-def plot_schedules(groups: Sequence[tuple[str, str, Sequence[plan_lib.Plan]]], path) -> None:
-  """One panel per (title, color key, plans), stacked with a shared step axis."""
+def schedules_figure(groups: Sequence[tuple[str, str, Sequence[plan_lib.Plan]]]):
+  """One panel per (title, colour, plans), stacked on a shared step axis, each plan's LR
+  (draw_plan_lr) in the panel's colour, titled with its name (wrapped to fit); what the
+  marks mean said once, in a legend above the panels. Returns the Figure."""
   plt = _plt()
-  fig, axes = plt.subplots(len(groups), 1, figsize=(10, 1.9 * len(groups) + 0.6),
-                           sharex=True, squeeze=False)
-  for ax, (title, key, plans) in zip(axes[:, 0], groups):
+  fig, axes = plt.subplots(len(groups), 1, figsize=(10, 1.7 * len(groups) + 1.0),
+                           sharex=True, squeeze=False, layout="constrained")
+  for ax, (title, color, plans) in zip(axes[:, 0], groups):
     for p in plans:
-      draw_plan_lr(ax, p, COLORS.get(key, "C0"))
-    ax.set_ylabel("LR")
-    ax.set_title(title, fontsize=9, loc="left")
+      draw_plan_lr(ax, p, color)
+    fit_title(ax, title, color)
     ax.grid(alpha=0.3)
-  axes[-1, 0].set_xlabel("step (update t spans [t, t+1); dots: decayed checkpoints)")
-  fig.tight_layout()
-  fig.savefig(str(path), dpi=110)
-  plt.close(fig)
+  axes[-1, 0].set_xlabel("step (update t spans [t, t+1))")
+  fig.supylabel("learning rate")
+  handles = [_handle("the run's LR (in its colour)"),
+             _handle("WSD decay branch, forked off main", DECAY_COLOR, ls="--"),
+             _handle("decayed checkpoint", "k", marker="o", ms=4, ls="none")]
+  legend_outside(fig, handles, where="top", fontsize=8)
+  return fig
+
+
+def plot_schedules(groups: Sequence[tuple[str, str, Sequence[plan_lib.Plan]]], path) -> None:
+  """schedules_figure(groups) written to `path`."""
+  _save(schedules_figure(groups), path)
 
 
 def plot_river_valley(rows: Sequence[dict], entropy_rate: float, path,
