@@ -121,7 +121,7 @@ def test_compare_runs_reports_and_reuses_finished_runs(tmp_path):
   cfg = small_config()  # cosine runs: see the run configs test (each is one more run)
   cfg.schedule.update(budgets=(8, 16), warmup_steps=2)
   cfg.model.seq_len = 16
-  cfg.train.update(global_batch_size=4, eval_every=4)
+  cfg.train.update(global_batch_size=4, eval_every=4, log_every=1)
   out = io.StringIO()
   rows = compare.compare(cfg, tmp_path, mesh=one_device_mesh(), stream=out)
   # d = (2, 3): WSD-S checkpoints at C = (8, 18); equal compute per budget for everyone.
@@ -151,6 +151,12 @@ def test_compare_runs_reports_and_reuses_finished_runs(tmp_path):
   rows2 = compare.compare(cfg, tmp_path, only=["wsd_s"], mesh=one_device_mesh(), stream=again)
   assert "segment " not in again.getvalue() and "[1/1] WSD-S" in again.getvalue()
   assert rows2 == rows
+  # --fit: the loss law of each run, checked by leaving each decay out, and its figure.
+  text = compare.fit_report(cfg, rows, tmp_path)
+  for label, run in (("WSD", "wsd"), ("WSD-S", "wsd_s"), ("cyclic cosine", "cyclic_cosine")):
+    assert f"== {label}\nmulti_power law fitted to {tmp_path / run}" in text
+    assert (tmp_path / f"loss_law-{run}.png").stat().st_size > 0
+  assert text.count("leave-one-decay-out") == 3 and "\n    decay-16     16 " in text
 
 
 @pytest.mark.slow

@@ -1,8 +1,12 @@
-"""The scaling fit (wsdjax.analysis.scaling, python -m wsdjax.fit, compare --fit): it recovers a
-known power law, predicts a held-out budget, and says when there are too few budgets."""
+"""The fits of python -m wsdjax.fit and compare --fit: the power law (wsdjax.analysis.scaling)
+recovers a known law, predicts a held-out budget and says when there are too few budgets;
+the command fits a schedule-aware law to a run, checks, predicts and refuses bad input."""
 
 import functools
+import json
 import math
+import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -41,19 +45,63 @@ def test_too_few_budgets_are_named():
 
 
 def test_fit_cli_on_a_run_with_four_budgets(tmp_path):
+  """One tiny WSD run, fitted, checked, predicted and refused as a user would try it."""
   cli = functools.partial(run_cli, timeout=600)
-  out = cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+  run = tmp_path / "run"
+  out = cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(run),
             "--config.model.seq_len=32", "--config.train.global_batch_size=8",
-            "--config.schedule.name=wsd", "--config.schedule.budgets=(10,20,30,40)",
-            "--config.schedule.warmup_steps=2", "--config.schedule.decay_fraction=0.2")
+            "--config.train.log_every=1", "--config.schedule.name=wsd",
+            "--config.schedule.budgets=(10,20,30,40)", "--config.schedule.warmup_steps=2",
+            "--config.schedule.decay_fraction=0.2")
   assert out.returncode == 0, out.stderr[-2000:]
-  fit = cli("wsdjax.fit", "--workdir", str(tmp_path))
+  report, plot = tmp_path / "fit.json", tmp_path / "fit.png"
+  fit = cli("wsdjax.fit", "--workdir", str(run), "--json", str(report), "--plot", str(plot),
+            "--predict", "schedule.budgets=(48,) schedule.decay_shape=1-sqrt")
   assert fit.returncode == 0, fit.stderr[-2000:]
-  lines = fit.stdout.strip().splitlines()
-  assert lines[0].startswith("run: L(C) = E + A C^-alpha over 4 budgets: E = ")
-  assert lines[2].startswith("run: held out the largest budget (") and "measured" in lines[2]
-  bad = cli("wsdjax.fit", "--workdir", str(tmp_path), "--predict_flops", "-1")
-  assert bad.returncode == 2 and bad.stderr.startswith("wsdjax: --predict_flops: must be > 0")
+  assert fit.stdout.startswith(f"multi_power law fitted to {run}: ")
+  assert "leave-one-decay-out" in fit.stdout and "recommended decay for budget 40" in fit.stdout
+  result = json.loads(report.read_text())
+  assert [r["branch"] for r in result["leave_one_out"]] == [f"decay-{b}" for b in (10, 20, 30, 40)]
+  for row in result["leave_one_out"]:
+    assert math.isfinite(row["predicted"]) and row["measured"] > 0
+  assert [p["branch"] for p in result["predictions"]] == ["decay-48"]
+  assert set(result["params"]) == {"L0", "A", "alpha", "B", "C", "beta", "gamma", "delta",
+                                   "kappa"}
+  assert plot.stat().st_size > 10_000
+  # The recommendation's `draw it` line works as printed (configs/from_run.py:W).
+  draw = next(line for line in fit.stdout.splitlines() if "draw it:" in line)
+  args = shlex.split(draw.split("python -m wsdjax.lr", 1)[1])
+  drawn = cli("wsdjax.lr", *args[:-1], str(tmp_path / "decay.png"))
+  assert drawn.returncode == 0 and "decayed checkpoints at steps: 40" in drawn.stdout, drawn.stderr
+  power = cli("wsdjax.fit", "--workdir", str(run), "--law", "power")
+  assert power.returncode == 0, power.stderr[-2000:]
+  assert power.stdout.startswith("power law L(C) = E + A C^-alpha through 4 decayed")
+  _refusals(cli, run, tmp_path)
+
+
+def _refusals(cli, run, tmp_path):
+  """Bad input: one line on stderr, exit 2, the run untouched."""
+  before = sorted(p.name for p in run.iterdir())
+  nan_run, constant_run = tmp_path / "nan", tmp_path / "constant"
+  shutil.copytree(run, nan_run)
+  with open(nan_run / "metrics.jsonl", "a") as f:
+    f.write('{"step": 18, "branch": "decay-20", "train_loss": NaN}\n')
+  shutil.copytree(run, constant_run)
+  config = json.loads((constant_run / "config.json").read_text())
+  config["schedule"]["name"] = "constant"
+  (constant_run / "config.json").write_text(json.dumps(config))
+  cases = [((str(run), "--predict_flops", "-1"), "--predict_flops: must be > 0"),
+           ((str(run), "--predict", "schedule.decay_shape=zigzag"),
+            "--predict: 'schedule.decay_shape=zigzag': schedule.decay_shape"),
+           ((str(run), "--law", "power", "--predict", "budgets=(50,)"), "--predict: the power"),
+           ((str(nan_run),), "--workdir: metrics.jsonl logs a non-finite train loss (nan) at "
+            "decay-20@18"),
+           ((str(constant_run),), f"--workdir: {constant_run} has no decay branch")]
+  for (workdir, *flags), message in cases:
+    bad = cli("wsdjax.fit", "--workdir", workdir, *flags)
+    assert bad.returncode == 2 and bad.stderr.startswith(f"wsdjax: {message}"), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+  assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_compare_fit_report_fits_each_strategy_with_enough_budgets(tiny_config):
@@ -63,7 +111,7 @@ def test_compare_fit_report_fits_each_strategy_with_enough_budgets(tiny_config):
   tokens = [1000 * 2 ** i for i in range(4)]
   rows = [dict(strategy="wsd", tokens=t, eval_loss=float(law(t * per_token))) for t in tokens]
   rows += [dict(strategy="wsd_s", tokens=t, eval_loss=3.0) for t in tokens[:2]]
-  text = compare.fit_report(tiny_config, rows)
+  text = compare.fit_report(tiny_config, rows)  # no workdir: the power law per series
   assert "WSD: L(C) = E + A C^-alpha over 4 budgets" in text
   assert "WSD: held out the largest budget" in text
   assert "WSD-S: the fit needs 3 or more budgets, has 2" in text

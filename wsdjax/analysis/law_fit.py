@@ -59,7 +59,7 @@ def fit_run(curves: RunCurves, law_name: str, exclude: Sequence[str] = ()) -> lo
                       f"{curves.workdir} --from_step N")
   need = len(law.names) + 4
   if len(obs) < need:
-    raise ConfigError("train.log_every", f"{curves.workdir} has {len(obs)} loss points "
+    raise ConfigError("train.log_every", f"the run has {len(obs)} loss points "
                       f"after the warmup; the {law_name} law needs at least {need}",
                       "log more often (--config.train.log_every) or train longer")
   return loss_law.fit(law, laws, obs, curves.reference_lr)
@@ -74,11 +74,16 @@ def decays(curves: RunCurves) -> list[dict]:
 
 def leave_one_out(curves: RunCurves, law_name: str) -> list[dict]:
   """Per decay branch: the law refitted without it predicts its final eval loss and its
-  train curve; {branch, step, measured, predicted, error, relative, curve_rmse}."""
+  train curve; {branch, step, measured, predicted, error, relative, curve_rmse} (predicted
+  None, and `note` why, when the rest of the run is too little to refit)."""
   out = []
   for entry in decays(curves):
     branch = entry["branch"]
-    fit = fit_run(curves, law_name, exclude=(branch,))
+    try:
+      fit = fit_run(curves, law_name, exclude=(branch,))
+    except ConfigError as e:
+      out.append(_check_row(entry, None) | {"note": f"without it, {e.problem}"})
+      continue
     line = curves.lineages[branch]
     predicted, anchor = final_loss(curves, fit, line.lr, exclude=(branch,))
     out.append(_check_row(entry, predicted) | {
@@ -88,12 +93,14 @@ def leave_one_out(curves: RunCurves, law_name: str) -> list[dict]:
 
 
 def anchor_state(curves: RunCurves, lr: np.ndarray, exclude: Sequence[str] = ()):
-  """The latest evaluated state (branch, step, eval loss) of the run whose lineage trained
-  with the same LRs as the first `step` of `lr` (a decay's fork, or main further on); None
-  when there is none."""
+  """The latest evaluated state (branch, step, eval loss) past the warmup of the run whose
+  lineage trained with the same LRs as the first `step` of `lr` (a decay's fork, or main
+  further on); None when there is none."""
   best = None
+  warm = loss_law.Curve.of(lr, max(float(np.max(lr)), 1e-30)).warmup_end
   for branch, step, loss in curves.evals:
-    if branch in exclude or step > len(lr) or (best is not None and step <= best[1]):
+    if (branch in exclude or step > len(lr) or step <= warm
+        or (best is not None and step <= best[1])):
       continue
     own = curves.lineages[branch].lr[:step]
     if len(own) == step and np.allclose(own, lr[:step], rtol=1e-6, atol=0):
@@ -112,6 +119,18 @@ def final_loss(curves: RunCurves, fit: loss_law.Fit, lr: np.ndarray,
     return law_end, None
   branch, step, measured = found
   return measured + law_end - float(fit.loss(lr, [step])[0]), f"{branch}@{step}"
+
+
+def eval_scatter(curves: RunCurves, fit: loss_law.Fit) -> float | None:
+  """RMS of main's measured eval losses around the fitted law (past the warmup): the noise
+  a held-out prediction cannot beat."""
+  main = curves.lineages.get(plan_lib.MAIN)
+  warm = 0 if main is None else loss_law.Curve.of(main.lr, fit.reference_lr).warmup_end
+  found = [(s, v) for b, s, v in curves.evals if b == plan_lib.MAIN and s > max(warm, 1)]
+  if len(found) < 2:
+    return None
+  steps, measured = zip(*found)
+  return float(np.sqrt(np.mean(np.square(fit.loss(main.lr, steps) - np.array(measured)))))
 
 
 def _check_row(entry: dict, predicted: float | None) -> dict:
@@ -178,6 +197,8 @@ def scenario_plan(curves: RunCurves, scenario: Scenario) -> plan_lib.Plan:
   """The plan of the run's schedule section with the scenario's overrides; ConfigError
   naming --predict when the library cannot build it."""
   section = ml_collections.ConfigDict(curves.config.schedule.to_dict())
+  if "merge_window" in section:
+    section.merge_window = 0  # merges set no LR: a cosine scenario of a run with merges
   try:
     for field, value in scenario.overrides:
       if field not in section:
@@ -185,10 +206,12 @@ def scenario_plan(curves: RunCurves, scenario: Scenario) -> plan_lib.Plan:
                           "use a field of the schedule section, e.g. decay_fraction")
       section[field] = value
     return plan_lib.make_plan(section)
-  except (ConfigError, TypeError, ValueError) as e:
-    raise ConfigError("--predict", f"{scenario.label!r}: {e}",
-                      "give a schedule the library builds (python -m wsdjax.lr shows it)") \
+  except ConfigError as e:
+    raise ConfigError("--predict", f"{scenario.label!r}: {e.field}: {e.problem}", e.fix) \
         from None
+  except (TypeError, ValueError) as e:
+    raise ConfigError("--predict", f"{scenario.label!r}: {e}", "give values of the fields' "
+                      "types (python -m wsdjax.lr draws a schedule)") from None
 
 
 def predict(curves: RunCurves, fit: loss_law.Fit, scenario: Scenario) -> list[dict]:
@@ -200,7 +223,8 @@ def predict(curves: RunCurves, fit: loss_law.Fit, scenario: Scenario) -> list[di
     if not line.decayed:
       continue
     predicted, anchor = final_loss(curves, fit, line.lr)
-    states = np.arange(max(1, line.start), line.end + 1)
+    warm = loss_law.Curve.of(line.lr, fit.reference_lr).warmup_end
+    states = np.arange(max(1, line.start, warm + 1), line.end + 1)  # the branch, past warmup
     shift = predicted - float(fit.loss(line.lr, [line.end])[0])
     rows.append({"scenario": scenario.label, "branch": branch, "step": line.end,
                  "predicted": predicted, "anchor": anchor,
@@ -242,18 +266,30 @@ def decay_candidates(curves: RunCurves, budget: int):
   return out
 
 
+def fitted_decay_steps(curves: RunCurves) -> tuple[int, int] | None:
+  """The shortest and longest decay (in steps) among the run's decay branches."""
+  lengths = [line.end - line.start for line in curves.lineages.values()
+             if line.decayed and line.start > 0]
+  return (min(lengths), max(lengths)) if lengths else None
+
+
 def recommend(curves: RunCurves, fit: loss_law.Fit, budget: int) -> dict:
-  """The decay (fraction, shape) of the lowest predicted final eval loss at `budget`, and
-  its predicted gain over the run's configured decay (positive: lower loss)."""
+  """The decay (fraction, shape) of the lowest predicted final eval loss at `budget`
+  (`final_loss`, as every prediction) among those as long as the run's decays (`best`;
+  None if none is), the lowest of all (`best_any`: longer or shorter decays extrapolate),
+  and the predicted gain of `best` over the run's configured decay (positive: lower)."""
+  seen = fitted_decay_steps(curves)
   rows = []
   for fraction, shape, steps, spec in decay_candidates(curves, budget):
     seg = plan_lib.Segment("candidate", 0, budget, None, spec, True, None, None)
-    lr = loss_curves.segment_lrs(seg)
+    predicted, anchor = final_loss(curves, fit, loss_curves.segment_lrs(seg))
     rows.append({"fraction": fraction, "shape": shape, "decay_steps": steps,
-                 "predicted": float(fit.loss(lr, [budget])[0])})
-  configured, best = rows[0], min(rows, key=lambda r: r["predicted"])
-  fitted = sorted({round((line.end - line.start) / line.end, 3)
-                   for line in curves.lineages.values() if line.decayed and line.start})
+                 "predicted": predicted, "anchor": anchor,
+                 "seen": seen is not None and seen[0] <= steps <= seen[1]})
+  configured = rows[0]
+  within = [r for r in rows if r["seen"]]
+  best = min(within, key=lambda r: r["predicted"]) if within else None
   return {"budget": int(budget), "best": best, "configured": configured,
-          "gain": configured["predicted"] - best["predicted"], "candidates": rows,
-          "fitted_fractions": fitted}
+          "best_any": min(rows, key=lambda r: r["predicted"]),
+          "gain": None if best is None else configured["predicted"] - best["predicted"],
+          "candidates": rows, "fitted_decay_steps": seen}

@@ -12,6 +12,7 @@ import numpy as np
 
 from wsdjax.analysis import law_fit, loss_curves, scaling
 from wsdjax.runtime.errors import ConfigError
+from wsdjax.schedule.builders import DECAY_SHAPES
 
 
 def analyse(workdir, law: str, scenarios: Sequence[str] = (), budget: int | None = None,
@@ -34,6 +35,7 @@ def analyse(workdir, law: str, scenarios: Sequence[str] = (), budget: int | None
       "reference_lr": fit.reference_lr, "rmse": fit.rmse, "points": fit.points,
       "data": _data_summary(curves),
       "leave_one_out": law_fit.leave_one_out(curves, law),
+      "eval_scatter": law_fit.eval_scatter(curves, fit),
       "power_leave_one_out": law_fit.power_leave_one_out(curves),
       "predictions": [{k: v for k, v in r.items() if k != "curve"} for r in predictions],
       "recommendation": _without_candidates(law_fit.recommend(curves, fit, target)),
@@ -114,35 +116,40 @@ def loo_table(result: dict) -> list[str]:
   law, rows = result["law"], result["leave_one_out"]
   if not rows:
     return ["leave-one-decay-out: the run has no decay branch to hold out"]
-  power = {r["branch"]: r for r in result.get("power_leave_one_out", rows)}
-  head = (f"leave-one-decay-out (final eval loss; error = predicted - measured):\n"
-          f"{'branch':>12} {'step':>6} {'measured':>9} | {law + ' predicted':>22} "
-          f"{'error':>8} {'rel':>7} {'curve RMS':>9} | {'power predicted':>15} {'error':>8} "
-          f"{'rel':>7}")
-  lines = [head]
+  laws = [(law, rows)] + ([("power", result["power_leave_one_out"])] if law != "power" else [])
+  by_law = [(name, {r["branch"]: r for r in rs}) for name, rs in laws]
+  head = f"{'branch':>12} {'step':>6} {'measured':>9}"
+  for name, _ in by_law:
+    head += f" | {name + ' predicted':>21} {'error':>8} {'rel':>7}"
+  head += f" | {'curve RMS':>9}" if law != "power" else ""
+  lines = ["leave-one-decay-out (final eval loss; error = predicted - measured):", head]
   for r in rows:
-    p = power.get(r["branch"], {})
-    own = (f"{_num(r['predicted']):>22} {_signed(r['error']):>8} {_pct(r['relative']):>7} "
-           f"{_num(r.get('curve_rmse')):>9}") if law != "power" else f"{'':>49}"
-    lines.append(f"{r['branch']:>12} {r['step']:>6} {r['measured']:>9.4f} | {own} | "
-                 f"{_num(p.get('predicted')):>15} {_signed(p.get('error')):>8} "
-                 f"{_pct(p.get('relative')):>7}")
-  lines.append(_mean_line(law, rows, result.get("power_leave_one_out", rows)))
+    line = f"{r['branch']:>12} {r['step']:>6} {r['measured']:>9.4f}"
+    for _, found in by_law:
+      p = found.get(r["branch"], {})
+      line += (f" | {_fixed(p.get('predicted')):>21} {_signed(p.get('error')):>8} "
+               f"{_pct(p.get('relative')):>7}")
+    lines.append(line + (f" | {_fixed(r.get('curve_rmse')):>9}" if law != "power" else "")
+                 + (f"  ({r['note']})" if r.get("note") else ""))
+  lines.append("  mean |relative error|: " + ", ".join(
+      f"{name} {_abs_pct(mean_abs_relative(rs))} (max {_abs_pct(_max_rel(rs))})"
+      for name, rs in laws))
   if law != "power" and any(r.get("anchor") for r in rows):
     lines.append("  (each prediction starts from the measured eval loss at its fork, then "
                  "adds the law's change along the decay)")
+  if result.get("eval_scatter") is not None:
+    lines.append(f"  main's eval losses scatter {result['eval_scatter']:.4f} (RMS) around the "
+                 "fitted law: errors of that size are within the measurements' own noise")
   return lines
+
+
+def _fixed(v) -> str:
+  return "" if v is None else f"{v:.4f}"
 
 
 def mean_abs_relative(rows: Sequence[dict]) -> float | None:
   rel = [abs(r["relative"]) for r in rows if r.get("relative") is not None]
   return float(np.mean(rel)) if rel else None
-
-
-def _mean_line(law: str, rows, power_rows) -> str:
-  parts = [f"{name} {_pct(mean_abs_relative(rs))} (max {_pct(_max_rel(rs))})"
-           for name, rs in ((law, rows), ("power", power_rows)) if name == law or law != "power"]
-  return "  mean |relative error|: " + ", ".join(parts)
 
 
 def _max_rel(rows) -> float | None:
@@ -152,6 +159,10 @@ def _max_rel(rows) -> float | None:
 
 def _signed(v) -> str:
   return "" if v is None else f"{v:+.4f}"
+
+
+def _abs_pct(v) -> str:
+  return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
 def _pct(v) -> str:
@@ -164,27 +175,40 @@ def prediction_table(predictions: Sequence[dict]) -> list[str]:
            f"{'measured':>9}"]
   for r in predictions:
     lines.append(f"{r['scenario'][-40:]:>40} {r['branch']:>12} {r['step']:>6} "
-                 f"{r['predicted']:>9.4f} {_num(r['measured']) if r['measured'] else '':>9}")
+                 f"{r['predicted']:>9.4f} {_fixed(r['measured']):>9}")
   return lines
 
 
 def recommendation_lines(result: dict) -> list[str]:
+  """The recommended decay (among the lengths the fit saw), the best of all when it lies
+  beyond them, and the commands that draw and run it."""
   rec = result["recommendation"]
-  best, own = rec["best"], rec["configured"]
-  lines = [f"recommended decay for budget {rec['budget']} (of {rec['candidates']} WSD decays "
-           f"tried: fractions {law_fit.FRACTIONS[0]}-{law_fit.FRACTIONS[-1]} x shapes): "
-           f"{best['decay_steps']} steps ({best['fraction']:.0%}), {best['shape']}: predicted "
-           f"{best['predicted']:.4f}",
-           f"  configured: {own['decay_steps']} steps ({own['fraction']:.0%}), {own['shape']}: "
-           f"predicted {own['predicted']:.4f}; predicted gain {rec['gain']:+.4f}",
-           f"  (the fit saw decay fractions {', '.join(map(str, rec['fitted_fractions']))}: "
-           "others are extrapolations)",
-           "  draw it:  python -m wsdjax.lr --config configs/from_run.py:"
-           f"{result['workdir']} --config.schedule.name=wsd "
-           f"--config.schedule.budgets='({rec['budget']},)' "
-           f"--config.schedule.decay_fraction={best['fraction']} "
-           f"--config.schedule.decay_shape={best['shape']} --plot decay.png",
-           f"  run it:   python -m wsdjax.branch --workdir {result['workdir']} --from_step "
-           f"{rec['budget'] - best['decay_steps']} --decay_steps {best['decay_steps']} "
-           f"--decay_shape {best['shape']}  (main must be saved at that step)"]
+  best, own, any_best = rec["best"], rec["configured"], rec["best_any"]
+  lo, hi = rec["fitted_decay_steps"] or (0, 0)
+  lines = [f"recommended decay for budget {rec['budget']} (WSD decays of "
+           f"{law_fit.FRACTIONS[0]:.0%}-{law_fit.FRACTIONS[-1]:.0%} x {len(DECAY_SHAPES)} "
+           f"shapes, as long as the run's decays: {lo}-{hi} steps):"]
+  if best is None:
+    lines.append("  none of them is as long as the run's decays")
+  else:
+    lines += [f"  {_decay(best)}: predicted {best['predicted']:.4f}",
+              f"  configured {_decay(own)}: predicted {own['predicted']:.4f}; predicted gain "
+              f"{rec['gain']:+.4f}"]
+  if any_best is not best:
+    lines.append(f"  beyond the decays the fit saw (an extrapolation): {_decay(any_best)}: "
+                 f"predicted {any_best['predicted']:.4f}; run one that long and refit to "
+                 "check it")
+  pick = best or any_best
+  lines += ["  draw it:  python -m wsdjax.lr --config configs/from_run.py:"
+            f"{result['workdir']} --config.schedule.name=wsd "
+            f"--config.schedule.budgets='({rec['budget']},)' "
+            f"--config.schedule.decay_steps={pick['decay_steps']} "
+            f"--config.schedule.decay_shape={pick['shape']} --plot decay.png",
+            f"  run it:   python -m wsdjax.branch --workdir {result['workdir']} --from_step "
+            f"{rec['budget'] - pick['decay_steps']} --decay_steps {pick['decay_steps']} "
+            f"--decay_shape {pick['shape']}  (from a saved main step)"]
   return lines
+
+
+def _decay(row: dict) -> str:
+  return f"{row['decay_steps']} steps ({row['fraction']:.0%}), {row['shape']}"

@@ -124,7 +124,7 @@ def load(workdir) -> RunCurves:
   curves = RunCurves(str(workdir), cfg, lineages, train,
                      [(b, s, v) for (b, s), v in sorted(evals.items())], decayed,
                      int(cfg.train.eval_batches))
-  _check_finite(curves)
+  check_finite(curves)
   return curves
 
 
@@ -157,7 +157,8 @@ def _read_log(workdir, lineages: dict[str, Lineage]):
   return train, evals
 
 
-def _check_finite(curves: RunCurves) -> None:
+def check_finite(curves: RunCurves) -> None:
+  """ConfigError naming the first non-finite train or eval loss of `curves`."""
   for branch, _, step, loss in curves.train:
     if not math.isfinite(loss):
       raise ConfigError("--workdir", f"metrics.jsonl logs a non-finite train loss "

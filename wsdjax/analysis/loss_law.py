@@ -30,6 +30,7 @@ import numpy as np
 
 LAWS = ("multi_power", "annealing")
 _TINY_LR = 1e-6  # relative LRs below this count as this (a decay to exactly 0)
+MAX_CHANGES = 512  # LR changes a curve's annealing term sums exactly; more are grouped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +53,18 @@ class Curve:
     return np.concatenate([[0.0], np.cumsum(self.lr)])
 
   def changes(self) -> tuple[np.ndarray, np.ndarray]:
-    """(k, Delta_k) for the updates k after the warmup where the LR changes."""
+    """(k, Delta_k) for the updates k after the warmup where the LR changes; beyond
+    MAX_CHANGES of them (a decay of thousands of steps), consecutive runs of changes as
+    blocks: the sum of their Delta at the update in the middle of each."""
     k = np.arange(self.warmup_end + 1, len(self.lr))
     delta = self.lr[k - 1] - self.lr[k]
     keep = delta != 0
-    return k[keep], delta[keep]
+    k, delta = k[keep], delta[keep]
+    if len(k) <= MAX_CHANGES:
+      return k, delta
+    blocks = np.array_split(np.arange(len(k)), MAX_CHANGES)
+    return (np.array([k[b[len(b) // 2]] for b in blocks]),
+            np.array([delta[b].sum() for b in blocks]))
 
 
 @dataclasses.dataclass(frozen=True)

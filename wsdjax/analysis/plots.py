@@ -492,8 +492,8 @@ def plot_law(result: dict, path) -> None:
             "predicted (decay left out)")
   for ax in (left, right):
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-  fig.savefig(str(path), dpi=110)
+    legend_outside(ax, fontsize=8, frameon=False)
+  fig.savefig(str(path), dpi=110, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -521,6 +521,7 @@ def _draw_law_evals(ax, result: dict, curves, fit, colors) -> None:
     if r["predicted"] is not None:
       ax.plot(r["step"], r["predicted"], "x", color=c, ms=9, mew=2,
               label=f"  predicted ({100 * r['relative']:+.1f}%)")
+      values += [r["predicted"]]
     values += [r["measured"]]
   for i, p in enumerate(result["_curves"]["predictions"]):
     steps, loss = p["curve"]
