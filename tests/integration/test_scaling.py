@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from wsdjax.analysis import scaling
+from wsdjax.analysis import law_report, scaling
 from wsdjax.runtime.errors import ConfigError
 
 E, A, ALPHA = 1.7, 3.0e4, 0.25
@@ -73,14 +73,14 @@ def test_fit_cli_on_a_run_with_four_budgets(tmp_path):
   args = shlex.split(draw.split("python -m wsdjax.lr", 1)[1])
   drawn = cli("wsdjax.lr", *args[:-1], str(tmp_path / "decay.png"))
   assert drawn.returncode == 0 and "decayed checkpoints at steps: 40" in drawn.stdout, drawn.stderr
-  power = cli("wsdjax.fit", "--workdir", str(run), "--law", "power")
-  assert power.returncode == 0, power.stderr[-2000:]
-  assert power.stdout.startswith("power law L(C) = E + A C^-alpha through 4 decayed")
+  power = law_report.format_report(law_report.analyse(run, "power"))
+  assert power.startswith("power law L(C) = E + A C^-alpha through 4 decayed")
   _refusals(cli, run, tmp_path)
 
 
 def _refusals(cli, run, tmp_path):
-  """Bad input: one line on stderr, exit 2, the run untouched."""
+  """Bad input: one line on stderr, exit 2 (the command), a ConfigError naming the field
+  (the library), the run untouched."""
   before = sorted(p.name for p in run.iterdir())
   nan_run, constant_run = tmp_path / "nan", tmp_path / "constant"
   shutil.copytree(run, nan_run)
@@ -90,17 +90,20 @@ def _refusals(cli, run, tmp_path):
   config = json.loads((constant_run / "config.json").read_text())
   config["schedule"]["name"] = "constant"
   (constant_run / "config.json").write_text(json.dumps(config))
-  cases = [((str(run), "--predict_flops", "-1"), "--predict_flops: must be > 0"),
-           ((str(run), "--predict", "schedule.decay_shape=zigzag"),
+  bad = cli("wsdjax.fit", "--workdir", str(nan_run))
+  assert bad.returncode == 2 and bad.stderr.startswith(
+      "wsdjax: --workdir: metrics.jsonl logs a non-finite train loss (nan) at decay-20@18")
+  assert len(bad.stderr.strip().splitlines()) == 1
+  bad = cli("wsdjax.fit", "--workdir", str(run), "--predict_flops", "-1")
+  assert bad.returncode == 2 and bad.stderr.startswith("wsdjax: --predict_flops: must be > 0")
+  cases = [((run, "multi_power", ["schedule.decay_shape=zigzag"]),
             "--predict: 'schedule.decay_shape=zigzag': schedule.decay_shape"),
-           ((str(run), "--law", "power", "--predict", "budgets=(50,)"), "--predict: the power"),
-           ((str(nan_run),), "--workdir: metrics.jsonl logs a non-finite train loss (nan) at "
-            "decay-20@18"),
-           ((str(constant_run),), f"--workdir: {constant_run} has no decay branch")]
-  for (workdir, *flags), message in cases:
-    bad = cli("wsdjax.fit", "--workdir", workdir, *flags)
-    assert bad.returncode == 2 and bad.stderr.startswith(f"wsdjax: {message}"), bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+           ((run, "power", ["budgets=(50,)"]), "--predict: the power law knows compute"),
+           ((constant_run, "multi_power", []), f"--workdir: {constant_run} has no decay branch")]
+  for args, message in cases:
+    with pytest.raises(ConfigError) as error:
+      law_report.analyse(*args)
+    assert str(error.value).startswith(message)
   assert sorted(p.name for p in run.iterdir()) == before
 
 
