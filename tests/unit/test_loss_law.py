@@ -201,3 +201,14 @@ def test_a_long_decay_is_summed_in_blocks_that_change_the_loss_little():
     finally:
       loss_law.MAX_CHANGES = original
     np.testing.assert_allclose(grouped, full, rtol=2e-4)
+
+
+def test_the_run_it_line_names_a_saved_fork_or_the_saves_near_it():
+  from wsdjax.analysis import law_report
+  pick = {"decay_steps": 20, "shape": "cosine"}
+  assert law_report._run_it("W", 116, pick, [112, 116, 120]) == (
+      "  run it:   python -m wsdjax.branch --workdir W --from_step 116 --decay_steps 20 "
+      "--decay_shape cosine")
+  assert law_report._run_it("W", 122, pick, [112, 116, 120, 128]) == (
+      "  run it:   main is not saved at step 122 (saved nearby: 116, 120, 128): decay from "
+      "a saved step, or plan this decay in a run")

@@ -292,4 +292,5 @@ def recommend(curves: RunCurves, fit: loss_law.Fit, budget: int) -> dict:
   return {"budget": int(budget), "best": best, "configured": configured,
           "best_any": min(rows, key=lambda r: r["predicted"]),
           "gain": None if best is None else configured["predicted"] - best["predicted"],
-          "candidates": rows, "fitted_decay_steps": seen}
+          "candidates": rows, "fitted_decay_steps": seen,
+          "main_saves": list(curves.main_saves)}

@@ -204,10 +204,22 @@ def recommendation_lines(result: dict) -> list[str]:
             f"--config.schedule.budgets='({rec['budget']},)' "
             f"--config.schedule.decay_steps={pick['decay_steps']} "
             f"--config.schedule.decay_shape={pick['shape']} --plot decay.png",
-            f"  run it:   python -m wsdjax.branch --workdir {result['workdir']} --from_step "
-            f"{rec['budget'] - pick['decay_steps']} --decay_steps {pick['decay_steps']} "
-            f"--decay_shape {pick['shape']}  (from a saved main step)"]
+            _run_it(result["workdir"], rec["budget"] - pick["decay_steps"], pick,
+                    rec.get("main_saves", []))]
   return lines
+
+
+def _run_it(workdir, fork: int, pick: dict, saves: Sequence[int]) -> str:
+  """The `wsdjax.branch` line of a decay from main@fork, or, when main is not saved
+  there, the saved steps nearest to it."""
+  if fork in saves:
+    return (f"  run it:   python -m wsdjax.branch --workdir {workdir} --from_step {fork} "
+            f"--decay_steps {pick['decay_steps']} --decay_shape {pick['shape']}")
+  from wsdjax import checkpoint as ckpt
+  near = ckpt.nearest_steps(list(saves), fork)
+  return (f"  run it:   main is not saved at step {fork}"
+          + (f" (saved nearby: {', '.join(map(str, near))})" if near else "")
+          + ": decay from a saved step, or plan this decay in a run")
 
 
 def _decay(row: dict) -> str:

@@ -88,7 +88,8 @@ def extra_segments(manifest: list[dict]) -> list[plan_lib.Segment]:
 class RunCurves:
   """What a loss law fits in one run: `lineages` by branch; `train` rows (branch, first
   update, stop, mean loss); `evals` (branch, step, loss); `manifest` entries of the
-  decayed checkpoints; `eval_batches` each evaluation averages."""
+  decayed checkpoints; `eval_batches` each evaluation averages; `main_saves`: the steps
+  where main is saved (a decay after the fact can start there)."""
   workdir: str
   config: object
   lineages: dict[str, Lineage]
@@ -96,6 +97,7 @@ class RunCurves:
   evals: list[tuple[str, int, float]]
   decayed: list[dict]
   eval_batches: int
+  main_saves: tuple[int, ...] = ()
 
   @property
   def reference_lr(self) -> float:
@@ -123,7 +125,8 @@ def load(workdir) -> RunCurves:
                     and e.get("eval_loss") is not None), key=lambda e: (e["step"], e["branch"]))
   curves = RunCurves(str(workdir), cfg, lineages, train,
                      [(b, s, v) for (b, s), v in sorted(evals.items())], decayed,
-                     int(cfg.train.eval_batches))
+                     int(cfg.train.eval_batches),
+                     tuple(sorted(e["step"] for e in manifest if e["branch"] == plan_lib.MAIN)))
   check_finite(curves)
   return curves
 
