@@ -15,7 +15,8 @@ With eta_u the LR of update u, S(n) = sum_{u<n} eta_u, w the end of the first wa
 
 A curve's observations are train-loss windows (the mean of L(u) over the updates u of the
 window: update u's loss is measured before it, at the state after u updates) and eval
-losses (L(n) + delta: one offset between the eval set and the training stream). The fit
+losses (delta + kappa L(n): the eval set's excess loss a multiple of the training
+stream's, fitted when both kinds are there; one offset alone did not fit the corpus). The fit
 (`fit`) is weighted least squares, the weight of an observation the square root of the
 updates (or eval batches) it averages; uncertainties from the Jacobian at the optimum.
 """
@@ -130,7 +131,7 @@ _SAMPLES_PER_WINDOW = 8  # a window's mean is taken over at most this many of it
 @dataclasses.dataclass(frozen=True)
 class Observation:
   """A measured loss of curve `curve`: the mean of L(u) over states u in [first, stop)
-  (a train window), or L(first) + delta (`is_eval`, stop = first + 1); `weight` the
+  (a train window), or delta + kappa L(first) (`is_eval`, stop = first + 1); `weight` the
   square root of the updates (eval batches) it averages."""
   curve: str
   first: int
@@ -176,9 +177,10 @@ class _Design:
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-  """A fitted law: natural parameters `params` (with `delta`, the eval offset, when eval
-  losses were fitted), their standard errors `se`, the weighted residual RMS `rmse` and
-  the number of observations `points`; LRs in units of `reference_lr`."""
+  """A fitted law: natural parameters `params` (with `delta` and `kappa`, the eval scale,
+  when train and eval losses were fitted), their standard errors `se`, the weighted
+  residual RMS `rmse` and the number of observations `points`; LRs in units of
+  `reference_lr`."""
   law: Law
   params: dict
   se: dict
@@ -188,7 +190,7 @@ class Fit:
 
   def loss(self, lr: Sequence[float], states: Sequence[int], eval_scale: bool = True):
     """L(n) at `states` of a lineage whose updates had LRs `lr` (absolute), on the eval
-    losses' scale (+ delta) unless `eval_scale` is False."""
+    losses' scale (delta + kappa L) unless `eval_scale` is False."""
     curve = Curve.of(lr, self.reference_lr)
     out = self.law.curve_loss(self.params, curve, np.asarray(states))
     if not eval_scale:
@@ -198,9 +200,8 @@ class Fit:
 
 def fit(law: Law, curves: dict[str, Curve], observations: Sequence[Observation],
         reference_lr: float) -> Fit:
-  """Weighted least squares of `law` (and delta when there are eval observations):
-  the power part first, on the states no LR decrease has reached, then every parameter
-  from a few starts of the annealing part; the best optimum."""
+  """Weighted least squares of `law` (and the eval scale when there are both kinds),
+  every parameter at once from each of `_starts`, bounded; the best optimum."""
   from scipy.optimize import least_squares
   design = _Design(curves, observations)
   scale = EVAL_SCALE if design.is_eval.any() and (1 - design.is_eval).any() else ()
@@ -225,7 +226,8 @@ def fit(law: Law, curves: dict[str, Curve], observations: Sequence[Observation],
 
 
 def _starts(law: Law, design: _Design, names: Sequence[str]) -> list[np.ndarray]:
-  """Starting points: the power part's own fit, times a grid of the annealing part's."""
+  """Starting points: the power part at rough values from the losses' range, times a
+  grid of the annealing part's parameters (9 starts)."""
   floor = float(design.loss.min())
   base = {"L0": 0.8 * floor, "A": max(float(np.median(design.loss)) - 0.8 * floor, 1e-3),
           "alpha": 0.5}
