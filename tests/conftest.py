@@ -48,14 +48,14 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 # 2026: ~185 s down to ~17 s). `make test` runs 2 workers with --dist loadfile, which hands
 # out whole files in this order; longest first keeps the other worker from idling at the
 # end behind a long file that started last (the short files fill the gaps).
-LONGEST_FIRST = ("test_branches.py", "test_multiprocess.py", "test_bad_input.py",
-                 "test_resume.py", "test_compare.py", "test_aot.py", "test_integrity.py",
-                 "test_trainer.py", "test_outputs.py", "test_ema.py", "test_merge.py",
-                 "test_scaling.py", "test_notebooks.py", "test_data_tokens.py",
+LONGEST_FIRST = ("test_compare.py", "test_branches.py", "test_multiprocess.py",
+                 "test_bad_input.py", "test_resume.py", "test_scaling.py", "test_aot.py",
+                 "test_integrity.py", "test_trainer.py", "test_outputs.py", "test_ema.py",
+                 "test_merge.py", "test_notebooks.py", "test_data_tokens.py",
                  "test_sharding.py", "test_lock.py", "test_eval.py", "test_schedules.py",
                  "test_sample.py", "test_export.py", "test_fused_loss.py",
                  "test_attention.py", "test_model.py", "test_prepare.py", "test_hooks.py",
-                 "test_bench.py")
+                 "test_bench.py", "test_loss_law.py")
 
 
 # Integration tests run commands in subprocesses, train runs, start processes or notebooks:
