@@ -1,8 +1,8 @@
 """`python -m wsdjax.compare --config configs/compare_small.py --workdir W [--only wsd_s,...]
-[--fit [--law multi_power|annealing]]`: several strategies on the same model, data, seed and validation set, one run each
-in W/<strategy>, compared at equal compute: W/results.csv, W/results.md and plots. A rerun
-resumes unfinished runs and reuses finished ones. The library and the accounting:
-wsdjax/analysis/compare.py.
+[--fit [--law multi_power|annealing]]`: several strategies on the same model, data, seed
+and validation set, one run each in W/<strategy>, compared at equal compute:
+W/results.csv, W/results.md and plots. A rerun resumes unfinished runs and reuses finished
+ones. The library and the accounting: wsdjax/analysis/compare.py.
 """
 
 from __future__ import annotations

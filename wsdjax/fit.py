@@ -36,6 +36,9 @@ def main(argv):
              "--predict_flops 1e18")
   if _BUDGET.value is not None and _BUDGET.value <= 0:
     cli.fail(f"--budget: must be > 0, got {_BUDGET.value}; e.g. --budget 1000")
+  if _PLOT.value and _LAW.value == "power":
+    cli.fail("--plot: draws a schedule-aware law's curves, which --law power has not; "
+             "use --law multi_power (or annealing)")
   from wsdjax.runtime import outputs
   for flag, path in (("--plot", _PLOT.value), ("--json", _JSON.value)):
     outputs.check_file(flag, path)

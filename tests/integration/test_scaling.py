@@ -96,6 +96,9 @@ def _refusals(cli, run, tmp_path):
   assert len(bad.stderr.strip().splitlines()) == 1
   bad = cli("wsdjax.fit", "--workdir", str(run), "--predict_flops", "-1")
   assert bad.returncode == 2 and bad.stderr.startswith("wsdjax: --predict_flops: must be > 0")
+  bad = cli("wsdjax.fit", "--workdir", str(run), "--law", "power", "--plot",
+            str(tmp_path / "power.png"))
+  assert bad.returncode == 2 and bad.stderr.startswith("wsdjax: --plot: draws a schedule-")
   cases = [((run, "multi_power", ["schedule.decay_shape=zigzag"]),
             "--predict: 'schedule.decay_shape=zigzag': schedule.decay_shape"),
            ((run, "power", ["budgets=(50,)"]), "--predict: the power law knows compute"),

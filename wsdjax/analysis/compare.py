@@ -447,13 +447,12 @@ def _law_sections(cfg, workdir: epath.Path, law: str) -> list[str]:
     if not (folder / "checkpoints").exists():
       continue
     try:
-      result = law_report.analyse(folder, law)
+      result = law_report.analyse(folder, law, recommend=False)
     except config_lib.ConfigError as e:
       lines += [f"{run.label}: no {law} fit ({e.problem})", ""]
       continue
     plots.plot_law(result, workdir / f"loss_law-{run.dirname}.png")
-    lines += [f"== {run.label}", law_report.format_report(
-        {k: v for k, v in result.items() if k != "recommendation"}), ""]
+    lines += [f"== {run.label}", law_report.format_report(result), ""]
   return lines
 
 

@@ -5,7 +5,7 @@ config overrides, and the decay it recommends for a budget.
 The fit (`fit_run`) takes every branch with an LR schedule (main and the decays; not
 merges or EMA shadows): the train-loss windows after the warmup, weighted by the square
 root of their updates, and the eval losses, weighted by the square root of the batches
-they average, with one eval-minus-train offset (`delta`). Predictions are eval losses.
+they average, on their own scale (delta + kappa L). Predictions are eval losses.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def anchor_state(curves: RunCurves, lr: np.ndarray, exclude: Sequence[str] = ())
   lineage trained with the same LRs as the first `step` of `lr` (a decay's fork, or main
   further on); None when there is none."""
   best = None
-  warm = loss_law.Curve.of(lr, max(float(np.max(lr)), 1e-30)).warmup_end
+  warm = loss_law.warmup_end(lr)
   for branch, step, loss in curves.evals:
     if (branch in exclude or step > len(lr) or step <= warm
         or (best is not None and step <= best[1])):
@@ -125,7 +125,7 @@ def eval_scatter(curves: RunCurves, fit: loss_law.Fit) -> float | None:
   """RMS of main's measured eval losses around the fitted law (past the warmup): the noise
   a held-out prediction cannot beat."""
   main = curves.lineages.get(plan_lib.MAIN)
-  warm = 0 if main is None else loss_law.Curve.of(main.lr, fit.reference_lr).warmup_end
+  warm = 0 if main is None else loss_law.warmup_end(main.lr)
   found = [(s, v) for b, s, v in curves.evals if b == plan_lib.MAIN and s > max(warm, 1)]
   if len(found) < 2:
     return None
@@ -223,7 +223,7 @@ def predict(curves: RunCurves, fit: loss_law.Fit, scenario: Scenario) -> list[di
     if not line.decayed:
       continue
     predicted, anchor = final_loss(curves, fit, line.lr)
-    warm = loss_law.Curve.of(line.lr, fit.reference_lr).warmup_end
+    warm = loss_law.warmup_end(line.lr)
     states = np.arange(max(1, line.start, warm + 1), line.end + 1)  # the branch, past warmup
     shift = predicted - float(fit.loss(line.lr, [line.end])[0])
     rows.append({"scenario": scenario.label, "branch": branch, "step": line.end,

@@ -16,9 +16,10 @@ from wsdjax.schedule.builders import DECAY_SHAPES
 
 
 def analyse(workdir, law: str, scenarios: Sequence[str] = (), budget: int | None = None,
-            predict_flops: float | None = None) -> dict:
-  """Everything the report shows, for `law` in law_fit.LAWS. The curves of the fit and of
-  the predictions ride along under "_curves" (left out of the JSON)."""
+            predict_flops: float | None = None, recommend: bool = True) -> dict:
+  """Everything the report shows, for `law` in law_fit.LAWS (the recommended decay only
+  with `recommend`). The curves of the fit and of the predictions ride along under
+  "_curves" (left out of the JSON)."""
   curves = loss_curves.load(workdir)
   if law == "power":
     return _analyse_power(curves, scenarios, budget, predict_flops)
@@ -30,7 +31,7 @@ def analyse(workdir, law: str, scenarios: Sequence[str] = (), budget: int | None
   parsed = [law_fit.parse_scenario(s) for s in scenarios]
   predictions = [row for s in parsed for row in law_fit.predict(curves, fit, s)]
   target = int(budget or max(curves.config.schedule.budgets))
-  return {
+  result = {
       "workdir": str(workdir), "law": law, "params": fit.params, "se": fit.se,
       "reference_lr": fit.reference_lr, "rmse": fit.rmse, "points": fit.points,
       "data": _data_summary(curves),
@@ -38,9 +39,11 @@ def analyse(workdir, law: str, scenarios: Sequence[str] = (), budget: int | None
       "eval_scatter": law_fit.eval_scatter(curves, fit),
       "power_leave_one_out": law_fit.power_leave_one_out(curves),
       "predictions": [{k: v for k, v in r.items() if k != "curve"} for r in predictions],
-      "recommendation": _without_candidates(law_fit.recommend(curves, fit, target)),
       "_curves": {"run": curves, "fit": fit, "predictions": predictions},
   }
+  if recommend:
+    result["recommendation"] = _without_candidates(law_fit.recommend(curves, fit, target))
+  return result
 
 
 def _analyse_power(curves, scenarios, budget, predict_flops) -> dict:
@@ -147,14 +150,18 @@ def _fixed(v) -> str:
   return "" if v is None else f"{v:.4f}"
 
 
+def _abs_relative(rows: Sequence[dict]) -> list[float]:
+  """|relative error| of the rows that have a prediction."""
+  return [abs(r["relative"]) for r in rows if r.get("relative") is not None]
+
+
 def mean_abs_relative(rows: Sequence[dict]) -> float | None:
-  rel = [abs(r["relative"]) for r in rows if r.get("relative") is not None]
+  rel = _abs_relative(rows)
   return float(np.mean(rel)) if rel else None
 
 
 def _max_rel(rows) -> float | None:
-  rel = [abs(r["relative"]) for r in rows if r.get("relative") is not None]
-  return max(rel) if rel else None
+  return max(_abs_relative(rows), default=None)
 
 
 def _signed(v) -> str:

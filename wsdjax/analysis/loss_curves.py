@@ -11,11 +11,9 @@ EMA shadows have no LR schedule of their own and are not curves here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
-from etils import epath
 
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.schedule import plan as plan_lib
@@ -109,10 +107,9 @@ def load(workdir) -> RunCurves:
   """The curves of the run in `workdir`. ConfigError (exit 2) for a non-finite loss."""
   from wsdjax import checkpoint as ckpt
   from wsdjax import config as config_lib
+  from wsdjax.analysis import tree_listing
   cfg = config_lib.load_run_config(workdir)
-  if not ckpt.checkpoint_dir(workdir).exists():
-    raise ConfigError("--workdir", f"{workdir} has no checkpoints/ folder",
-                      "pass the workdir of a run started with python -m wsdjax.train")
+  tree_listing.require_checkpoints(workdir)
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
     manifest = tree.manifest()
   plan = plan_lib.make_plan(cfg.schedule)
@@ -132,31 +129,23 @@ def load(workdir) -> RunCurves:
 
 
 def _read_log(workdir, lineages: dict[str, Lineage]):
-  """metrics.jsonl's train windows (last row per step) and eval rows of known branches."""
-  path = epath.Path(workdir) / "metrics.jsonl"
-  rows: dict[str, dict[int, float]] = {}
-  evals: dict[tuple[str, int], float] = {}
-  lines = path.read_text().splitlines() if path.exists() else []
-  for line in lines:
-    try:
-      row = json.loads(line)
-    except ValueError:
-      continue  # a line cut short by a kill
-    branch, step = row.get("branch", plan_lib.MAIN), int(row.get("step", -1))
-    if branch not in lineages or not 0 < step <= lineages[branch].end:
+  """metrics.jsonl's train windows and eval rows (`plots.read_metrics`: last row per step)
+  of the known branches' own steps."""
+  from wsdjax.analysis import plots
+  train, evals = [], {}
+  for branch, series in plots.read_metrics(workdir).items():
+    line = lineages.get(branch)
+    if line is None:
       continue
-    if "train_loss" in row:
-      rows.setdefault(branch, {})[step] = float(row["train_loss"])
-    if "eval_loss" in row:
-      evals[(branch, step)] = float(row["eval_loss"])
-  train = []
-  for branch, by_step in rows.items():
     previous = 0
-    for step in sorted(by_step):
-      first = lineages[branch].window_start(previous, step)
-      if step > first:
-        train.append((branch, first, step, by_step[step]))
-      previous = step
+    for step, loss in series["train"]:
+      if 0 < step <= line.end:
+        first = line.window_start(previous, step)
+        if step > first:
+          train.append((branch, first, step, float(loss)))
+        previous = step
+    evals.update(((branch, step), float(loss)) for step, loss in series["eval"]
+                 if 0 < step <= line.end)
   return train, evals
 
 

@@ -34,6 +34,12 @@ _TINY_LR = 1e-6  # relative LRs below this count as this (a decay to exactly 0)
 MAX_CHANGES = 512  # LR changes a curve's annealing term sums exactly; more are grouped
 
 
+def warmup_end(lr: Sequence[float]) -> int:
+  """The first update at the largest LR of `lr` (0 for none): where the warmup ends."""
+  lr = np.asarray(lr, np.float64)
+  return int(np.argmax(lr >= lr.max() * (1 - 1e-6))) if len(lr) else 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Curve:
   """The LRs `lr` of updates 0..len-1 of one lineage (in reference units), the update
@@ -44,9 +50,7 @@ class Curve:
   @classmethod
   def of(cls, lr: Sequence[float], reference: float) -> Curve:
     lr = np.maximum(np.asarray(lr, np.float64) / reference, 0.0)
-    top = lr.max() if len(lr) else 0.0
-    warm = int(np.argmax(lr >= top * (1 - 1e-6))) if len(lr) else 0
-    return cls(lr, warm)
+    return cls(lr, warmup_end(lr))
 
   @property
   def cumulative(self) -> np.ndarray:

@@ -94,9 +94,3 @@ def report(label: str, compute: Sequence[float], loss: Sequence[float],
                  f"error {check['error']:+.4f}")
   return "\n".join(lines)
 
-
-def run_points(entries: Sequence[dict]) -> tuple[list[float], list[float]]:
-  """(compute, loss) of a run's decayed checkpoints from its manifest entries."""
-  done = [e for e in entries if e.get("decayed") and e.get("eval_loss") is not None]
-  done.sort(key=lambda e: e["flops"])
-  return [float(e["flops"]) for e in done], [float(e["eval_loss"]) for e in done]

@@ -12,7 +12,8 @@ from wsdjax.checkpoint import verify as verify_lib
 from wsdjax.training import ema
 
 
-def _require_checkpoints(workdir) -> None:
+def require_checkpoints(workdir) -> None:
+  """CheckpointError (exit 2) unless `workdir` holds a run's checkpoints/ folder."""
   if not ckpt.checkpoint_dir(workdir).exists():
     raise ckpt.CheckpointError(f"--workdir: {workdir} has no checkpoints/ folder; pass the "
                                f"workdir of a run started with python -m wsdjax.train")
@@ -22,7 +23,7 @@ def load_entries(workdir) -> list[dict]:
   """Manifest entries of every finished save in `workdir` (rebuilt from disk if needed),
   each with the `path` of its state item, the config changes a resume made from it, and
   its verification status from its integrity record alone (`verified`, `integrity`)."""
-  _require_checkpoints(workdir)
+  require_checkpoints(workdir)
   with ckpt.CheckpointTree(workdir, read_only=True) as tree:
     changes = {}
     for c in tree.config_changes():
@@ -99,7 +100,7 @@ def unverified_note(workdir, entries: list[dict]) -> str:
 def verify(workdir: str, record: bool, as_json: bool) -> None:
   """`--verify [--record]`: one line per save and a summary (or JSON); CheckpointError
   (exit 2, one line) if a save is damaged or stays unverified."""
-  _require_checkpoints(workdir)
+  require_checkpoints(workdir)
   checksums = True
   if record:  # the run's own setting: sizes only where it records sizes only
     checksums = bool(config_lib.load_run_config(workdir).checkpoint.checksums)
