@@ -105,7 +105,11 @@ class CheckpointTree:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=None, create=not self.read_only,
           cleanup_tmp_directories=not self.read_only and self.is_primary,
-          enable_async_checkpointing=self.async_save)
+          enable_async_checkpointing=self.async_save,
+          # Orbax's save-progress barrier has a fixed name per manager; with one manager
+          # per branch saving at once, unprefixed names collide ("already ongoing").
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=branch))
       state = ocp.PyTreeCheckpointHandler(use_compression=self.compression == "zstd")
       handlers = {"state": state, "meta": ocp.JsonCheckpointHandler()}
       self._managers[branch] = ocp.CheckpointManager(
