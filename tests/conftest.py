@@ -49,7 +49,8 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 # out whole files in this order; longest first keeps the other worker from idling at the
 # end behind a long file that started last (the short files fill the gaps).
 LONGEST_FIRST = ("test_compare.py", "test_branches.py", "test_multiprocess.py",
-                 "test_bad_input.py", "test_resume.py", "test_scaling.py", "test_aot.py",
+                 "test_bad_input.py", "test_resume.py", "test_scaling.py", "test_supervise.py",
+                 "test_aot.py",
                  "test_integrity.py", "test_trainer.py", "test_outputs.py", "test_ema.py",
                  "test_merge.py", "test_notebooks.py", "test_data_tokens.py",
                  "test_sharding.py", "test_lock.py", "test_eval.py", "test_schedules.py",

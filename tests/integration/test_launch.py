@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import shlex
 import tarfile
+import time
 
 import pytest
 
@@ -21,6 +23,8 @@ with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
   f.write(json.dumps(sys.argv[1:]) + "\\n")
 if sys.argv[1:5] == ["compute", "tpus", "tpu-vm", "scp"]:  # keep what would be copied
   shutil.copy(sys.argv[5], os.environ["FAKE_GCLOUD_LOG"] + ".scp")
+if sys.argv[1:5] == ["compute", "tpus", "queued-resources", "describe"]:  # granted
+  print(json.dumps({{"state": {{"state": os.environ.get("FAKE_QR_STATE", "ACTIVE")}}}}))
 if sys.argv[1:5] == ["compute", "tpus", "tpu-vm", "describe"]:  # a TPU VM of N workers
   workers = int(os.environ.get("FAKE_TPU_WORKERS", "8"))
   print(json.dumps({{"acceleratorType": "v4-64", "state": "READY", "networkEndpoints": [
@@ -56,6 +60,7 @@ def gcloud(tmp_path):
 BASE = ["--name", "wsd", "--zone", "us-central2-b", "--project", "proj"]
 TAIL = ["--zone=us-central2-b", "--project=proj"]
 VM = ["compute", "tpus", "tpu-vm"]
+QR = ["compute", "tpus", "queued-resources"]
 
 
 def test_create_run_logs_stop_delete(gcloud):
@@ -66,22 +71,54 @@ def test_create_run_logs_stop_delete(gcloud):
                ["logs", "--worker", "3", "--lines", "20"], ["stop"], ["delete"]):
     out = run(*BASE, *args)
     assert out.returncode == 0, out.stderr
-  create, describe, start, logs, stop, delete = calls()
-  assert create == VM + ["create", "wsd", "--accelerator-type=v4-64",
-                         "--version=tpu-ubuntu2204-base", "--spot"] + TAIL
+  create, waited, describe, start, logs, stop, qr_describe, delete = calls()
+  assert create == QR + ["create", "wsd", "--node-id=wsd", "--accelerator-type=v4-64",
+                         "--runtime-version=tpu-ubuntu2204-base", "--spot"] + TAIL
+  assert waited == QR + ["describe", "wsd", "--format=json"] + TAIL
   assert describe == VM + ["describe", "wsd", "--format=json"] + TAIL
   assert start[:6] == VM + ["ssh", "wsd", "--worker=all"] and start[7:] == TAIL
   remote = start[6].removeprefix("--command=")
-  assert ("cd ~/wsdjax && (WSDJAX_TPU_WORKERS=8 nohup .venv/bin/python -m wsdjax.train "
-          "--config=configs/paper_0.1b.py --workdir=gs://b/run "
-          "'--config.schedule.budgets=(100,200)' >> ~/wsdjax_logs/train.log 2>&1 < /dev/null &"
-          in remote)
-  assert "echo $! > ~/wsdjax_logs/train.pid" in remote
+  train = ".venv/bin/python -m wsdjax.train --config=configs/paper_0.1b.py " \
+          "--workdir=gs://b/run '--config.schedule.budgets=(100,200)'"
+  keeper = (f"{train} & echo $! > $HOME/wsdjax_logs/train.pid; wait $!; "
+            "echo $? > $HOME/wsdjax_logs/train.status")
+  assert ("cd ~/wsdjax && rm -f ~/wsdjax_logs/train.pid ~/wsdjax_logs/train.status && "
+          "date -u +%FT%TZ > ~/wsdjax_logs/train.started && (WSDJAX_TPU_WORKERS=8 nohup sh -c "
+          f"{shlex.quote(keeper)} >> ~/wsdjax_logs/train.log 2>&1 < /dev/null &)" in remote)
   assert logs == VM + ["ssh", "wsd", "--worker=3",
                        "--command=tail -n 20 ~/wsdjax_logs/train.log"] + TAIL
   assert stop[6].startswith("--command=if [ -f ~/wsdjax_logs/train.pid ]; then kill -TERM")
   assert stop[5] == "--worker=all"
-  assert delete == VM + ["delete", "wsd", "--quiet"] + TAIL
+  assert qr_describe == waited  # a queued resource of this name: delete it with its node
+  assert delete == QR + ["delete", "wsd", "--force", "--quiet"] + TAIL
+  assert "queued resource wsd: ACTIVE (waiting 0h00m00s)" in run(
+      *BASE, "create", "--accelerator-type", "v4-8").stdout
+
+
+def test_run_script_keeps_the_trainers_pid_and_exit_status(tmp_path):
+  """The `run` command, played in a shell here (HOME = tmp_path, a stand-in trainer):
+  train.pid is the trainer's, train.status its exit status, the log its output."""
+  sys.path.insert(0, os.path.join(REPO, "launch"))
+  import tpu_vm
+  (tmp_path / "wsdjax" / ".venv" / "bin").mkdir(parents=True)
+  fake = tmp_path / "wsdjax" / ".venv" / "bin" / "python"
+  fake.write_text("#!/bin/sh\necho \"trainer $WSDJAX_TPU_WORKERS $*\"; exit 3\n")
+  fake.chmod(0o755)
+  env = dict(os.environ, HOME=str(tmp_path))
+  script = tpu_vm.train_script("configs/tiny.py", "gs://b/r", ["--config.seed=(1,2)"], 2)
+  subprocess.run(["bash", "-c", script], env=env, check=True, timeout=30)
+  logs = tmp_path / "wsdjax_logs"
+  for _ in range(100):
+    if (logs / "train.status").exists():
+      break
+    time.sleep(0.05)
+  assert (logs / "train.status").read_text().strip() == "3"
+  assert (logs / "train.log").read_text() == (
+      "trainer 2 -m wsdjax.train --config=configs/tiny.py --workdir=gs://b/r "
+      "--config.seed=(1,2)\n")
+  status = subprocess.run(["bash", "-c", tpu_vm.status_script()], env=env, text=True,
+                          capture_output=True, check=True).stdout
+  assert status.split()[0] == tpu_vm.WORKER_MARK and status.split()[2:] == ["exited", "3"]
 
 
 def test_setup_copies_checkout_and_installs_tpu_extra(gcloud):
@@ -112,9 +149,11 @@ def test_setup_clone_and_dry_run_prints_without_running(gcloud):
                       "git -C ~/wsdjax checkout -q v1' --zone=us-central2-b --project=proj")
   out = run("--name", "n", "--zone", "z", "--dry-run", "create", "--accelerator-type",
             "v5litepod-64")
-  assert out.stdout.strip() == ("gcloud compute tpus tpu-vm create n "
-                                "--accelerator-type=v5litepod-64 "
-                                "--version=v2-alpha-tpuv5-lite --zone=z")
+  assert out.stdout.splitlines() == [
+      "gcloud compute tpus queued-resources create n --node-id=n "
+      "--accelerator-type=v5litepod-64 --runtime-version=v2-alpha-tpuv5-lite --zone=z",
+      "# then every 60 s until its state is ACTIVE:",
+      "gcloud compute tpus queued-resources describe n --format=json --zone=z"]
   assert calls() == []
 
 
@@ -156,13 +195,12 @@ def test_run_dry_run_through_tpu_vm_sh(gcloud):
   out = run(*BASE, "--dry-run", *RUN, "--workers", "4", "--config.seed=3", launcher=sh,
             PYTHON=sys.executable)
   assert out.returncode == 0, out.stderr
-  assert out.stdout.splitlines() == [
-      "gcloud compute tpus tpu-vm ssh wsd --worker=all '--command=mkdir -p ~/wsdjax_logs && "
-      "cd ~/wsdjax && (WSDJAX_TPU_WORKERS=4 nohup .venv/bin/python -m wsdjax.train "
-      "--config=configs/paper_0.1b.py --workdir=gs://b/run --config.seed=3 >> "
-      "~/wsdjax_logs/train.log 2>&1 < /dev/null & echo $! > ~/wsdjax_logs/train.pid) && "
-      "echo \"$(hostname): started pid $(cat ~/wsdjax_logs/train.pid), log "
-      "~/wsdjax_logs/train.log\"' --zone=us-central2-b --project=proj"]
+  (line,) = out.stdout.splitlines()
+  assert line.startswith("gcloud compute tpus tpu-vm ssh wsd --worker=all '--command=mkdir -p "
+                         "~/wsdjax_logs && cd ~/wsdjax && rm -f ~/wsdjax_logs/train.pid ")
+  assert ("(WSDJAX_TPU_WORKERS=4 nohup sh -c '\"'\"'.venv/bin/python -m wsdjax.train "
+          "--config=configs/paper_0.1b.py --workdir=gs://b/run --config.seed=3 & ") in line
+  assert line.endswith("' --zone=us-central2-b --project=proj")
   # Without --workers the count comes from the describe the dry run prints, not runs.
   out = run(*BASE, "--dry-run", *RUN, launcher=sh, PYTHON=sys.executable)
   assert out.returncode == 0, out.stderr

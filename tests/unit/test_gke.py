@@ -3,6 +3,7 @@ input as one line with exit 2 (nothing reaches a cluster or the network)."""
 
 import importlib.util
 import os
+import sys
 import shlex
 
 import pytest
@@ -18,7 +19,10 @@ OVERRIDE = "--config.data.path=gs://BUCKET/store"
 
 @pytest.fixture(scope="module")
 def gke():
-  """The launch/gke.py module (launch/ is no package)."""
+  """The launch/gke.py module (launch/ is no package: its tools import each other as
+  scripts do, from their folder)."""
+  if os.path.join(REPO, "launch") not in sys.path:
+    sys.path.insert(0, os.path.join(REPO, "launch"))
   spec = importlib.util.spec_from_file_location("gke", os.path.join(REPO, "launch", "gke.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
