@@ -44,27 +44,27 @@ def test_too_few_budgets_are_named():
       "run", [1e15, 2e15, 4e15], law([1e15, 2e15, 4e15]))
 
 
-def test_fit_cli_on_a_run_with_four_budgets(tmp_path):
+def test_fit_cli_on_a_run_with_three_budgets(tmp_path):
   """One tiny WSD run, fitted, checked, predicted and refused as a user would try it."""
   cli = functools.partial(run_cli, timeout=600)
   run = tmp_path / "run"
   out = cli("wsdjax.train", "--config", "configs/tiny.py", "--workdir", str(run),
             "--config.model.seq_len=32", "--config.train.global_batch_size=8",
             "--config.train.log_every=1", "--config.schedule.name=wsd",
-            "--config.schedule.budgets=(10,20,30,40)", "--config.schedule.warmup_steps=2",
+            "--config.schedule.budgets=(10,20,30)", "--config.schedule.warmup_steps=2",
             "--config.schedule.decay_fraction=0.2")
   assert out.returncode == 0, out.stderr[-2000:]
   report, plot = tmp_path / "fit.json", tmp_path / "fit.png"
   fit = cli("wsdjax.fit", "--workdir", str(run), "--json", str(report), "--plot", str(plot),
-            "--predict", "schedule.budgets=(48,) schedule.decay_shape=1-sqrt")
+            "--predict", "schedule.budgets=(36,) schedule.decay_shape=1-sqrt")
   assert fit.returncode == 0, fit.stderr[-2000:]
   assert fit.stdout.startswith(f"multi_power law fitted to {run}: ")
-  assert "leave-one-decay-out" in fit.stdout and "recommended decay for budget 40" in fit.stdout
+  assert "leave-one-decay-out" in fit.stdout and "recommended decay for budget 30" in fit.stdout
   result = json.loads(report.read_text())
-  assert [r["branch"] for r in result["leave_one_out"]] == [f"decay-{b}" for b in (10, 20, 30, 40)]
+  assert [r["branch"] for r in result["leave_one_out"]] == [f"decay-{b}" for b in (10, 20, 30)]
   for row in result["leave_one_out"]:
     assert math.isfinite(row["predicted"]) and row["measured"] > 0
-  assert [p["branch"] for p in result["predictions"]] == ["decay-48"]
+  assert [p["branch"] for p in result["predictions"]] == ["decay-36"]
   assert set(result["params"]) == {"L0", "A", "alpha", "B", "C", "beta", "gamma", "delta",
                                    "kappa"}
   assert plot.stat().st_size > 10_000
@@ -72,9 +72,9 @@ def test_fit_cli_on_a_run_with_four_budgets(tmp_path):
   draw = next(line for line in fit.stdout.splitlines() if "draw it:" in line)
   args = shlex.split(draw.split("python -m wsdjax.lr", 1)[1])
   drawn = cli("wsdjax.lr", *args[:-1], str(tmp_path / "decay.png"))
-  assert drawn.returncode == 0 and "decayed checkpoints at steps: 40" in drawn.stdout, drawn.stderr
+  assert drawn.returncode == 0 and "decayed checkpoints at steps: 30" in drawn.stdout, drawn.stderr
   power = law_report.format_report(law_report.analyse(run, "power"))
-  assert power.startswith("power law L(C) = E + A C^-alpha through 4 decayed")
+  assert power.startswith("power law L(C) = E + A C^-alpha through 3 decayed")
   _refusals(cli, run, tmp_path)
 
 

@@ -169,3 +169,16 @@ def test_create_waits_for_the_queued_resource_and_delete_removes_it(slice_, tmp_
                 FAKE_CREATE_REFUSALS="2")
   assert refused.returncode == 1
   assert "Quota exceeded" in refused.stderr
+
+
+def test_dry_run_prints_every_command_and_runs_none(slice_, tmp_path):
+  run, calls = slice_
+  out = run("--dry-run", *supervise_args("gs://b/run")[:-len(OVERRIDES)])
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert [line.split()[3:5] for line in lines[1:]] == [
+      ["queued-resources", "create"], ["queued-resources", "describe"], ["tpu-vm", "scp"],
+      ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "ssh"],
+      ["queued-resources", "delete"]]
+  assert "wsdjax.train --config=configs/tiny.py --workdir=gs://b/run" in lines[6]
+  assert calls() == []

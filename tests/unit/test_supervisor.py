@@ -81,3 +81,18 @@ def test_a_trainer_that_ends_unfinished_on_a_live_slice_is_a_failure_then_rerun(
     (STOPPED + FINISHED, True), (["done: 13 steps"], False)])
 def test_finished_needs_the_final_table_and_done_with_no_stop_after(tail, done):
   assert tpu_supervisor.finished(tail) is done
+
+
+def test_a_nan_stop_ends_supervision_with_the_trainers_line_and_the_remedy(tmp_path, capsys):
+  line = "wsdjax: train: non-finite train_loss=nan at main step 812; lower the LR"
+  played = PlayedSlice(["exited 3"], ["main step 811 | loss 2.1", line])
+  sup = tpu_supervisor.Supervisor(played, args(tmp_path), [], "unused.tgz")
+  assert sup.step() == 3 and not played.ran  # no rerun, the slice left as it is
+  err = capsys.readouterr().err.splitlines()
+  assert err[0] == line and "lower --config.schedule.peak_lr" in err[1]
+
+
+def test_a_rerun_leaves_a_running_trainer_alone(tmp_path):
+  played = PlayedSlice(["running", "running"], ["main step 5 | loss 3.1"])
+  sup = tpu_supervisor.Supervisor(played, args(tmp_path), [], "unused.tgz")
+  assert sup.step() is None and sup.step() is None and played.ran == []
