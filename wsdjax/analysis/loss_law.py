@@ -223,7 +223,7 @@ def fit(law: Law, curves: dict[str, Curve], observations: Sequence[Observation],
   for start in _starts(law, design, names):
     theta0 = np.clip(start, lo + 1e-9, hi - 1e-9)
     result = least_squares(residual, theta0, bounds=(lo, hi), x_scale="jac",
-                           max_nfev=400 * len(names))
+                           max_nfev=200 * len(names))
     if best is None or result.cost < best.cost:
       best = result
   return _fit_of(law, names, best, design, reference_lr)
