@@ -142,7 +142,7 @@ class Supervisor:
     else:
       self.event("create", f"creating queued resource {self.g.name}")
     self.asked_at = time.monotonic()
-    if self._run(*tpu_vm.create_commands(self.g, self.args)):
+    if self.g.run(*tpu_vm.create_commands(self.g, self.args)):
       return self.failure(f"gcloud refused to create {self.g.name}")
     return None
 
@@ -164,19 +164,13 @@ class Supervisor:
 
   def _delete(self) -> None:
     self.event("delete", f"deleting queued resource {self.g.name} and its node")
-    if self._run(self.g.queued("delete", self.g.name, "--force", "--quiet")):
+    if self.g.run(self.g.queued_delete()):
       raise GcloudError(f"deleting {self.g.name} failed")
-
-  def _run(self, *commands: list[str]) -> int:
-    """Run gcloud commands (each printed first, their output ours); the first non-zero
-    status."""
-    return self.g.run(*commands)
 
   # ---- the workers ----
   def worker_states(self) -> list[str]:
     """Each worker's state (tpu_vm.status_script): one ssh to all of them."""
-    workers = len(json.loads(self.g.query(self.g.tpu_vm(
-        "describe", self.g.name, "--format=json"))).get("networkEndpoints") or [])
+    workers, _ = self.g.node_workers()
     out = self.g.query(self.g.ssh(tpu_vm.status_script()))
     states = [line.split(None, 2)[2].strip() for line in out.splitlines()
               if line.startswith(tpu_vm.WORKER_MARK) and len(line.split()) >= 3]
@@ -204,7 +198,7 @@ class Supervisor:
   def setup(self) -> int | None:
     self.event("setup", f"setting up {self.g.name}: the code packed at start, "
                f"wsdjax[{self.args.extra}]")
-    if self._run(*tpu_vm.setup_commands(self.g, self.args, self.archive)):
+    if self.g.run(*tpu_vm.setup_commands(self.g, self.args, self.archive)):
       return self.failure("setting up the workers failed")
     return None
 
@@ -212,7 +206,7 @@ class Supervisor:
     self.event("run", f"{why} on {self.workers} worker(s)")
     script = tpu_vm.train_script(self.args.config, self.args.workdir, self.overrides,
                                  self.workers)
-    if self._run(self.g.ssh(script)):
+    if self.g.run(self.g.ssh(script)):
       return self.failure("starting the trainer failed")
     self.last_report = time.monotonic()
     return None
@@ -222,7 +216,7 @@ class Supervisor:
     seen twice in a row, ask the rest to save and stop."""
     if self.mixed_once:
       self.event("stop", f"workers {states}: asking the others to save and stop")
-      self._run(*tpu_vm.stop_commands(self.g, self.args))
+      self.g.run(*tpu_vm.stop_commands(self.g, self.args))
     self.mixed_once = True
     return None
 
@@ -297,7 +291,7 @@ class Supervisor:
     """Ctrl-C: every trainer saves and stops; the slice is kept."""
     self.event("interrupt", "Ctrl-C: asking every trainer to save and stop")
     try:
-      self._run(*tpu_vm.stop_commands(self.g, self.args))
+      self.g.run(*tpu_vm.stop_commands(self.g, self.args))
       deadline = time.monotonic() + self.args.stop_timeout
       while time.monotonic() < deadline:
         if not any(s in ("running", "starting") for s in self.worker_states()):

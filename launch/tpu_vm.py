@@ -46,6 +46,8 @@ import sys
 import tempfile
 import time
 
+from preflight import fail  # standard library only at import
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_DIR = "~/wsdjax"  # the code on each worker
 LOG_DIR = "~/wsdjax_logs"  # train.log, train.pid, train.status on each worker
@@ -61,16 +63,14 @@ REMOTE_PYTHON = "python3.11"
 WORKERS_ENV = "WSDJAX_TPU_WORKERS"
 # Queued resource states (cloud.google.com/tpu/docs/queued-resources): still on the way.
 QUEUED_WAITING = ("CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING")
-CAPACITIES = ("on-demand", "spot", "best-effort", "reserved")  # best-effort: gcloud alpha
+
+
+GCLOUD_MISSING = ("gcloud: not found on PATH; install the Google Cloud CLI "
+                  "(cloud.google.com/sdk/docs/install) and run gcloud auth login")
 
 
 class GcloudError(RuntimeError):
   """A gcloud query that failed (status and the last line of its stderr)."""
-
-
-def fail(message: str) -> None:
-  print(f"wsdjax: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
 
 
 def default_version(accelerator_type: str) -> str:
@@ -107,49 +107,58 @@ class Gcloud:
     try:
       out = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-      fail("gcloud: not found on PATH; install the Google Cloud CLI "
-           "(cloud.google.com/sdk/docs/install) and run gcloud auth login")
+      fail(GCLOUD_MISSING)
     if out.returncode:
       lines = [line for line in out.stderr.splitlines() if line.strip()]
-      raise GcloudError(f"{shlex.join(cmd[1:6])} failed with status {out.returncode}"
-                        + (f": {lines[-1].strip()}" if lines else ""))
+      raise GcloudError(f"{_verb(cmd)} failed with status {out.returncode}"
+                        + (f" ({lines[-1].strip()})" if lines else ""))
     return out.stdout
+
+  def query_json(self, cmd: list[str]) -> dict:
+    try:
+      return json.loads(self.query(cmd))
+    except ValueError:
+      raise GcloudError(f"{_verb(cmd)} did not print JSON") from None
+
+  def queued_describe(self) -> list[str]:
+    return self.queued("describe", self.name, "--format=json")
+
+  def queued_delete(self) -> list[str]:
+    """Deletes the queued resource and, with --force, its node."""
+    return self.queued("delete", self.name, "--force", "--quiet")
+
+  def node_describe(self) -> list[str]:
+    return self.tpu_vm("describe", self.name, "--format=json")
 
   def queued_state(self) -> str | None:
     """The queued resource's state (WAITING_FOR_RESOURCES, ACTIVE, SUSPENDED, FAILED, ...);
     None when there is none of this name."""
     try:
-      info = json.loads(self.query(self.queued("describe", self.name, "--format=json")))
+      info = self.query_json(self.queued_describe())
     except GcloudError as e:
       if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
         return None
       raise
-    except ValueError:
-      raise GcloudError(f"queued-resources describe {self.name} did not print JSON") from None
     return (info.get("state") or {}).get("state", "UNKNOWN")
 
+  def node_workers(self) -> tuple[int, str]:
+    """(workers, state) of the TPU VM: its network endpoints in `gcloud ... describe`
+    (one a worker); GcloudError when the describe fails."""
+    info = self.query_json(self.node_describe())
+    return len(info.get("networkEndpoints") or []), info.get("state", "?")
+
   def worker_count(self) -> int | None:
-    """The TPU VM's worker count: its network endpoints in `gcloud ... describe` (one a
-    worker). Prints the query; with --dry-run runs nothing and returns None."""
-    cmd = self.tpu_vm("describe", self.name, "--format=json")
-    print(shlex.join(cmd), flush=True)
+    """The TPU VM's worker count (`node_workers`), fail() without one. Prints the query;
+    with --dry-run runs nothing and returns None."""
+    print(shlex.join(self.node_describe()), flush=True)
     if self.dry_run:
       return None
     try:
-      out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    except FileNotFoundError:
-      fail("gcloud: not found on PATH; install the Google Cloud CLI "
-           "(cloud.google.com/sdk/docs/install) and run gcloud auth login")
-    if out.returncode:
-      fail(f"gcloud: describe {self.name} failed with status {out.returncode}; check "
-           f"--name, --zone and --project, or pass --workers N")
-    try:
-      info = json.loads(out.stdout)
-    except ValueError:
-      fail(f"gcloud: describe {self.name} did not print JSON; pass --workers N")
-    workers = len(info.get("networkEndpoints") or [])
+      workers, state = self.node_workers()
+    except GcloudError as e:
+      fail(f"gcloud: {e}; check --name, --zone and --project, or pass --workers N")
     if workers < 1:
-      fail(f"gcloud: TPU VM {self.name} lists no workers (state {info.get('state', '?')}); "
+      fail(f"gcloud: TPU VM {self.name} lists no workers (state {state}); "
            f"wait until it is READY, or pass --workers N")
     return workers
 
@@ -161,13 +170,18 @@ class Gcloud:
       try:
         code = subprocess.call(cmd)
       except FileNotFoundError:
-        fail("gcloud: not found on PATH; install the Google Cloud CLI "
-             "(cloud.google.com/sdk/docs/install) and run gcloud auth login")
+        fail(GCLOUD_MISSING)
       if code:
         print(f"wsdjax: command failed with status {code}: {shlex.join(cmd[:6])} ...",
               file=sys.stderr, flush=True)
         return code
     return 0
+
+
+def _verb(cmd: list[str]) -> str:
+  """What a `gcloud [alpha] compute tpus GROUP VERB NAME ...` command does: 'VERB NAME'."""
+  at = cmd.index("compute") + 3
+  return " ".join(cmd[at:at + 2])
 
 
 # ---- sub-commands: each returns the commands it runs ----
@@ -213,7 +227,7 @@ def create(g: Gcloud, args) -> int:
   if code or g.dry_run:
     if g.dry_run:
       print(f"# then every {args.poll:g} s until its state is ACTIVE:\n"
-            + shlex.join(g.queued("describe", g.name, "--format=json")))
+            + shlex.join(g.queued_describe()))
     return code
   try:
     state = wait_active(g, args.poll, lambda line: print(line, flush=True))
@@ -368,7 +382,7 @@ def delete_commands(g: Gcloud, args) -> list[list[str]]:
         return [g.tpu_vm("delete", g.name, "--quiet")]
     except GcloudError as e:
       fail(f"gcloud: {e}")
-  return [g.queued("delete", g.name, "--force", "--quiet")]
+  return [g.queued_delete()]
 
 
 def check_supervise(args, overrides: list[str]) -> None:
@@ -407,10 +421,10 @@ def supervise(g: Gcloud, args, overrides: list[str]) -> int:
   if g.dry_run:
     print("# every --poll seconds, as the slice needs: create, setup, run, status, delete")
     archive = os.path.join(tempfile.gettempdir(), ARCHIVE)
-    for cmd in (create_commands(g, args) + [g.queued("describe", g.name, "--format=json")]
+    for cmd in (create_commands(g, args) + [g.queued_describe()]
                 + setup_commands(g, args, archive)
                 + [g.ssh(train_script(args.config, args.workdir, overrides, "<workers>")),
-                   g.ssh(status_script()), g.queued("delete", g.name, "--force", "--quiet")]):
+                   g.ssh(status_script()), g.queued_delete()]):
       print(shlex.join(cmd))
     return 0
   with tempfile.TemporaryDirectory() as tmp:
