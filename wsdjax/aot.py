@@ -5,7 +5,8 @@ type: v4-64, v5litepod-64 / v5e-64, v5p-8, v6e-8, ...; `--list` shows all) on th
 which needs no TPU, only libtpu (`pip install -e '.[tpu]'`). Prints the chips, the mesh,
 per-chip HBM (state, temporaries, total against the chip's HBM), model and XLA FLOPs per
 step, collective traffic per step by kind, the step-time bound (the chips' peak FLOP/s and
-ICI bandwidth) and the compile time (`wsdjax.runtime.tpu.aot`). Exit 0: fits with at least 10% of
+ICI bandwidth), the traffic against what FSDP needs at least (`wsdjax.runtime.tpu.fsdp`:
+the ratio, train and eval) and the compile time (`wsdjax.runtime.tpu.aot`). Exit 0: fits with at least 10% of
 HBM to spare; 1: it does not (by how much, the largest temporaries, what to change); 2: bad
 input.
 """
@@ -40,6 +41,10 @@ def _si(x: float, unit: str, base: int = 1000) -> str:
   return f"{x:.0f} {unit}"
 
 
+def _traffic(by_kind: dict) -> str:
+  return ", ".join(f"{k} {_si(v, 'B')}" for k, v in by_kind.items() if v) or "none"
+
+
 def format_report(r, advice: str | None = None) -> str:
   """The report as the console shows it."""
   gib = lambda b: _si(b, "B", 1024)  # noqa: E731
@@ -60,8 +65,10 @@ def format_report(r, advice: str | None = None) -> str:
               f"  per step: model {_si(r.model_flops, 'FLOP')}, compiled program "
               f"{_si(r.xla_flops, 'FLOP')} (matmuls and attention kernels, recompute "
               "included)",
-              "  collectives per chip per step: " + (", ".join(
-                  f"{k} {_si(v, 'B')}" for k, v in r.collective_bytes.items() if v) or "none"),
+              "  collectives per chip per step: " + _traffic(r.collective_bytes)
+              + f"; FSDP minimum {_traffic(r.fsdp_minimum)}: x{r.collective_ratio:.2f}",
+              "  eval per batch: " + _traffic(r.eval_collective_bytes)
+              + f"; FSDP minimum {_traffic(r.eval_fsdp_minimum)}: x{r.eval_collective_ratio:.2f}",
               f"  step time >= {r.step_time_bound_s:.3f} s (compute {r.compute_bound_s:.3f} s at "
               f"peak FLOP/s, collectives {r.collective_bound_s:.3f} s at full ICI bandwidth); "
               f"compile {r.compile_s:.0f} s"]

@@ -62,13 +62,22 @@ def test_every_listed_slice_has_the_chips_libtpu_reports():
 
 
 # ---- the CLI ----
-@pytest.mark.parametrize("topology,mesh", [("v5litepod-4", {"data": 4, "fsdp": 1, "tensor": 1}),
-                                           ("v4-8", {"data": 1, "fsdp": 4, "tensor": 1})])
-def test_tiny_config_compiles_for_small_slices(tmp_path, topology, mesh):
+DP, FSDP = {"data": 4, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 4, "tensor": 1}
+
+
+@pytest.mark.parametrize("topology,mesh,gather", [("v5litepod-4", DP, None),
+                                                  ("v4-8", FSDP, "each_use"),
+                                                  ("v5litepod-4", FSDP, "once_per_step")])
+def test_tiny_config_compiles_for_small_slices(tmp_path, topology, mesh, gather):
   """Exit 0 with the report; the mesh over the slice's chips, TPU kernels (splash attention
-  at a sequence of 128), per-chip memory, FLOPs and the collectives FSDP/DP imply."""
+  at a sequence of 128), per-chip memory, FLOPs and the collectives DP and FSDP imply.
+  FSDP (bfloat16, 2 micro-batches): the traffic against the FSDP minimum the report
+  states, within bounds a float32 gather (2x the gathers) or gradients all-reduced whole
+  in float32 (+2x the reduce-scatters) would break; 'once_per_step' gathers a quarter."""
   out = tmp_path / "r.json"
-  extra = ["--config.mesh.data=1", "--config.mesh.fsdp=-1"] if mesh["fsdp"] > 1 else []
+  extra = ["--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.model.dtype=bfloat16",
+           "--config.model.remat=dots", "--config.train.micro_batches=2",
+           f"--config.mesh.gather_weights={gather}"] if gather else []
   rc, stdout, stderr = aot("--config", TINY, "--topology", topology, "--json", str(out),
                            "--config.model.seq_len=128", *extra)
   assert rc == 0, stderr[-2000:]
@@ -77,15 +86,21 @@ def test_tiny_config_compiles_for_small_slices(tmp_path, topology, mesh):
   assert r["kernels"]["attention"] == "splash" and r["kernels"]["dense"] == "xla"
   assert r["kernels"]["loss"] == "chunked"
   assert 0 < r["state_bytes"] <= r["total_bytes"] < 0.9 * r["hbm_bytes"]
-  # model FLOPs: 6N + 6LTD per token; the compiled program does a little more (no remat;
-  # the splash kernels' backward recomputes the scores, and every score block of T 128 is
+  # model FLOPs: 6N + 6LTD per token; the compiled program does a little more (the
+  # splash kernels' backward recomputes the scores, and every score block of T 128 is
   # visited, masked or not).
   assert r["model_flops"] == pytest.approx(
       model_lib.flops_per_token(dict(_tiny_model(seq_len=128))) * 16 * 128)
   assert r["model_flops"] < r["xla_flops"] < 1.5 * r["model_flops"]
-  traffic = r["collective_bytes"]
-  if mesh["fsdp"] > 1:
-    assert traffic["all-gather"] > 0 and traffic["reduce-scatter"] + traffic["all-reduce"] > 0
+  traffic, floor = r["collective_bytes"], r["fsdp_minimum"]
+  if gather:
+    assert r["kernels"]["micro_batches"] == 2 and r["kernels"]["gather_weights"] == gather
+    share = {"each_use": (0.9, 1.05), "once_per_step": (0.2, 0.3)}[gather]
+    assert share[0] * floor["all-gather"] <= traffic["all-gather"] <= share[1] * floor[
+        "all-gather"], (traffic, floor)
+    assert r["collective_ratio"] <= {"each_use": 1.1, "once_per_step": 0.75}[gather], r
+    assert r["eval_collective_ratio"] <= 1.05, r
+    assert "FSDP minimum" in stdout and f"x{r['collective_ratio']:.2f}" in stdout
   else:
     assert traffic["all-reduce"] > 0 and traffic["all-gather"] == 0
   assert r["compute_bound_s"] > 0 and r["collective_bound_s"] > 0 and r["compile_s"] > 0
@@ -174,6 +189,43 @@ def test_collective_bytes_by_kind_with_loop_trips():
   traffic = hlo.collective_bytes(text, 8)
   assert traffic["all-reduce"] == pytest.approx(3 * 2 * 7 / 8 * 16 * 32 * 4)
   assert traffic["all-gather"] == traffic["reduce-scatter"] == 0
+
+
+def test_a_collective_split_into_several_fusions_counts_once():
+  """A TPU program runs one asynchronous all-gather as several fusions (its start, steps
+  interleaved with compute, its end), each holding the same all-gather (one channel_id):
+  one transfer per call path. In a loop of 3 and once outside it: 4 gathers of a
+  bf16[16, 8] over 8 chips, 7/8 of it each."""
+  gather = ("  ROOT %ag{i} = bf16[16,8] all-gather(%p{i}), channel_id=7, "
+            "replica_groups=[1,8]<=[8], dimensions={{0}}")
+  text = "\n".join([
+      *[line for i in (1, 2, 3) for line in (
+          f"%fused_{i} (p{i}: bf16[2,8]) -> bf16[16,8] {{",
+          f"  %p{i} = bf16[2,8] parameter(0)", gather.format(i=i), "}")],
+      "%body (p: (s32[], bf16[2,8])) -> (s32[], bf16[2,8]) {",
+      "  %p = (s32[], bf16[2,8]) parameter(0)",
+      "  %x = bf16[2,8] get-tuple-element(%p), index=1",
+      "  %start = bf16[16,8] fusion(%x), kind=kLoop, calls=%fused_1",
+      "  %step = bf16[16,8] fusion(%x), kind=kLoop, calls=%fused_2",
+      "  %done = bf16[16,8] fusion(%x), kind=kLoop, calls=%fused_3",
+      "  %i = s32[] get-tuple-element(%p), index=0",
+      "  ROOT %t = (s32[], bf16[2,8]) tuple(%i, %x)",
+      "}",
+      "%cond (p: (s32[], bf16[2,8])) -> pred[] {",
+      "  %p = (s32[], bf16[2,8]) parameter(0)",
+      "  %c = s32[] constant(3)",
+      "  %i = s32[] get-tuple-element(%p), index=0",
+      "  ROOT %lt = pred[] compare(%i, %c), direction=LT",
+      "}",
+      "ENTRY %main (x: bf16[2,8]) -> (s32[], bf16[2,8]) {",
+      "  %x = bf16[2,8] parameter(0)",
+      "  %once = bf16[16,8] fusion(%x), kind=kLoop, calls=%fused_1",
+      "  %again = bf16[16,8] fusion(%x), kind=kLoop, calls=%fused_2",
+      "  %z = s32[] constant(0)",
+      "  %t = (s32[], bf16[2,8]) tuple(%z, %x)",
+      "  ROOT %w = (s32[], bf16[2,8]) while(%t), condition=%cond, body=%body",
+      "}"])
+  assert hlo.collective_bytes(text, 8)["all-gather"] == pytest.approx(4 * 16 * 8 * 2 * 7 / 8)
 
 
 def test_hlo_parser_keeps_attributes_that_span_lines():

@@ -114,6 +114,8 @@ BAD_CONFIG = [
     ("mesh.tensor", 3, "mesh.data", "cannot fill"),
     ("mesh.fsdp", -1, "mesh.fsdp", "more than one axis"),
     ("mesh.data", 0, "mesh.data", "-1 or >= 1"),
+    ("mesh.gather_weights", "never", "mesh.gather_weights", "unknown value"),
+    ("train.chip_batch_size", -1, "train.chip_batch_size", "non-negative"),
 ]
 
 
@@ -159,6 +161,8 @@ def test_cross_field_rules_on_eight_devices(existing_run, tmp_path):
            ({"train.global_batch_size": 16, "train.micro_batches": 4}, "train.micro_batches",
             "micro-batch"),
            ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}, "mesh", "4 but there are 8"),
+           ({"train.global_batch_size": 16, "train.chip_batch_size": 3},
+            "train.chip_batch_size", "do not divide"),
            ({"mesh.data": 1, "mesh.tensor": 8}, "model.n_heads", "mesh.tensor=8"),
            ({"schedule.name": "wsd_s", "schedule.decay_steps": 2}, "schedule.decay_steps",
             "only 'wsd'"),

@@ -90,6 +90,56 @@ def test_paper_config_shards_over_a_pod(name, pod):
   assert per_chip < 0.25 * HBM_GIB[pod] * 2**30, (name, pod, per_chip / 2**30)
 
 
+def test_each_slice_gets_its_own_micro_batch_count():
+  """`train.chip_batch_size` (sequences a chip processes at once) sets the micro-batches per
+  mesh: a v4-64 (32 chips) runs twice the micro-batches of a v5e-64 (64 chips); without it
+  train.micro_batches holds on any mesh."""
+  expected = {"paper_0.1b": (2, 4), "paper_0.3b": (8, 16), "paper_0.6b": (8, 16),
+              "paper_1.2b": (16, 32)}
+  for name, counts in expected.items():
+    cfg = load(name)
+    assert tuple(config_lib.micro_batches(cfg.train, chips) for chips in (64, 32)) == counts
+    for chips in (32, 64):
+      k = config_lib.micro_batches(cfg.train, chips)
+      assert k * chips * cfg.train.chip_batch_size == cfg.train.global_batch_size
+  cfg = load("paper_0.1b")
+  cfg.train.chip_batch_size, cfg.train.micro_batches = 0, 4
+  assert config_lib.micro_batches(cfg.train, 32) == config_lib.micro_batches(cfg.train, 64) == 4
+  cfg.train.chip_batch_size = 3
+  with pytest.raises(config_lib.ConfigError, match="train.chip_batch_size: 3 sequences"):
+    config_lib.validate(cfg, 64)
+
+
+@pytest.mark.parametrize("layout", [(1, 64, 1), (2, 32, 1)])
+def test_fsdp_minimum_of_paper_1_2b(layout):
+  """The floor `wsdjax.aot` holds a program against, counted by hand for paper_1.2b: per
+  micro-batch every sharded weight gathered in bfloat16 for the forward and the backward
+  pass (the embedding table once), every gradient reduce-scattered in float32 over 'fsdp',
+  and all-reduced over 'data' (and the replicated norm scales' over every device); eval
+  gathers every weight once."""
+  from wsdjax.runtime.tpu import fsdp
+  cfg = load("paper_1.2b")
+  data, shards, _ = layout
+  cfg.mesh.data, cfg.mesh.fsdp = data, shards
+  mesh = AbstractMesh(layout, ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+  params = train_state.abstract_state(cfg, mesh).params
+  m = cfg.model
+  norms = (2 * m.n_layers + 1) * m.d_model  # replicated: nothing to move
+  weights = model_lib.param_count(m) - norms
+  table = m.vocab_size * m.d_model
+  ring, k = (shards - 1) / shards, 16
+  floor = fsdp.minimum(params, dict(zip(("data", "fsdp", "tensor"), layout)), np.dtype("bfloat16"),
+                       k, tied=False)
+  assert floor.train["all-gather"] == pytest.approx(k * ring * 2 * (2 * weights - table))
+  assert floor.train["reduce-scatter"] == pytest.approx(k * ring * 4 * weights)
+  everywhere = data * shards  # replicated norm scales: all-reduced over every device
+  assert floor.train["all-reduce"] == pytest.approx(k * 2 * 4 * (
+      (data - 1) / data * weights / shards + (everywhere - 1) / everywhere * norms))
+  assert floor.eval == pytest.approx({"all-gather": ring * 2 * weights})
+  if layout == (1, 64, 1):  # the issue's estimate: 16 x (2 x 2.4 + 4.8) GB ~ 154 GB
+    assert 150e9 < floor.train_total < 175e9
+
+
 def test_gpt2_124m_config():
   cfg = load("gpt2_124m")
   for gpus in (1, 2, 4, 8):

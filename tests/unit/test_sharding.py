@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -297,3 +298,82 @@ def test_pallas_swiglu_runs_per_shard_only_where_the_rules_shard_evenly(width, p
   assert (("shard_map" in hlo or "sdy.manual_computation" in hlo) == per_shard)
   for x, y in zip(got, grads("vjp")(a, u, g)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+# ---- how FSDP weights reach the matmuls: gathered each use or once a step ---------------
+
+def micro_grads(model, params, tokens, mesh=None, rules=(), shardings=None,
+                gather_once=False):
+  """(loss, grads) of `steps.loss_and_grads` in 2 micro-batches, jitted; without a mesh
+  the path every step took before the gathers were explicit (no constraints at all)."""
+  from wsdjax.training import steps
+  fn = functools.partial(steps.loss_and_grads, model=model, micro_batches=2,
+                         grad_sharding=shardings, gather_once=gather_once)
+  if mesh is None:
+    return jax.jit(fn)(params, tokens)
+  with S.with_rules(mesh, rules):
+    return jax.jit(fn, out_shardings=(S.replicated(mesh), shardings))(params, tokens)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gather_modes_on_one_device_keep_the_bits(dtype):
+  """On one device (a CPU run) the gathers and reduce-scatters are no-ops: 'each_use' (the
+  default) gives the loss and gradients of the unconstrained path bit for bit, bfloat16
+  compute too; 'once_per_step' too in float32, and in bfloat16 within its rounding (the
+  gradient of a gathered bfloat16 copy is rounded to bfloat16 before it is summed in
+  float32, where XLA may keep a fused matmul's float32 result)."""
+  model = M.build_model(dataclasses.replace(TINY, dtype=dtype))
+  tokens = toks()
+  one = mesh_cfg(1, 1, 1)
+  mesh, rules = S.make_mesh(one, DEVICES[:1]), S.rules_from_config(one)
+  params, shardings = sharded_init(model, mesh, rules, tokens)
+  ref_loss, ref = micro_grads(model, params, tokens)
+  for once in (False, True):
+    loss, grads = micro_grads(model, params, tokens, mesh, rules, shardings, once)
+    assert float(loss) == float(ref_loss), once
+    if once and dtype == "bfloat16":  # a bfloat16 ulp of the leaf's largest entry
+      check = lambda a, b: np.testing.assert_allclose(a, b, atol=2**-8 * np.abs(b).max())
+    else:
+      check = np.testing.assert_array_equal
+    jax.tree.map(lambda a, b: check(np.asarray(a), np.asarray(b)), grads, ref)
+
+
+@pytest.mark.parametrize("layout", [(1, 8, 1), (2, 2, 2)])
+def test_both_gather_modes_match_one_device_on_a_mesh(layout, reference_grads):
+  """FSDP over 8 devices (and FSDP x DP x tensor): gradients like one device's, and left
+  in the parameters' shardings (reduce-scattered, not replicated)."""
+  model = M.build_model(TINY)
+  mesh, rules = mesh_and_rules(layout)
+  tokens = toks()
+  params, shardings = sharded_init(model, mesh, rules, tokens)
+  batch = jax.device_put(jnp.concatenate([tokens, tokens]), S.batch_sharding(mesh))
+  for once in (False, True):
+    _, grads = micro_grads(model, params, batch, mesh, rules, shardings, once)
+    jax.tree.map(lambda g, s: np.testing.assert_equal(g.sharding.is_equivalent_to(s, g.ndim),
+                                                      True), grads, shardings)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 grads, reference_grads)
+
+
+def test_gathered_constrains_forward_and_backward():
+  """`gathered` replicates a weight over 'fsdp' for its use (tensor axes stay) and hands
+  its gradient back in the parameter's own sharding; inside `weights_gathered` the forward
+  is left alone."""
+  mesh, rules = mesh_and_rules((1, 4, 2))
+  w = jax.device_put(jnp.arange(64 * 32, dtype=jnp.float32).reshape(64, 32),
+                     NamedSharding(mesh, P("fsdp", "tensor")))
+
+  def use(w):
+    return S.gathered(w, ("embed", "mlp"))
+
+  with S.with_rules(mesh, rules):
+    out = jax.jit(use)(w)
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(use(w) ** 2)))(w)
+    program = jax.jit(use).lower(w).as_text()
+    with S.weights_gathered():  # a new function: jit caches the trace of `use`
+      left = jax.jit(lambda w: use(w)).lower(w).as_text()
+  assert out.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "tensor")), 2)
+  assert grad.sharding.is_equivalent_to(NamedSharding(mesh, P("fsdp", "tensor")), 2)
+  np.testing.assert_array_equal(np.asarray(grad), 2 * np.asarray(w))
+  assert program.count("sdy.sharding_constraint") == 2  # the shards, then gathered
+  assert left.count("sdy.sharding_constraint") == 0

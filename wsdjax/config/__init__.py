@@ -2,10 +2,10 @@
 (`validation.validate`), the run config a workdir stores and its resume rules (`stored`),
 and the paper's setup (`paper`). The names below are the room's interface."""
 
-from wsdjax.config.fields import base_config, flatten, set_field
+from wsdjax.config.fields import base_config, flatten, micro_batches, set_field
 from wsdjax.config.stored import RUN_CONFIG, load_run_config, to_json
 from wsdjax.config.validation import validate
 from wsdjax.runtime.errors import ConfigError
 
 __all__ = ["ConfigError", "RUN_CONFIG", "base_config", "flatten", "load_run_config",
-           "set_field", "to_json", "validate"]
+           "micro_batches", "set_field", "to_json", "validate"]

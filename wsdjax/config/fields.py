@@ -113,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.global_batch_size = 16
   # Gradient accumulation: each step is split into this many micro-batches.
   c.train.micro_batches = 1
+  # Sequences each data-parallel device (mesh.data x mesh.fsdp of them) processes at once;
+  # > 0 sets the micro-batches for each mesh, global_batch_size / (devices x this), in
+  # place of train.micro_batches, so slices of different sizes each get their own count.
+  c.train.chip_batch_size = 0
   # Console / TensorBoard / JSONL logging period, in steps.
   c.train.log_every = 10
   # Eval of the main branch every this many steps (0: only at decayed checkpoints).
@@ -195,6 +199,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # How FSDP-sharded weights reach the matmuls, in the compute dtype: 'each_use' gathers a
+  # layer's weights for its forward pass and again for its backward pass, micro-batch by
+  # micro-batch (memory: one layer's weights); 'once_per_step' gathers every weight once a
+  # step and keeps it through the micro-batches (memory: all of them, 2 bytes a parameter
+  # in bfloat16, per device). Gradients are reduce-scattered into the shards either way.
+  c.mesh.gather_weights = "each_use"
   # Logical axis -> mesh axes. Params: embed/mlp/heads/kv_heads/vocab/layers/head_dim;
   # activations: act_batch/act_length/act_embed/act_heads/act_mlp/act_vocab.
   c.mesh.rules = (
@@ -218,6 +228,15 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SOURCES = ("bundled", "text", "tfds", "tokens", "bigram")
+
+
+def micro_batches(train_cfg, data_devices: int) -> int:
+  """Micro-batches of a step on `data_devices` data-parallel devices (mesh data x fsdp):
+  global_batch_size / (data_devices x chip_batch_size) when chip_batch_size is set, else
+  train.micro_batches. `validation.validate` checks that it divides."""
+  if train_cfg.chip_batch_size > 0:
+    return max(train_cfg.global_batch_size // (data_devices * train_cfg.chip_batch_size), 1)
+  return train_cfg.micro_batches
 TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
 
 

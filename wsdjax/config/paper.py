@@ -19,10 +19,11 @@ from wsdjax.config import base_config
 
 
 def paper_config(name: str, n_layers: int, d_model: int, n_heads: int, d_ff: int,
-                 micro_batches: int = 1, remat: str = "dots"):
-  """The paper's setup (see module docstring) at one model size; `micro_batches` and
-  `remat` are what fits a v4-64 and a v5e-64 fastest (`python -m wsdjax.aot`,
-  docs/scale_out.md)."""
+                 chip_batch_size: int = 1, remat: str = "dots",
+                 gather_weights: str = "each_use"):
+  """The paper's setup (see module docstring) at one model size; `chip_batch_size` (the
+  sequences a chip processes at once), `remat` and `gather_weights` are what fits a v5e-64
+  fastest, the smaller chip (`python -m wsdjax.aot`, docs/scale_out.md)."""
   c = base_config()
   c.name = name
   # Model: n_layers blocks of width d_model, n_heads heads (no GQA), SwiGLU hidden d_ff.
@@ -45,9 +46,10 @@ def paper_config(name: str, n_layers: int, d_model: int, n_heads: int, d_ff: int
   c.data.source = "tokens"
   c.data.path = "gs://YOUR_BUCKET/store"
   c.data.tokenizer = "sentencepiece"
-  # 1024 sequences x 4096 tokens = 4M tokens per step, in micro_batches micro-batches.
+  # 1024 sequences x 4096 tokens = 4M tokens per step, in micro-batches of chip_batch_size
+  # sequences a chip: 1024 / (chips x chip_batch_size) of them, each slice its own count.
   c.train.global_batch_size = 1024
-  c.train.micro_batches = micro_batches
+  c.train.chip_batch_size = chip_batch_size
   c.train.log_every = 50
   # Eval the main branch every 1000 steps on 8 fixed validation batches (32M tokens).
   c.train.eval_every = 1000
@@ -68,8 +70,10 @@ def paper_config(name: str, n_layers: int, d_model: int, n_heads: int, d_ff: int
   # Save main every 1000 steps (~4B tokens); keep the last 2 besides forks and decays.
   c.checkpoint.every = 1000
   c.checkpoint.keep = 2
-  # FSDP: batch and params/optimizer state over all devices; no tensor parallelism.
+  # FSDP: batch and params/optimizer state over all devices; no tensor parallelism. The
+  # weights reach the matmuls in bfloat16, gathered before each use or once a step.
   c.mesh.data = 1
   c.mesh.fsdp = -1
   c.mesh.tensor = 1
+  c.mesh.gather_weights = gather_weights
   return c

@@ -58,6 +58,7 @@ RETIRED_FIELDS = ("checkpoint.writer", "checkpoint.write_priority")
 
 # Fields a resumed run may change without rewriting history.
 MUTABLE_FIELDS = ("name", "train.log_every", "train.eval_every", "train.micro_batches",
+                  "train.chip_batch_size", "mesh.gather_weights",
                   "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
                   "checkpoint.compression", "checkpoint.checksums",
                   "data.prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",

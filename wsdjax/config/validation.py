@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 
-from wsdjax.config.fields import SOURCES, TOKENIZERS, base_config, flatten, unknown_field
+from wsdjax.config.fields import (SOURCES, TOKENIZERS, base_config, flatten, micro_batches,
+                                  unknown_field)
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.runtime.errors import require as _require
 
@@ -112,6 +113,7 @@ def _validate_train(t, flat: dict) -> None:
   for f in ("global_batch_size", "micro_batches", "log_every", "eval_batches"):
     _positive_int(flat, f"train.{f}")
   _positive_int(flat, "train.eval_every", allow_zero=True)
+  _positive_int(flat, "train.chip_batch_size", allow_zero=True)
   _require(t.global_batch_size % t.micro_batches == 0, "train.micro_batches",
            f"{t.micro_batches} does not divide train.global_batch_size={t.global_batch_size}",
            "pick a divisor of the global batch")
@@ -169,6 +171,7 @@ def _validate_mesh_rules(rules) -> None:
 
 def _validate_mesh(cfg, device_count: int | None) -> None:
   _validate_mesh_rules(cfg.mesh.rules)
+  _choice(flatten(cfg), "mesh.gather_weights", _choices_of("runtime.sharding", "GATHER_WEIGHTS"))
   if device_count is None:
     return
   from wsdjax.runtime import sharding  # local: the mesh's owner imports jax, this module does not
@@ -178,7 +181,14 @@ def _validate_mesh(cfg, device_count: int | None) -> None:
   _require(t.global_batch_size % shards == 0, "train.global_batch_size",
            f"{t.global_batch_size} is not divisible by data*fsdp = {shards} devices",
            f"use a multiple of {shards}")
-  micro = t.global_batch_size // t.micro_batches
+  if t.chip_batch_size > 0:
+    rows = shards * t.chip_batch_size
+    _require(t.global_batch_size % rows == 0, "train.chip_batch_size",
+             f"{t.chip_batch_size} sequences on each of data*fsdp = {shards} devices "
+             f"({rows} a micro-batch) do not divide train.global_batch_size="
+             f"{t.global_batch_size}", "pick a chip batch that divides "
+             f"{t.global_batch_size // shards} (the sequences a device gets per step)")
+  micro = t.global_batch_size // micro_batches(t, shards)
   _require(micro % shards == 0, "train.micro_batches",
            f"micro-batch of {micro} sequences is not divisible by data*fsdp = {shards}",
            "use fewer micro-batches or a larger global batch")

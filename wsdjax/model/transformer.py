@@ -11,8 +11,9 @@ Architecture (pre-norm, LLaMA-style, no biases):
 Parameters are float32; activations are computed in `ModelConfig.dtype`. Each parameter is
 created through `nn.with_logical_partitioning` and each large activation passes through
 `nn.with_logical_constraint`, so `wsdjax.runtime.sharding` maps both onto a device mesh with the
-logical -> mesh rules of `config.mesh.rules`. Norm parameters are all named `scale` (the
-only parameters that weight decay skips).
+logical -> mesh rules of `config.mesh.rules`; each weight reaches its matmul cast to the
+compute dtype and gathered over the data-parallel axes (`sharding.gathered`, FSDP). Norm
+parameters are all named `scale` (the only parameters that weight decay skips).
 
 Parameter tree (scan_layers=True puts a leading 'layers' axis of size L on every block
 parameter and stores them under `layers`; unrolled blocks are `block_0` ... `block_{L-1}`):
@@ -42,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from wsdjax.model import decoding
+from wsdjax.runtime import sharding
 from wsdjax.runtime.errors import ConfigError
 from wsdjax.model.kernels import attention, fast_dense, fused_loss, swiglu
 
@@ -80,6 +82,12 @@ HEADS = ("act_batch", "act_length", "act_heads", None)
 KV_HEADS = ("act_batch", "act_length", "act_kv_heads", None)
 MLP_HIDDEN = ("act_batch", "act_length", "act_mlp")
 LOGITS = ("act_batch", "act_length", "act_vocab")
+# Logical names of the weights used in more than one place.
+Q_NAMES = ("embed", "heads", "head_dim")
+KV_NAMES = ("embed", "kv_heads", "head_dim")
+OUT_NAMES = ("heads", "head_dim", "embed")
+IN_NAMES, OUT_MLP_NAMES = ("embed", "mlp"), ("mlp", "embed")
+EMBED_NAMES, HEAD_NAMES = ("vocab", "embed"), ("embed", "vocab")
 
 
 def _check(ok: bool, field: str, problem: str, fix: str) -> None:
@@ -202,6 +210,22 @@ def _param(module: nn.Module, name: str, shape: tuple[int, ...], names: tuple[st
   return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
 
 
+def _gathered(w: jax.Array, names: tuple[str, ...], dtype) -> jax.Array:
+  """Weight `w` (logical axes `names`) cast to the compute dtype, then gathered over the
+  data-parallel mesh axes for its use (`sharding.gathered`): FSDP moves the weight in
+  `dtype`, and its gradient comes back reduce-scattered. The cast is the one the layer
+  did before, so the values are unchanged."""
+  return sharding.gathered(w.astype(dtype), names)
+
+
+def as_used(path, param: jax.Array, dtype) -> jax.Array:
+  """Parameter `param` (at tree `path`) as the layers use it: matrices cast to the compute
+  `dtype`; norm scales and the embedding table (its rows are looked up in float32, then
+  cast) as they are. Casting again inside a layer is then a no-op: the same values."""
+  name = getattr(path[-1], "key", None) if path else None
+  return param if name in ("scale", "embedding") else param.astype(dtype)
+
+
 # ---- layers ----------------------------------------------------------------------------
 
 
@@ -254,21 +278,21 @@ class Attention(nn.Module):
     cfg = self.config
     d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     init = nn.initializers.normal(cfg.init_std)
-    wq = _param(self, "query", (d, h, dh), ("embed", "heads", "head_dim"), init)
-    wk = _param(self, "key", (d, kv, dh), ("embed", "kv_heads", "head_dim"), init)
-    wv = _param(self, "value", (d, kv, dh), ("embed", "kv_heads", "head_dim"), init)
-    wo = _param(self, "out", (h, dh, d), ("heads", "head_dim", "embed"), init)
     dt = cfg.compute_dtype
+    wq = _gathered(_param(self, "query", (d, h, dh), Q_NAMES, init), Q_NAMES, dt)
+    wk = _gathered(_param(self, "key", (d, kv, dh), KV_NAMES, init), KV_NAMES, dt)
+    wv = _gathered(_param(self, "value", (d, kv, dh), KV_NAMES, init), KV_NAMES, dt)
+    wo = _gathered(_param(self, "out", (h, dh, d), OUT_NAMES, init), OUT_NAMES, dt)
     impl = fast_dense.resolve(cfg.dense_impl, cfg.platform)
 
     if impl == "xla":
-      q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dt))
-      k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dt))
-      v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dt))
+      q = jnp.einsum("btd,dhk->bthk", x, wq)
+      k = jnp.einsum("btd,dhk->bthk", x, wk)
+      v = jnp.einsum("btd,dhk->bthk", x, wv)
     else:
-      q = fast_dense.dense_nd(x, wq.astype(dt), 1, impl)
-      k = fast_dense.dense_nd(x, wk.astype(dt), 1, impl)
-      v = fast_dense.dense_nd(x, wv.astype(dt), 1, impl)
+      q = fast_dense.dense_nd(x, wq, 1, impl)
+      k = fast_dense.dense_nd(x, wk, 1, impl)
+      v = fast_dense.dense_nd(x, wv, 1, impl)
     cache = decoding.KVCache(self, k.shape, cfg.seq_len, dt) if self.decode else None
     offset = None if cache is None else cache.index.value
     q = nn.with_logical_constraint(rope(q, cfg.rope_theta, offset), HEADS)
@@ -278,8 +302,8 @@ class Attention(nn.Module):
          else cache.attend(q, k, v))
     o = nn.with_logical_constraint(o, HEADS)
     if impl == "xla":
-      return jnp.einsum("bthk,hkd->btd", o, wo.astype(dt))
-    return fast_dense.dense_nd(o, wo.astype(dt), 2, impl)
+      return jnp.einsum("bthk,hkd->btd", o, wo)
+    return fast_dense.dense_nd(o, wo, 2, impl)
 
 
 class MLP(nn.Module):
@@ -292,10 +316,10 @@ class MLP(nn.Module):
     cfg = self.config
     d, f, dt = cfg.d_model, cfg.d_ff, cfg.compute_dtype
     init = nn.initializers.normal(cfg.init_std)
-    w_gate = _param(self, "gate", (d, f), ("embed", "mlp"), init)
-    w_up = _param(self, "up", (d, f), ("embed", "mlp"), init)
-    w_down = _param(self, "down", (f, d), ("mlp", "embed"), init)
-    mm = lambda a, w: fast_dense.dense(a, w.astype(dt), cfg.dense_impl, cfg.platform)  # noqa: E731
+    w_gate = _gathered(_param(self, "gate", (d, f), IN_NAMES, init), IN_NAMES, dt)
+    w_up = _gathered(_param(self, "up", (d, f), IN_NAMES, init), IN_NAMES, dt)
+    w_down = _gathered(_param(self, "down", (f, d), OUT_MLP_NAMES, init), OUT_MLP_NAMES, dt)
+    mm = lambda a, w: fast_dense.dense(a, w, cfg.dense_impl, cfg.platform)  # noqa: E731
     gate = nn.with_logical_constraint(mm(x, w_gate), MLP_HIDDEN)
     up = nn.with_logical_constraint(mm(x, w_up), MLP_HIDDEN)
     hidden = swiglu.swiglu(gate, up, cfg.swiglu_impl, MLP_HIDDEN, cfg.platform)
@@ -310,13 +334,14 @@ class Embed(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model),
-                            ("vocab", "embed"), nn.initializers.normal(cfg.init_std))
+    self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), EMBED_NAMES,
+                            nn.initializers.normal(cfg.init_std))
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     # Gather the table over 'embed' (fsdp) before the lookup, as FSDP does for any weight;
     # otherwise the lookup's output is sharded on D and must be resharded to the batch.
-    table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+    # The rows are looked up in float32 and then cast (XLA gathers the table cast).
+    table = sharding.gathered(self.embedding, EMBED_NAMES)
     return jnp.take(table, tokens, axis=0).astype(self.config.compute_dtype)
 
 
@@ -388,10 +413,10 @@ class Transformer(nn.Module):
 
     x = RMSNorm(dt, name="final_norm")(x)
     if cfg.tie_embeddings:
-      head = embed.embedding.astype(dt)  # [V, D]: logits = x E^T
+      head = _gathered(embed.embedding, EMBED_NAMES, dt)  # [V, D]: logits = x E^T
     else:
-      head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                    nn.initializers.normal(cfg.init_std)).astype(dt)
+      head = _gathered(_param(self, "lm_head", (cfg.d_model, cfg.vocab_size), HEAD_NAMES,
+                              nn.initializers.normal(cfg.init_std)), HEAD_NAMES, dt)
     loss_impl = fused_loss.resolve(cfg.loss_impl, cfg.dense_impl, cfg.platform)
     if targets is not None and loss_impl == "chunked":
       return fused_loss.head_loss(x, head, targets, tied=cfg.tie_embeddings,

@@ -12,6 +12,8 @@ The model names its array dimensions logically ('embed', 'heads', 'act_batch', .
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -103,13 +105,13 @@ def rules_from_config(mesh_cfg: Any) -> Rules:
   return tuple((str(name), _as_axes(axes)) for name, axes in mesh_cfg.rules)
 
 
-def mesh_axes(entry, mesh) -> tuple[str, ...]:
+def mesh_axes(entry, mesh=None) -> tuple[str, ...]:
   """One PartitionSpec entry (an axis, a tuple of axes, None, UNCONSTRAINED) as a tuple of
-  mesh axis names, those `mesh` has (a rule may name an axis a mesh lacks)."""
+  mesh axis names; with `mesh`, those it has (a rule may name an axis a mesh lacks)."""
   if entry is None or entry is UNCONSTRAINED:
     return ()
   axes = (entry,) if isinstance(entry, str) else tuple(entry)
-  return tuple(a for a in axes if a in mesh.shape)
+  return tuple(a for a in axes if mesh is None or a in mesh.shape)
 
 
 def _axes_size(mesh: Mesh, axes: str | tuple[str, ...] | None) -> int:
@@ -162,6 +164,77 @@ def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   (step counters, ...) are replicated, P().
   """
   return jax.tree.map(lambda x: _leaf_sharding(x, mesh, rules), boxed_tree, is_leaf=_is_box)
+
+
+GATHER_WEIGHTS = ("each_use", "once_per_step")
+_gathered_for_the_step = contextvars.ContextVar("wsdjax_weights_gathered", default=False)
+
+
+@contextlib.contextmanager
+def weights_gathered() -> Iterator[None]:
+  """Inside it (while tracing), `gathered` leaves a weight as it comes: the caller gathered
+  every weight once for the whole step (`mesh.gather_weights='once_per_step'`)."""
+  token = _gathered_for_the_step.set(True)
+  try:
+    yield
+  finally:
+    _gathered_for_the_step.reset(token)
+
+
+def gathered(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """`x`, a parameter (or its compute-dtype copy) with logical axis `names`, gathered over
+  the data-parallel mesh axes ('data', 'fsdp') for its use, as FSDP does.
+
+  Forward: constrained to the parameter's sharding (a cast before it happens on the
+  shards, so the gather moves the cast dtype), then to that sharding without the
+  data-parallel axes (tensor-parallel axes stay); inside `weights_gathered` x is left as
+  it comes. Backward: the gradient is constrained to the parameter's sharding, so the
+  data shards' partial sums are reduced straight into its shards (a reduce-scatter; XLA's
+  TPU backend may run one as an all-reduce and a slice) and never kept whole. The values
+  are x's. A no-op outside a mesh with logical rules."""
+  rules = nn.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  spec = nn.logical_to_mesh_axes(tuple(names), rules)
+  sharded = fit_spec(P(*[mesh_axes(e, mesh) or None for e in spec]), np.shape(x), mesh)
+  if _gathered_for_the_step.get():
+    return _gather(x, sharded, None)
+  return _gather(x, sharded, without_batch_axes(sharded))
+
+
+def without_batch_axes(spec: P) -> P:
+  """`spec` with the data-parallel mesh axes ('data', 'fsdp') dropped: a parameter's
+  sharding once gathered for use."""
+  return P(*[tuple(a for a in mesh_axes(e) if a not in BATCH_AXES) or None for e in spec])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gather(x, sharded: P, whole: P | None):
+  if whole is None:
+    return x
+  return jax.lax.with_sharding_constraint(jax.lax.with_sharding_constraint(x, sharded), whole)
+
+
+def _gather_fwd(x, sharded: P, whole: P | None):
+  return _gather(x, sharded, whole), None
+
+
+def _gather_bwd(sharded: P, whole: P | None, _, grad):
+  del whole
+  return (jax.lax.with_sharding_constraint(grad, sharded),)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
+
+
+def gather_for_step(params: Any, shardings: Any, cast: Any) -> Any:
+  """Every parameter cast by `cast(path, p)` and gathered once (`once_per_step`): the
+  copies the micro-batches share; their gradients come back reduce-scattered into the
+  parameters' `shardings` (a tree of NamedShardings like params)."""
+  def one(path, p, sh):
+    return _gather(cast(path, p), sh.spec, without_batch_axes(sh.spec))
+  return jax.tree_util.tree_map_with_path(one, params, shardings)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

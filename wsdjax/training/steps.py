@@ -15,9 +15,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wsdjax.model import transformer as model_lib
 from wsdjax.training import ema as ema_lib
 from wsdjax.schedule.spec import ScheduleSpec
+from wsdjax import config as config_lib
 from wsdjax.runtime import sharding
+from wsdjax.runtime.tpu import compiler
 from wsdjax.training.state import (TrainState, abstract_state, make_optimizer, optimizer_fields,
                                 state_shardings)
 
@@ -27,16 +30,27 @@ def _loss(params, model, tokens):
 
 
 def loss_and_grads(params, batch: jax.Array, *, model, micro_batches: int = 1,
-                   micro_sharding=None) -> tuple[jax.Array, Any]:
+                   micro_sharding=None, grad_sharding=None,
+                   gather_once: bool = False) -> tuple[jax.Array, Any]:
   """Mean loss and its gradient over a batch of token rows [B, T+1].
 
   With k = micro_batches > 1 the batch is split into k micro-batches (rows i*k + j form
   micro-batch j, so each stays spread over the data devices); their losses and gradients
   are averaged in a `lax.scan`, equal to one pass over the whole batch.
+  grad_sharding (the params' NamedShardings): each micro-batch's gradient is
+  reduce-scattered into them and summed there. gather_once (with grad_sharding): the
+  weights are cast to the compute dtype and gathered once for all micro-batches
+  (`sharding.gather_for_step`) instead of before each use.
   """
-  grad_fn = jax.value_and_grad(_loss)
+  grads_of = functools.partial(_grads_each_use, params, model=model,
+                               grad_sharding=grad_sharding)
+  if gather_once:
+    dtype = model.config.compute_dtype
+    used, to_params = jax.vjp(lambda p: sharding.gather_for_step(
+        p, grad_sharding, lambda path, w: model_lib.as_used(path, w, dtype)), params)
+    grads_of = functools.partial(_grads_gathered, used, to_params, model=model)
   if micro_batches == 1:
-    return grad_fn(params, model, batch)
+    return grads_of(batch)
   b, t = batch.shape
   stack = batch.reshape(b // micro_batches, micro_batches, t).swapaxes(0, 1)
   if micro_sharding is not None:
@@ -44,16 +58,36 @@ def loss_and_grads(params, batch: jax.Array, *, model, micro_batches: int = 1,
 
   def accumulate(carry, micro):
     loss_sum, grad_sum = carry
-    loss, grads = grad_fn(params, model, micro)
+    loss, grads = grads_of(micro)
     return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
+  if grad_sharding is not None:
+    zeros = jax.lax.with_sharding_constraint(zeros, grad_sharding)
   (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), stack)
   return loss / micro_batches, jax.tree.map(lambda g: g / micro_batches, grads)
 
 
+def _grads_each_use(params, micro, *, model, grad_sharding):
+  """(loss, grads) of one micro-batch, the model gathering each weight where it uses it;
+  the gradient reduce-scattered into `grad_sharding` (None: wherever XLA puts it)."""
+  loss, grads = jax.value_and_grad(_loss)(params, model, micro)
+  if grad_sharding is not None:
+    grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
+  return loss, grads
+
+
+def _grads_gathered(used, to_params, micro, *, model):
+  """(loss, grads) of one micro-batch on weights gathered for the step (`used`); the
+  gradient taken back to the parameters (float32, their shardings) by `to_params`."""
+  with sharding.weights_gathered():
+    loss, grads = jax.value_and_grad(_loss)(used, model, micro)
+  return loss, to_params(grads)[0]
+
+
 def train_step(state: TrainState, batch: jax.Array, *, model, tx, schedule,
-               micro_batches: int = 1, micro_sharding=None,
+               micro_batches: int = 1, micro_sharding=None, grad_sharding=None,
+               gather_once: bool = False,
                ema_decays: tuple[float, ...] = ()) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch of token rows [B, T+1].
 
@@ -61,13 +95,15 @@ def train_step(state: TrainState, batch: jax.Array, *, model, tx, schedule,
     state: the train state before update `state.step`.
     batch: int32 tokens; inputs are batch[:, :-1], targets batch[:, 1:].
     model, tx, schedule: the Flax model, the optax optimizer, and its LR schedule.
-    micro_batches, micro_sharding: gradient accumulation (see `loss_and_grads`).
+    micro_batches, micro_sharding, grad_sharding, gather_once: gradient accumulation and
+      how the weights are gathered (see `loss_and_grads`).
     ema_decays: the decays of `state.ema`, whose shadows move towards the new params.
   Returns:
     (new state, metrics): train_loss, grad_norm, lr of this update, and `finite`.
   """
   loss, grads = loss_and_grads(state.params, batch, model=model, micro_batches=micro_batches,
-                               micro_sharding=micro_sharding)
+                               micro_sharding=micro_sharding, grad_sharding=grad_sharding,
+                               gather_once=gather_once)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -111,6 +147,9 @@ class StepCache:
     rows = cfg.train.global_batch_size
     self.batch_spec = jax.ShapeDtypeStruct((rows, cfg.model.seq_len + 1), jnp.int32,
                                            sharding=self.batch_sh)
+    self.micro_batches = config_lib.micro_batches(
+        cfg.train, mesh.shape["data"] * mesh.shape["fsdp"])
+    self.compiler_options = compiler.compiler_options(sharding.platform_of(mesh))
     self._train: dict[tuple, Callable] = {}
     self._eval = None
     self.compiles = 0
@@ -123,11 +162,12 @@ class StepCache:
     if key not in self._train:
       schedule = spec.build()
       tx = make_optimizer(optimizer_fields(self.cfg.optimizer, overrides), schedule)
-      k = self.cfg.train.micro_batches
       micro_sh = jax.sharding.NamedSharding(
           self.mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
       fn = functools.partial(train_step, model=self.model, tx=tx, schedule=schedule,
-                             micro_batches=k, micro_sharding=micro_sh,
+                             micro_batches=self.micro_batches, micro_sharding=micro_sh,
+                             grad_sharding=self.state_sh.params,
+                             gather_once=self.cfg.mesh.gather_weights == "once_per_step",
                              ema_decays=tuple(self.cfg.train.ema_decays))
       jitted = jax.jit(fn, in_shardings=(self.state_sh, self.batch_sh),
                        out_shardings=(self.state_sh, sharding.replicated(self.mesh)),
@@ -146,7 +186,7 @@ class StepCache:
   def _compile(self, jitted, *args):
     t0 = time.perf_counter()
     with sharding.with_rules(self.mesh, self.rules):
-      compiled = jitted.lower(*args).compile()
+      compiled = jitted.lower(*args).compile(compiler_options=self.compiler_options or None)
     self.compile_seconds += time.perf_counter() - t0
     self.compiles += 1
     return compiled

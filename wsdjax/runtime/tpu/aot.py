@@ -50,6 +50,11 @@ class Report:
   model_flops: float = 0.0
   xla_flops: float = 0.0
   collective_bytes: dict = dataclasses.field(default_factory=dict)
+  fsdp_minimum: dict = dataclasses.field(default_factory=dict)
+  collective_ratio: float = 0.0
+  eval_collective_bytes: dict = dataclasses.field(default_factory=dict)
+  eval_fsdp_minimum: dict = dataclasses.field(default_factory=dict)
+  eval_collective_ratio: float = 0.0
   compute_bound_s: float = 0.0
   collective_bound_s: float = 0.0
   step_time_bound_s: float = 0.0
@@ -121,7 +126,7 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   from wsdjax.schedule import plan as plan_lib
   from wsdjax.runtime import sharding
   from wsdjax.training import steps as steps_lib
-  from wsdjax.runtime.tpu import slices
+  from wsdjax.runtime.tpu import fsdp, slices
 
   config_lib.validate(cfg, device_count=tpu_slice.chips)
   # jax's persistent compilation cache cannot hold programs compiled without a TPU client
@@ -131,10 +136,11 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
   model = model_lib.build_model(cfg.model, sharding.platform_of(mesh))
   report = Report(cfg.name, tpu_slice.name, tpu_slice.topology, tpu_slice.chips,
                   dict(mesh.shape), tpu_slice.hbm_bytes)
-  report.kernels = _kernels(model) | {"micro_batches": cfg.train.micro_batches}
+  compiled = steps_lib.StepCache(cfg, mesh, model)
+  report.kernels = _kernels(model) | {"micro_batches": compiled.micro_batches,
+                                      "gather_weights": cfg.mesh.gather_weights}
   tokens = cfg.train.global_batch_size * cfg.model.seq_len
   report.model_flops = model_lib.flops_per_token(cfg.model) * tokens
-  compiled = steps_lib.StepCache(cfg, mesh, model)
   report.state_bytes = _shard_bytes(compiled.abstract)
   first = plan_lib.make_plan(cfg.schedule).segments[0]
   t0 = time.perf_counter()
@@ -148,6 +154,9 @@ def compile_for_slice(cfg, tpu_slice, dump_dir: str | None = None) -> Report:
     return _out_of_memory(report, e, dump_dir)
   report.compile_s = time.perf_counter() - t0
   _measure(report, cfg, tpu_slice, train, evaluate, compiled.abstract.opt_state)
+  _against_the_minimum(report, evaluate, fsdp.minimum(
+      compiled.abstract.params, dict(mesh.shape), model.config.compute_dtype,
+      compiled.micro_batches, cfg.model.tie_embeddings))
   report.largest_temporaries = _largest_temporaries(dump_dir, "jit_train_step")
   return report
 
@@ -186,6 +195,18 @@ def _measure(report: "Report", cfg, tpu_slice, train, evaluate, opt_state) -> No
   report.step_time_bound_s = max(report.compute_bound_s, report.collective_bound_s)
 
 
+def _against_the_minimum(report: "Report", evaluate, minimum) -> None:
+  """The eval program's traffic, and both programs' against the FSDP floor
+  (`fsdp.minimum`): compiled bytes / minimum bytes."""
+  from wsdjax.runtime.tpu import hlo
+  report.fsdp_minimum = minimum.train
+  report.collective_ratio = sum(report.collective_bytes.values()) / max(minimum.train_total, 1)
+  report.eval_collective_bytes = hlo.collective_bytes(evaluate.as_text(), report.chips)
+  report.eval_fsdp_minimum = minimum.eval
+  report.eval_collective_ratio = (sum(report.eval_collective_bytes.values())
+                                  / max(minimum.eval_total, 1))
+
+
 def _largest_temporaries(dump_dir: str | None, *modules: str) -> list[dict]:
   """XLA's largest temporaries of the first of `modules` found in the dump ([] without)."""
   from wsdjax.runtime.tpu import hlo
@@ -207,12 +228,18 @@ def advice(cfg, report: Report) -> str:
     tips.append("--config.model.loss_impl=chunked (no [B, T, V] logits)")
   if cfg.model.remat == "none":  # cheapest first: 'dots' recomputes only elementwise work
     tips.append("--config.model.remat=dots (now 'none')")
-  k, batch = cfg.train.micro_batches, cfg.train.global_batch_size
+  k, batch = report.kernels["micro_batches"], cfg.train.global_batch_size
   shards = report.mesh.get("data", 1) * report.mesh.get("fsdp", 1)
   more = next((m for m in range(k + 1, batch + 1)
                if batch % m == 0 and (batch // m) % shards == 0), None)
-  if more:
+  if more and cfg.train.chip_batch_size > 0:
+    tips.append(f"--config.train.chip_batch_size={batch // (more * shards)} "
+                f"(now {cfg.train.chip_batch_size}: {k} micro-batches)")
+  elif more:
     tips.append(f"--config.train.micro_batches={more} (now {k})")
+  if cfg.mesh.gather_weights == "once_per_step":
+    tips.append("--config.mesh.gather_weights=each_use (keeps one layer's weights "
+                "gathered, not all)")
   if cfg.model.remat != "full":
     tips.append(f"--config.model.remat=full (now {cfg.model.remat!r}; recomputes the "
                 "matmuls)")

@@ -173,28 +173,31 @@ def _group_size(rest: str, chips: int) -> int:
   return chips
 
 
-def _walk(comps: dict, entry: str):
+def _walk(comps: dict, entry: str, with_context: bool = False):
   """(instruction, times it runs per call of the program) over every computation reached
   from the entry: loop bodies count once per trip; the 'all-reduce-scatter' fusions of
-  TPU programs are not entered (they count as one reduce-scatter)."""
-  stack = [(entry, 1, 0)]
+  TPU programs are not entered (they count as one reduce-scatter). With `with_context`,
+  also the call path of the instruction: the non-fusion calls (loops, calls, branches)
+  that reached it, a fusion's computations sharing their caller's path."""
+  stack = [(entry, 1, 0, ())]
   while stack:
-    name, times, depth = stack.pop()
+    name, times, depth, context = stack.pop()
     comp = comps.get(name)
     if comp is None or depth > 64:
       continue
     for instr in comp.instrs:
-      yield instr, times
+      yield (instr, times, context) if with_context else (instr, times)
       if instr.opcode.endswith("-done") or _reduce_scatter_fusion(instr):
         continue
       trips = 1
       if instr.opcode == "while":
         known = re.search(r'"known_trip_count":\{"n":"(\d+)"', instr.rest)
         trips = int(known.group(1)) if known else _trip_count(comps, instr, comp)
+      inner = context if instr.opcode == "fusion" else context + ((name, instr.name),)
       for role, callee in _CALLEE.findall(instr.rest):
-        stack.append((callee, times * (trips if role == "body" else 1), depth + 1))
+        stack.append((callee, times * (trips if role == "body" else 1), depth + 1, inner))
       for branches in _BRANCHES.findall(instr.rest):
-        stack += [(c, times, depth + 1) for c in re.findall(r"%([^\s,]+)", branches)]
+        stack += [(c, times, depth + 1, inner) for c in re.findall(r"%([^\s,]+)", branches)]
 
 
 def _reduce_scatter_fusion(instr) -> str | None:
@@ -227,28 +230,42 @@ _RING_FACTOR = {"all-reduce": 2.0}
 
 def collective_bytes(hlo_text: str, chips: int) -> dict[str, float]:
   """Bytes one chip sends per step, by collective kind (module doc), over the whole
-  program: loop bodies are counted once per trip."""
+  program: loop bodies are counted once per trip. A TPU program splits one asynchronous
+  collective into several fusions (its start, steps interleaved with compute, its end),
+  each holding the same collective (same channel_id): it is counted once per call path."""
   comps, entry = parse(hlo_text)
   types = {i.name: i.type_text for c in comps.values() for i in c.instrs}
   totals = dict.fromkeys(KINDS, 0.0)
-  for instr, times in _walk(comps, entry):
+  seen = set()
+  for instr, times, context in _walk(comps, entry, with_context=True):
     fused = _reduce_scatter_fusion(instr)
-    if fused:
-      n = _group_size(" ".join(i.rest for i in comps[fused].instrs), chips)
-      totals["reduce-scatter"] += times * array_bytes(comps[fused].params_text) * (n - 1) / n
-      continue
-    kind = _OPCODE_KIND.get(instr.opcode)
+    kind = "reduce-scatter" if fused else _OPCODE_KIND.get(instr.opcode)
     if not kind:
       continue
-    out = array_bytes(instr.type_text)
-    if instr.opcode.endswith("-start") and instr.type_text.startswith("("):
-      out -= sum(array_bytes(types.get(o, "")) for o in _operands(instr))
-    n = _group_size(instr.rest, chips)
-    if kind == "reduce-scatter":
-      out *= n
-    factor = 1.0 if kind == "collective-permute" else _RING_FACTOR.get(kind, 1.0) * (n - 1) / n
-    totals[kind] += times * max(out, 0) * factor
+    channel = re.search(r"\bchannel_id=(\d+)", " ".join(i.rest for i in comps[fused].instrs)
+                        if fused else instr.rest)
+    if channel:
+      if (context, channel.group(1)) in seen:
+        continue
+      seen.add((context, channel.group(1)))
+    totals[kind] += times * _sent_bytes(instr, kind, comps, fused, types, chips)
   return totals
+
+
+def _sent_bytes(instr, kind: str, comps: dict, fused: str | None, types: dict,
+                chips: int) -> float:
+  """Bytes one chip sends in one run of collective `instr` (ring algorithms, module doc)."""
+  if fused:
+    n = _group_size(" ".join(i.rest for i in comps[fused].instrs), chips)
+    return array_bytes(comps[fused].params_text) * (n - 1) / n
+  out = array_bytes(instr.type_text)
+  if instr.opcode.endswith("-start") and instr.type_text.startswith("("):
+    out -= sum(array_bytes(types.get(o, "")) for o in _operands(instr))
+  n = _group_size(instr.rest, chips)
+  if kind == "reduce-scatter":
+    out *= n
+  factor = 1.0 if kind == "collective-permute" else _RING_FACTOR.get(kind, 1.0) * (n - 1) / n
+  return max(out, 0) * factor
 
 
 def _valid_pairs(out: int, kernel: int, size: int, stride: int, pad_low: int,
