@@ -45,6 +45,12 @@ def _traffic(by_kind: dict) -> str:
   return ", ".join(f"{k} {_si(v, 'B')}" for k, v in by_kind.items() if v) or "none"
 
 
+def _against(minimum: dict, ratio: float | None) -> str:
+  if ratio is None:
+    return "; FSDP minimum none (nothing sharded to gather)"
+  return f"; FSDP minimum {_traffic(minimum)}: x{ratio:.2f}"
+
+
 def format_report(r, advice: str | None = None) -> str:
   """The report as the console shows it."""
   gib = lambda b: _si(b, "B", 1024)  # noqa: E731
@@ -66,9 +72,9 @@ def format_report(r, advice: str | None = None) -> str:
               f"{_si(r.xla_flops, 'FLOP')} (matmuls and attention kernels, recompute "
               "included)",
               "  collectives per chip per step: " + _traffic(r.collective_bytes)
-              + f"; FSDP minimum {_traffic(r.fsdp_minimum)}: x{r.collective_ratio:.2f}",
+              + _against(r.fsdp_minimum, r.collective_ratio),
               "  eval per batch: " + _traffic(r.eval_collective_bytes)
-              + f"; FSDP minimum {_traffic(r.eval_fsdp_minimum)}: x{r.eval_collective_ratio:.2f}",
+              + _against(r.eval_fsdp_minimum, r.eval_collective_ratio),
               f"  step time >= {r.step_time_bound_s:.3f} s (compute {r.compute_bound_s:.3f} s at "
               f"peak FLOP/s, collectives {r.collective_bound_s:.3f} s at full ICI bandwidth); "
               f"compile {r.compile_s:.0f} s"]

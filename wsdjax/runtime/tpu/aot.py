@@ -51,10 +51,10 @@ class Report:
   xla_flops: float = 0.0
   collective_bytes: dict = dataclasses.field(default_factory=dict)
   fsdp_minimum: dict = dataclasses.field(default_factory=dict)
-  collective_ratio: float = 0.0
+  collective_ratio: float | None = None
   eval_collective_bytes: dict = dataclasses.field(default_factory=dict)
   eval_fsdp_minimum: dict = dataclasses.field(default_factory=dict)
-  eval_collective_ratio: float = 0.0
+  eval_collective_ratio: float | None = None
   compute_bound_s: float = 0.0
   collective_bound_s: float = 0.0
   step_time_bound_s: float = 0.0
@@ -200,11 +200,16 @@ def _against_the_minimum(report: "Report", evaluate, minimum) -> None:
   (`fsdp.minimum`): compiled bytes / minimum bytes."""
   from wsdjax.runtime.tpu import hlo
   report.fsdp_minimum = minimum.train
-  report.collective_ratio = sum(report.collective_bytes.values()) / max(minimum.train_total, 1)
+  report.collective_ratio = _ratio(report.collective_bytes, minimum.train_total)
   report.eval_collective_bytes = hlo.collective_bytes(evaluate.as_text(), report.chips)
   report.eval_fsdp_minimum = minimum.eval
-  report.eval_collective_ratio = (sum(report.eval_collective_bytes.values())
-                                  / max(minimum.eval_total, 1))
+  report.eval_collective_ratio = _ratio(report.eval_collective_bytes, minimum.eval_total)
+
+
+def _ratio(traffic: dict, minimum: float) -> float | None:
+  """Collective bytes / the minimum; None where nothing needs to move (replicated
+  weights have nothing to gather)."""
+  return sum(traffic.values()) / minimum if minimum > 0 else None
 
 
 def _largest_temporaries(dump_dir: str | None, *modules: str) -> list[dict]:
