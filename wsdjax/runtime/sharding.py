@@ -191,10 +191,10 @@ def gathered(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   it comes. Backward: the gradient is constrained to the parameter's sharding, so the
   data shards' partial sums are reduced straight into its shards (a reduce-scatter; XLA's
   TPU backend may run one as an all-reduce and a slice) and never kept whole. The values
-  are x's. A no-op outside a mesh with logical rules."""
+  are x's. A no-op outside a mesh with logical rules or on one device."""
   rules = nn.get_logical_axis_rules()
   mesh = jax.sharding.get_abstract_mesh()
-  if not rules or mesh.empty:
+  if not rules or mesh.empty or mesh.size == 1:
     return x
   spec = nn.logical_to_mesh_axes(tuple(names), rules)
   sharded = fit_spec(P(*[mesh_axes(e, mesh) or None for e in spec]), np.shape(x), mesh)

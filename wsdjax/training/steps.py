@@ -162,12 +162,14 @@ class StepCache:
     if key not in self._train:
       schedule = spec.build()
       tx = make_optimizer(optimizer_fields(self.cfg.optimizer, overrides), schedule)
+      spread = self.mesh.size > 1  # one device: nothing to gather or reduce, the plain step
       micro_sh = jax.sharding.NamedSharding(
           self.mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None))
       fn = functools.partial(train_step, model=self.model, tx=tx, schedule=schedule,
                              micro_batches=self.micro_batches, micro_sharding=micro_sh,
-                             grad_sharding=self.state_sh.params,
-                             gather_once=self.cfg.mesh.gather_weights == "once_per_step",
+                             grad_sharding=self.state_sh.params if spread else None,
+                             gather_once=(spread and self.cfg.mesh.gather_weights
+                                          == "once_per_step"),
                              ema_decays=tuple(self.cfg.train.ema_decays))
       jitted = jax.jit(fn, in_shardings=(self.state_sh, self.batch_sh),
                        out_shardings=(self.state_sh, sharding.replicated(self.mesh)),
