@@ -6,9 +6,9 @@ which needs no TPU, only libtpu (`pip install -e '.[tpu]'`). Prints the chips, t
 per-chip HBM (state, temporaries, total against the chip's HBM), model and XLA FLOPs per
 step, collective traffic per step by kind, the step-time bound (the chips' peak FLOP/s and
 ICI bandwidth), the traffic against what FSDP needs at least (`wsdjax.runtime.tpu.fsdp`:
-the ratio, train and eval) and the compile time (`wsdjax.runtime.tpu.aot`). Exit 0: fits with at least 10% of
-HBM to spare; 1: it does not (by how much, the largest temporaries, what to change); 2: bad
-input.
+the ratio, train and eval) and the compile time (`wsdjax.runtime.tpu.aot`). Exit 0: fits
+with at least 10% of HBM to spare; 1: it does not (by how much, the largest temporaries,
+what to change); 2: bad input.
 """
 
 import os

@@ -228,6 +228,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SOURCES = ("bundled", "text", "tfds", "tokens", "bigram")
+TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
 
 
 def micro_batches(train_cfg, data_devices: int) -> int:
@@ -237,7 +238,6 @@ def micro_batches(train_cfg, data_devices: int) -> int:
   if train_cfg.chip_batch_size > 0:
     return max(train_cfg.global_batch_size // (data_devices * train_cfg.chip_batch_size), 1)
   return train_cfg.micro_batches
-TOKENIZERS = ("bytes", "sentencepiece", "huggingface")
 
 
 def _model_defaults():

@@ -48,6 +48,7 @@ def validate(cfg, device_count: int | None = None) -> None:
   _validate_decay_overrides(cfg.schedule.decay_overrides, cfg.optimizer)
   _validate_schedule(cfg.schedule)
   _choice(flat, "checkpoint.compression", ("auto",) + _choices_of("checkpoint", "COMPRESSIONS"))
+  _choice(flat, "mesh.gather_weights", _choices_of("runtime.sharding", "GATHER_WEIGHTS"))
   _positive_int(flat, "checkpoint.every")
   _positive_int(flat, "checkpoint.keep", allow_zero=True)
   _validate_mesh(cfg, device_count)
@@ -171,7 +172,6 @@ def _validate_mesh_rules(rules) -> None:
 
 def _validate_mesh(cfg, device_count: int | None) -> None:
   _validate_mesh_rules(cfg.mesh.rules)
-  _choice(flatten(cfg), "mesh.gather_weights", _choices_of("runtime.sharding", "GATHER_WEIGHTS"))
   if device_count is None:
     return
   from wsdjax.runtime import sharding  # local: the mesh's owner imports jax, this module does not

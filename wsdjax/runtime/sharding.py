@@ -146,12 +146,16 @@ def _leaf_sharding(leaf: Any, mesh: Mesh, rules: Rules) -> NamedSharding:
   """NamedSharding of one leaf: rules applied to a box's names; P() for a plain leaf."""
   if not _is_box(leaf):
     return NamedSharding(mesh, P())
-  names = leaf.names
   if isinstance(leaf, nn.LogicallyPartitioned):
-    spec = nn.logical_to_mesh_axes(names, rules)
-  else:  # nn.Partitioned: the names are already mesh axes.
-    spec = P(*names)
-  return NamedSharding(mesh, fit_spec(spec, np.shape(leaf.value), mesh))
+    return NamedSharding(mesh, param_spec(leaf.names, np.shape(leaf.value), mesh, rules))
+  # nn.Partitioned: the names are already mesh axes.
+  return NamedSharding(mesh, fit_spec(P(*leaf.names), np.shape(leaf.value), mesh))
+
+
+def param_spec(names: Sequence[str | None], shape: Sequence[int], mesh, rules: Rules) -> P:
+  """The PartitionSpec of a parameter with logical axis `names` and `shape`: the rules'
+  mesh axes, a dimension they do not divide replicated (`fit_spec`)."""
+  return fit_spec(nn.logical_to_mesh_axes(tuple(names), rules), shape, mesh)
 
 
 def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -196,8 +200,7 @@ def gathered(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if not rules or mesh.empty or mesh.size == 1:
     return x
-  spec = nn.logical_to_mesh_axes(tuple(names), rules)
-  sharded = fit_spec(P(*[mesh_axes(e, mesh) or None for e in spec]), np.shape(x), mesh)
+  sharded = param_spec(names, np.shape(x), mesh, rules)
   if _gathered_for_the_step.get():
     return _gather(x, sharded, None)
   return _gather(x, sharded, without_batch_axes(sharded))

@@ -242,26 +242,25 @@ def collective_bytes(hlo_text: str, chips: int) -> dict[str, float]:
     kind = "reduce-scatter" if fused else _OPCODE_KIND.get(instr.opcode)
     if not kind:
       continue
-    channel = re.search(r"\bchannel_id=(\d+)", " ".join(i.rest for i in comps[fused].instrs)
-                        if fused else instr.rest)
+    text = " ".join(i.rest for i in comps[fused].instrs) if fused else instr.rest
+    channel = re.search(r"\bchannel_id=(\d+)", text)
     if channel:
       if (context, channel.group(1)) in seen:
         continue
       seen.add((context, channel.group(1)))
-    totals[kind] += times * _sent_bytes(instr, kind, comps, fused, types, chips)
+    n = _group_size(text, chips)
+    totals[kind] += times * _sent_bytes(instr, kind, comps[fused] if fused else None, n, types)
   return totals
 
 
-def _sent_bytes(instr, kind: str, comps: dict, fused: str | None, types: dict,
-                chips: int) -> float:
-  """Bytes one chip sends in one run of collective `instr` (ring algorithms, module doc)."""
-  if fused:
-    n = _group_size(" ".join(i.rest for i in comps[fused].instrs), chips)
-    return array_bytes(comps[fused].params_text) * (n - 1) / n
+def _sent_bytes(instr, kind: str, fused, n: int, types: dict) -> float:
+  """Bytes one chip sends in one run of collective `instr` over a group of `n` (ring
+  algorithms, module doc); `fused`: the computation of a TPU 'all-reduce-scatter'."""
+  if fused is not None:
+    return array_bytes(fused.params_text) * (n - 1) / n
   out = array_bytes(instr.type_text)
   if instr.opcode.endswith("-start") and instr.type_text.startswith("("):
     out -= sum(array_bytes(types.get(o, "")) for o in _operands(instr))
-  n = _group_size(instr.rest, chips)
   if kind == "reduce-scatter":
     out *= n
   factor = 1.0 if kind == "collective-permute" else _RING_FACTOR.get(kind, 1.0) * (n - 1) / n
